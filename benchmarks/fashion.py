@@ -1,0 +1,69 @@
+"""fashion12k with the offline default backbone: train (probe or finetune), evaluate on the test split,
+and write per-head accuracy and macro-F1 to benchmarks/results/fashion_<mode>.json.
+
+    python benchmarks/fashion.py probe
+    python benchmarks/fashion.py finetune --set max_minutes=40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from mhtag.config import load_config, parse_overrides
+from mhtag.evaluate import evaluate
+from mhtag.train import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "datasets" / "fashion12k"
+HEADS = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
+REFERENCE = {"gender": .817, "masterCategory": .992, "subCategory": .953, "articleType": .831, "baseColour": .499,
+             "season": .643, "usage": .871}  # frozen Lite0 160x120 + sklearn logistic regression, accuracy
+TARGETS = {"articleType": .88, "subCategory": .96, "gender": .90, "baseColour": .70, "season": .70, "usage": .88}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["probe", "finetune"])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--set", action="append", default=[])
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = load_config(ROOT / "configs" / f"fashion_{args.mode}.yaml", parse_overrides(args.set))
+    out = args.out or ROOT / "runs" / f"fashion_{args.mode}"
+    t0 = time.time()
+    run = fit(cfg, args.data / "labels.csv", out=out, resume=(out / "last.pt").exists())
+    train_s = time.time() - t0
+    t1 = time.time()
+    result = evaluate(out, args.data / "labels.csv", split="test")
+    heads = {h: {k: round(result["heads"][h][k], 4) for k in ("accuracy", "macro_f1", "balanced_accuracy")}
+             for h in HEADS}
+    report = {
+        "benchmark": f"fashion12k_{args.mode}",
+        "backbone": cfg.backbone,
+        "config": cfg.to_dict(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor()}, "
+                  f"{torch.get_num_threads()} threads)",
+        "epochs_run": len(run.history),
+        "train_seconds": round(train_s, 1),
+        "eval_seconds": round(time.time() - t1, 1),
+        "test_rows": result["n"],
+        "heads": heads,
+        "reference_accuracy_logreg_probe": REFERENCE,
+        "targets_accuracy": TARGETS,
+        "targets_met": {h: heads[h]["accuracy"] >= t for h, t in TARGETS.items()},
+    }
+    dest = ROOT / "benchmarks" / "results" / f"fashion_{args.mode}.json"
+    dest.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
