@@ -156,11 +156,11 @@ def load_lite0_state_dict(model: nn.Module, path: Path) -> None:
     if len(source) != len(target):
         raise MhtagError(f"{path}: {len(source)} tensors, expected {len(target)} for tf_efficientnet_lite0")
     mapped = {}
-    for key, tensor in zip(target, source):
+    for key, tensor in zip(target, source, strict=True):
         if tensor.shape != model.state_dict()[key].shape:
             raise MhtagError(f"{path}: tensor for {key} has shape {tuple(tensor.shape)}")
         mapped[key] = tensor
-    model.load_state_dict(mapped, strict=False)
+    model.load_state_dict(mapped, strict=True)
 
 
 def lite0_classifier(pretrained: bool = True, checkpoint: str | None = None) -> nn.Module:

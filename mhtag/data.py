@@ -297,7 +297,7 @@ def read_labels(csv_path: str | Path, images_root: str | Path | None = None, mul
         if check_files and not full.is_file():
             skipped.append(Skipped(row, rel, "is a directory" if full.is_dir() else "file not found"))
             continue
-        split = str(getattr(rec, "split")).strip().lower() if has_split and not _blank(rec.split) else hash_split(rel)
+        split = str(rec.split).strip().lower() if has_split and not _blank(rec.split) else hash_split(rel)
         if split not in SPLITS:
             skipped.append(Skipped(row, rel, f"split {split!r} is not one of {', '.join(SPLITS)}"))
             continue

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from mhtag.data import value_counts, probe_image_files, read_labels
+from mhtag.data import probe_image_files, read_labels, value_counts
 
 
 def inspect_labels(labels: str | Path, images: str | Path | None = None, multilabel: list[str] | tuple = (),

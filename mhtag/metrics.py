@@ -32,17 +32,16 @@ def single_label_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         return {"kind": "single", "n": 0}
     pred = probs.argmax(1)
     k = probs.shape[1]
-    out = {
+    return {
         "kind": "single",
         "n": int(len(y)),
         "accuracy": float(skm.accuracy_score(y, pred)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
         "macro_f1": float(skm.f1_score(y, pred, average="macro", zero_division=0)),
-        "top3_accuracy": float(skm.top_k_accuracy_score(y, probs, k=min(3, k), labels=np.arange(k)))
-        if k > 2 else float(skm.accuracy_score(y, pred)),
+        # with 3 classes or fewer, top-3 is trivially 1
+        "top3_accuracy": float(skm.top_k_accuracy_score(y, probs, k=3, labels=np.arange(k))) if k > 3 else 1.0,
         "ece": expected_calibration_error(probs, y),
     }
-    return out
 
 
 def multi_label_metrics(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray) -> dict[str, Any]:

@@ -114,7 +114,8 @@ def write_run_report(out: Path, history: list[dict[str, Any]], heads: dict[str, 
 
             pred = probs[a.name] >= np.asarray(heads[a.name].get("thresholds", 0.5))
             f1 = f1_score(y.astype(int), pred.astype(int), average=None, zero_division=0)
-            rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{f:.3f}</td></tr>" for c, f in zip(a.classes, f1))
+            rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{f:.3f}</td></tr>"
+                           for c, f in zip(a.classes, f1, strict=True))
             parts.append(f"<h3>{html.escape(a.name)} (tags)</h3><table><tr><th>tag</th><th>F1</th></tr>{rows}</table>")
     page = "<!doctype html><meta charset='utf-8'><style>body{font-family:sans-serif}</style>" + "\n".join(parts)
     path = out / "report.html"
@@ -150,7 +151,7 @@ def class_distribution_png(h: dict[str, Any], path: Path, max_classes: int = 30)
     plt = _plt()
     attrs = h["attributes"]
     fig, axes = plt.subplots(len(attrs), 1, figsize=(10, 2.6 * max(1, len(attrs))), squeeze=False)
-    for ax, (name, a) in zip(axes[:, 0], attrs.items()):
+    for ax, (name, a) in zip(axes[:, 0], attrs.items(), strict=True):
         items = list(a["counts"].items())[:max_classes]
         ax.bar([str(k) for k, _ in items], [v for _, v in items], color="#4477aa")
         ax.set_title(f"{name} ({len(a['counts'])} classes)", fontsize=9)

@@ -22,8 +22,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mhtag.backbones import create_backbone
 from mhtag.config import TrainConfig, config_from_dict
-from mhtag.data import (ImageDataset, LabelSchema, LabelTable, Skipped, build_transform, drop_unreadable,
-                        forbidden_augmentations, read_labels)
+from mhtag.data import (
+    ImageDataset,
+    LabelSchema,
+    LabelTable,
+    Skipped,
+    build_transform,
+    drop_unreadable,
+    forbidden_augmentations,
+    read_labels,
+)
 from mhtag.embed import cached_embeddings, loader_kwargs, resolve_data_config
 from mhtag.errors import MhtagError
 from mhtag.metrics import head_metrics, mean_macro_f1, tune_thresholds

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny CNN backbone (registered like any other) and a small synthetic dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from mhtag.backbones import _BACKBONES, Backbone, register_backbone
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion12k"
+
+
+def _tiny_body() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+if "tiny_cnn" not in _BACKBONES:
+    @register_backbone
+    def tiny_cnn(pretrained: bool = True, checkpoint: str | None = None) -> Backbone:
+        torch.manual_seed(0)  # "pretrained" weights of the tiny test backbone: fixed by seed
+        return Backbone(_tiny_body(), 32, {"input_size": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3,
+                                           "interpolation": "bilinear"}, "tiny_cnn")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MHTAG_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Path:
+    """120 synthetic 32 px images with labels.csv (shape, colour, size, background, marks)."""
+    from mhtag.synthetic import make_demo_data
+
+    return make_demo_data(tmp_path_factory.mktemp("demo"), n=120, px=32, seed=1)
+
+
+@pytest.fixture
+def tiny_cfg():
+    from mhtag.config import load_config
+
+    return load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "probe_epochs": 5,
+                                  "epochs": 2, "batch_size": 16, "num_workers": 0, "mode": "probe"})

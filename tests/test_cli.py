@@ -1,0 +1,68 @@
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from mhtag import cli
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(cli.app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_demo_inspect_train_eval_through_the_cli(tmp_path):
+    invoke("make-demo-data", tmp_path / "demo", "--n", 80, "--size", 32)
+    labels = tmp_path / "demo" / "labels.csv"
+    out = invoke("inspect", labels, "--multilabel", "marks")
+    assert "shape [single]: 3 classes" in out and "marks [multi]" in out
+    health = json.loads((tmp_path / "demo" / "health.json").read_text())
+    assert health["rows"] == 80 and health["attributes"]["marks"]["kind"] == "multi"
+    assert (tmp_path / "demo" / "classes.png").stat().st_size > 1000
+    invoke("train", "--labels", labels, "--multilabel", "marks", "--backbone", "tiny_cnn", "--mode", "probe",
+           "--set", "probe_epochs=3", "--set", "num_workers=0", "--out", tmp_path / "run")
+    result = json.loads(invoke("eval", "--model", tmp_path / "run", "--labels", labels, "--json"))
+    assert set(result) >= {"heads", "n"} and result["n"] == 16
+    assert result["heads"]["shape"]["kind"] == "single" and result["heads"]["marks"]["kind"] == "multi"
+    assert {"accuracy", "macro_f1", "balanced_accuracy", "top3_accuracy", "ece"} <= set(result["heads"]["shape"])
+    assert {"micro_f1", "macro_f1", "mAP", "exact_match", "hamming_accuracy"} <= set(result["heads"]["marks"])
+
+
+def test_inspect_reports_unreadable_files_and_duplicates(tmp_path):
+    invoke("make-demo-data", tmp_path / "d", "--n", 20, "--size", 16)
+    images = tmp_path / "d" / "images"
+    (images / "00001.png").write_bytes(b"not a png")
+    (images / "00003.png").write_bytes((images / "00002.png").read_bytes())
+    health = json.loads(invoke("inspect", tmp_path / "d" / "labels.csv", "--json"))
+    assert health["unreadable"] == [{"path": "images/00001.png", "reason": "not an image (unrecognised format)"}]
+    assert ["images/00002.png", "images/00003.png"] in health["duplicates"]
+
+
+def run_main(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["mhtag", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    return exc.value.code, capsys.readouterr()
+
+
+def test_user_error_is_one_line_and_exit_1(monkeypatch, capsys, tmp_path):
+    code, out = run_main(monkeypatch, capsys, "train", "--labels", tmp_path / "none.csv")
+    assert code == 1
+    assert out.err.strip() == f"error: labels file {tmp_path / 'none.csv'} does not exist"
+
+
+def test_debug_shows_the_traceback(monkeypatch, tmp_path):
+    from mhtag.errors import MhtagError
+
+    monkeypatch.setattr(sys, "argv", ["mhtag", "--debug", "train", "--labels", str(tmp_path / "none.csv")])
+    with pytest.raises(MhtagError):
+        cli.main()
+
+
+def test_bad_config_key_is_a_user_error(monkeypatch, capsys, tmp_path):
+    code, out = run_main(monkeypatch, capsys, "train", "--labels", tmp_path / "x.csv", "--set", "epoch=3")
+    assert code == 1 and "unknown config key 'epoch'" in out.err

@@ -1,0 +1,37 @@
+import pytest
+
+from mhtag.config import TrainConfig, load_config, parse_overrides
+from mhtag.errors import MhtagError
+
+
+def test_defaults_then_preset_then_overrides(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("epochs: 3\nimage_size: [160, 120]\nlr: 1\n")
+    cfg = load_config(preset, {"epochs": 5})
+    assert cfg.epochs == 5 and cfg.image_size == [160, 120] and cfg.lr == 1.0
+    assert cfg.batch_size == TrainConfig().batch_size
+
+
+def test_unknown_key_is_refused_with_the_valid_keys(tmp_path):
+    with pytest.raises(MhtagError, match="unknown config key 'epoch'.*epochs"):
+        load_config(overrides={"epoch": 3})
+
+
+@pytest.mark.parametrize("key,value", [("epochs", "three"), ("epochs", 2.5), ("multilabel", "tags"),
+                                       ("mode", "train"), ("aug_forbid", {"colour": ["blur"]})])
+def test_wrong_types_and_values_are_refused(key, value):
+    with pytest.raises(MhtagError):
+        load_config(overrides={key: value})
+
+
+def test_parse_overrides_reads_yaml_values():
+    assert parse_overrides(["epochs=3", "multilabel=[a, b]", "checkpoint="]) == {
+        "epochs": 3, "multilabel": ["a", "b"], "checkpoint": None}
+    with pytest.raises(MhtagError, match="key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_auto_mode_picks_finetune_only_on_gpu():
+    cfg = TrainConfig()
+    assert cfg.resolved_mode(cuda=False) == "probe" and cfg.resolved_mode(cuda=True) == "finetune"
+    assert cfg.digest() == TrainConfig().digest() != load_config(overrides={"seed": 1}).digest()

@@ -1,0 +1,75 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mhtag.backbones import create_backbone
+from mhtag.data import MISSING, LabelSchema
+from mhtag.model import MultiHeadLoss, Tagger, class_weights, pos_weights
+
+
+@pytest.fixture
+def schema():
+    frame = pd.DataFrame({"colour": ["red"] * 6 + ["blue"] * 2, "tags": ["a|b", "a", "", "b", "a", "", "", "a"]})
+    return LabelSchema.fit(frame, ["colour", "tags"], {"tags"})[0]
+
+
+def test_one_head_per_attribute_with_the_right_shapes(schema):
+    model = Tagger(create_backbone("tiny_cnn"), schema).eval()
+    out = model(torch.zeros(3, 3, 32, 32))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"colour": (3, 2), "tags": (3, 2)}
+    probs = model.probabilities(out)
+    assert torch.allclose(probs["colour"].sum(1), torch.ones(3))
+    assert ((probs["tags"] > 0) & (probs["tags"] < 1)).all()
+    mlp = Tagger(create_backbone("tiny_cnn"), schema, head="mlp", head_hidden=7)
+    assert mlp.heads["colour"][1].out_features == 7
+
+
+def test_class_weights_are_inverse_frequency_capped():
+    w = class_weights([6, 2], "inverse", cap=10)
+    assert w[1] / w[0] == pytest.approx(3.0)
+    assert (w * torch.tensor([6.0, 2.0])).sum() / 8 == pytest.approx(1.0)  # mean weight over rows is 1
+    assert class_weights([1000, 1], "inverse", cap=5).max() == pytest.approx(5.0)
+    assert class_weights([6, 2], "none", 10) is None
+    assert torch.allclose(pos_weights([2, 8], 10, "inverse", 100), torch.tensor([4.0, 0.25]))
+
+
+def test_total_loss_is_the_weighted_sum_of_head_losses(schema):
+    loss_fn = MultiHeadLoss(schema, head_weights={"colour": 2.0}, weighting="inverse", n_train=8)
+    logits = {"colour": torch.randn(4, 2), "tags": torch.randn(4, 2)}
+    y = {"colour": torch.tensor([0, 1, MISSING, 1]), "tags": torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 0]])}
+    total, per_head = loss_fn(logits, y)
+    keep = torch.tensor([0, 1, 3])  # the blank label is left out
+    w = class_weights(schema["colour"].counts, "inverse", 10)
+    expect_c = F.cross_entropy(logits["colour"][keep], y["colour"][keep], weight=w)
+    expect_t = F.binary_cross_entropy_with_logits(logits["tags"], y["tags"],
+                                                  pos_weight=pos_weights(schema["tags"].counts, 8, "inverse", 10))
+    assert per_head["colour"].item() == pytest.approx(expect_c.item())
+    assert per_head["tags"].item() == pytest.approx(expect_t.item())
+    assert total.item() == pytest.approx(2 * expect_c.item() + expect_t.item())
+
+
+def test_unknown_head_weight_is_refused(schema):
+    from mhtag.errors import MhtagError
+
+    with pytest.raises(MhtagError, match="unknown attribute"):
+        MultiHeadLoss(schema, head_weights={"colour_typo": 1.0})
+
+
+def test_finetune_overfits_four_images(schema):
+    torch.manual_seed(0)
+    model = Tagger(create_backbone("tiny_cnn"), schema, dropout=0.0)
+    x = torch.rand(4, 3, 32, 32)
+    y = {"colour": torch.tensor([0, 1, 0, 1]), "tags": torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 0]])}
+    loss_fn = MultiHeadLoss(schema, weighting="none")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(60):
+        loss, _ = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    out = model(x)
+    assert out["colour"].argmax(1).tolist() == [0, 1, 0, 1]
+    assert np.array_equal((out["tags"] > 0).float().numpy(), y["tags"].numpy())

@@ -1,0 +1,123 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mhtag.config import load_config
+from mhtag.errors import MhtagError
+from mhtag.evaluate import evaluate
+from mhtag.model import load_checkpoint, tagger_from_checkpoint
+from mhtag.train import fit
+
+
+def test_probe_run_writes_checkpoint_metrics_and_report(demo, tiny_cfg, tmp_path):
+    run = fit(tiny_cfg, demo, out=tmp_path / "run")
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"best.pt", "last.pt", "metrics.json", "report.html", "config.json", "schema.json"} <= files
+    assert not [f for f in files if f.endswith(".tmp")]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 5
+    heads = metrics["epochs"][-1]["heads"]
+    assert set(heads) == {"shape", "colour", "size", "background", "marks"}
+    assert heads["marks"]["kind"] == "multi" and len(heads["marks"]["thresholds"]) == 3
+    assert heads["colour"]["kind"] == "single" and 0 <= heads["colour"]["macro_f1"] <= 1
+    assert run.best["score"] == max(e["score"] for e in metrics["epochs"])
+    assert (tmp_path / "run" / "confusion" / "colour.png").stat().st_size > 1000
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(demo, tiny_cfg, tmp_path):
+    run = fit(tiny_cfg, demo, out=tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run")
+    assert state["schema"]["version"] == run.model.schema.version and state["backbone"] == "tiny_cnn"
+    assert state["config"]["multilabel"] == ["marks"] and state["data_config"]["input_size"] == [32, 32]
+    again = tagger_from_checkpoint(state)
+    x = torch.rand(2, 3, 32, 32)
+    run.model.eval()
+    with torch.no_grad():
+        a, b = run.model(x), again(x)
+    assert all(torch.allclose(a[k], b[k]) for k in a)
+    assert again.thresholds_ == run.model.thresholds_
+
+
+def test_finetune_learns_and_resume_continues(demo, tmp_path):
+    cfg = load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "mode": "finetune", "epochs": 2,
+                                 "batch_size": 16, "num_workers": 0, "lr": 0.01})
+    fit(cfg, demo, out=tmp_path / "run")
+    with pytest.raises(MhtagError, match="--resume"):
+        fit(cfg, demo, out=tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    state["config"]["epochs"] = 3  # ask the resumed run for one more epoch
+    torch.save(state, tmp_path / "run" / "last.pt")
+    run = fit(cfg, demo, out=tmp_path / "run", resume=True)
+    assert [h["epoch"] for h in run.history] == [0, 1, 2]
+
+
+def test_same_seed_same_result(demo, tiny_cfg, tmp_path):
+    a = fit(tiny_cfg, demo, out=tmp_path / "a").history[-1]["val_loss"]
+    b = fit(tiny_cfg, demo, out=tmp_path / "b").history[-1]["val_loss"]
+    assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_nan_loss_fails_clearly_and_keeps_the_last_good_checkpoint(demo, tiny_cfg, tmp_path, monkeypatch):
+    from mhtag import train
+
+    calls = {"n": 0}
+    real = train.MultiHeadLoss.forward
+
+    def poisoned(self, logits, targets):
+        calls["n"] += 1
+        total, per_head = real(self, logits, targets)
+        if calls["n"] > 4:  # after two epochs (one batch each) and their validation
+            per_head["colour"] = per_head["colour"] * float("nan")
+            total = total * float("nan")
+        return total, per_head
+
+    monkeypatch.setattr(train.MultiHeadLoss, "forward", poisoned)
+    with pytest.raises(MhtagError, match=r"loss became nan \(head\(s\): colour\)"):
+        fit(tiny_cfg, demo, out=tmp_path / "run")
+    tagger_from_checkpoint(load_checkpoint(tmp_path / "run"))  # still loads
+
+
+def test_ctrl_c_keeps_the_last_good_checkpoint(demo, tiny_cfg, tmp_path, monkeypatch):
+    from mhtag import train
+
+    real, calls = train.run_epoch, {"n": 0}
+
+    def interrupt_third(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 3's training pass (train, val, train, val, train)
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train, "run_epoch", interrupt_third)
+    run = fit(tiny_cfg, demo, out=tmp_path / "run")
+    assert run.interrupted and len(run.history) == 2
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["epoch"] == 1
+
+
+def test_eval_reports_per_head_metrics_and_unknown_labels(demo, tiny_cfg, tmp_path):
+    fit(tiny_cfg, demo, out=tmp_path / "run")
+    text = demo.read_text().splitlines()
+    # relabel one test row with a colour never seen in training
+    idx = next(i for i, line in enumerate(text) if line.endswith(",test"))
+    parts = text[idx].split(",")
+    parts[2] = "ultraviolet"
+    text[idx] = ",".join(parts)
+    edited = demo.parent / "edited.csv"
+    edited.write_text("\n".join(text) + "\n")
+    result = evaluate(tmp_path / "run", edited, split="test")
+    assert result["unknown_labels"]["colour"] == 1
+    n_test = sum(line.endswith(",test") for line in text)
+    assert result["n"] == n_test and result["heads"]["colour"]["n"] == n_test - 1
+    assert result["heads"]["marks"]["kind"] == "multi" and "mAP" in result["heads"]["marks"]
+    assert np.isfinite(result["heads"]["shape"]["ece"])
+
+
+def test_an_attribute_with_one_class_is_not_a_head(tmp_path, demo, tiny_cfg):
+    lines = demo.read_text().splitlines()
+    out = [lines[0] + ",constant"] + [line + ",same" for line in lines[1:]]
+    csv = demo.parent / "const.csv"
+    csv.write_text("\n".join(out) + "\n")
+    run = fit(tiny_cfg, csv, out=tmp_path / "run")
+    assert "constant" not in run.model.schema.names and "only 1 class" in run.dropped["constant"]
