@@ -29,6 +29,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="show full traceba
     global _debug
     _debug = debug
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # it logs which SIMD build it loaded
 
 
 def _echo_json(obj) -> None:
@@ -116,6 +117,103 @@ def eval_(model: Annotated[Path, typer.Option("--model", help="run folder or che
     unknown = {k: v for k, v in result["unknown_labels"].items() if v}
     if unknown:
         typer.echo(f"labels unseen in training (left out of metrics): {unknown}")
+
+
+Db = Annotated[Optional[Path], typer.Option("--db", help="index folder (default: indexes/default)")]
+
+
+@app.command()
+def index(folder: Annotated[Path, typer.Argument(help="folder of images, walked recursively")], db: Db = None,
+          model: Annotated[Optional[Path], typer.Option(help="trained run (default: the index's own model)")] = None,
+          labels: Annotated[Optional[Path], typer.Option(help="known labels CSV; `path` relative to FOLDER")] = None,
+          multilabel: Multilabel = None,
+          rebuild: Annotated[bool, typer.Option(help="drop the index and re-embed everything")] = False,
+          prune: Annotated[bool, typer.Option(help="drop rows whose file is gone")] = False,
+          batch_size: Annotated[int, typer.Option()] = 64,
+          workers: Annotated[int, typer.Option(help="decoding processes")] = 2) -> None:
+    """Embed and tag every image under FOLDER into a LanceDB index (incremental, resumable)."""
+    from mhtag.index import index_images
+    from mhtag.store import DEFAULT_DB
+
+    r = index_images(folder, db or DEFAULT_DB, model, labels, multilabel or [], rebuild, prune, batch_size,
+                     workers=workers, progress=sys.stderr.isatty())
+    typer.echo(f"{r.db}: {r.rows} rows ({r.added} new, {r.updated} re-embedded, {r.unchanged} unchanged, "
+               f"{r.pruned} pruned) in {r.seconds:.1f}s, {r.images_per_second:.1f} images/s")
+    if not r.has_heads:
+        typer.echo("no --model: embeddings only (similarity search and known labels work; heads are absent)")
+    if r.fusion:
+        typer.echo(f"fusion weights (head vs neighbours, tuned on val rows): {r.fusion}")
+    for path, reason in r.failed:
+        typer.echo(f"skipped {path}: {reason}", err=True)
+    if r.failed:
+        typer.echo(f"{len(r.failed)} unreadable file(s) skipped", err=True)
+
+
+@app.command()
+def predict(paths: Annotated[list[Path], typer.Argument(help="images or folders")], db: Db = None,
+            model: Annotated[Optional[Path], typer.Option(help="trained run (default: the index's model)")] = None,
+            k: Annotated[int, typer.Option(help="neighbours that vote")] = 20,
+            min_similarity: Annotated[float, typer.Option(help="below this, neighbours answer unknown")] = 0.0,
+            as_json: AsJson = False) -> None:
+    """Head predictions, the vote of labelled neighbours, and their fusion, per attribute."""
+    from mhtag.predict import predict as run_predict
+    from mhtag.report import predictions_text
+    from mhtag.store import DEFAULT_DB
+
+    result = run_predict(paths, db or DEFAULT_DB, model, k, min_similarity, progress=sys.stderr.isatty())
+    if as_json:
+        _echo_json(result)
+    else:
+        typer.echo(predictions_text(result))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog="Every attribute of the index is a filter: --type Dress --view side. Repeat an option to "
+                    "OR its values; different attributes AND.")
+def search(ctx: typer.Context, db: Db = None,
+           where: Annotated[Optional[str], typer.Option(help="extra SQL filter over the index's columns")] = None,
+           like: Annotated[Optional[Path], typer.Option(help="rank by similarity to this image")] = None,
+           limit: Annotated[int, typer.Option()] = 20,
+           min_confidence: Annotated[Optional[float], typer.Option(help="for predicted labels")] = None,
+           source: Annotated[str, typer.Option(help="label | pred | any")] = "any",
+           as_json: AsJson = False,
+           sheet: Annotated[Optional[Path], typer.Option(help="write a contact sheet image of the results")] = None
+           ) -> None:
+    """Find images by any attribute, optionally ranked by similarity to an image."""
+    from mhtag.report import contact_sheet, search_text
+    from mhtag.search import search as run_search
+    from mhtag.store import DEFAULT_DB, require_meta
+
+    pairs = _attribute_pairs(ctx.args)
+    db = db or DEFAULT_DB
+    result = run_search(db, pairs, where, like, limit, min_confidence, source).to_dict()
+    names = [a.name for a in require_meta(db).attributes]
+    if sheet:
+        contact_sheet(result["results"], names, sheet)
+    if as_json:
+        _echo_json(result)
+    else:
+        typer.echo(search_text(result, names))
+        if sheet:
+            typer.echo(f"contact sheet: {sheet}")
+
+
+def _attribute_pairs(args: list[str]) -> list[tuple[str, str]]:
+    """`--type Dress --view=side` -> [("type", "Dress"), ("view", "side")]."""
+    pairs, i = [], 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or len(token) < 3:
+            raise MhtagError(f"unexpected argument {token!r}; attribute filters look like --NAME VALUE")
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise MhtagError(f"--{name} needs a value")
+            value = args[i + 1]
+            i += 1
+        pairs.append((name, value))
+        i += 1
+    return pairs
 
 
 @app.command()

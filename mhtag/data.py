@@ -413,6 +413,7 @@ class SafeImageDataset(ImageDataset):
 
 
 def collate_safe(batch):
+    """-> (stacked images or None, indices of the good ones, [(index, reason)] of the bad ones)."""
     good = [(x, i) for x, i, err in batch if err is None]
     bad = [(i, err) for x, i, err in batch if err is not None]
     xs = torch.stack([x for x, _ in good]) if good else None

@@ -40,8 +40,9 @@ class Embedded:
 def loader_kwargs(device: torch.device, workers: int) -> dict[str, Any]:
     kw: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if workers:
-        kw["persistent_workers"] = False
         kw["prefetch_factor"] = 4
+        # forked workers would inherit LanceDB's async runtime (it warns of deadlocks); forkserver starts clean
+        kw["multiprocessing_context"] = "forkserver"
     return kw
 
 

@@ -160,3 +160,61 @@ def class_distribution_png(h: dict[str, Any], path: Path, max_classes: int = 30)
     fig.tight_layout()
     path.write_bytes(base64.b64decode(_png(fig)))
     return path
+
+
+def predictions_text(result: dict[str, Any]) -> str:
+    """Human-readable `mhtag predict` output: one block per image, one line per attribute."""
+    lines = []
+    for p in result["predictions"]:
+        lines.append(p["path"])
+        for name, a in p["attributes"].items():
+            fused = a["fused"]["label"]
+            fused = ", ".join(fused) or "(none)" if isinstance(fused, list) else fused
+            head = " ".join(f"{lab}:{pr:.2f}" for lab, pr in a["head"]) or "-"
+            nbr = " ".join(f"{lab}:{sh:.2f}" for lab, sh in a["neighbours"]) or "-"
+            flag = "" if a["agree"] is not False else "  (head and neighbours disagree)"
+            conf = a["fused"]["confidence"]
+            lines.append(f"  {name:<16} {fused} ({conf:.2f})   head {head} | neighbours {nbr}{flag}")
+    for f in result.get("failed", []):
+        lines.append(f"skipped {f['path']}: {f['reason']}")
+    return "\n".join(lines)
+
+
+def search_text(result: dict[str, Any], attributes: list[str]) -> str:
+    lines = [f"{result['matched']} row(s) match; showing {len(result['results'])}"]
+    for r in result["results"]:
+        attrs = " ".join(f"{a}={_fmt(r[a])}" for a in attributes if r.get(a))
+        lines.append(f"{r['score']:.3f}  {r['path']}  {attrs}")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return "|".join(v) if isinstance(v, list) else str(v)
+
+
+def contact_sheet(results: list[dict[str, Any]], attributes: list[str], path: Path, thumb: int = 160,
+                  columns: int = 6) -> Path:
+    """A grid of result thumbnails, each captioned with its score and attributes."""
+    from PIL import Image, ImageDraw
+
+    from mhtag.data import load_image
+    from mhtag.errors import ImageError
+
+    caption = 14 * (1 + min(len(attributes), 4))
+    rows = max(1, -(-len(results) // columns))
+    sheet = Image.new("RGB", (columns * thumb, rows * (thumb + caption)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, r in enumerate(results):
+        x, y = (i % columns) * thumb, (i // columns) * (thumb + caption)
+        try:
+            img = load_image(r["path"])
+            img.thumbnail((thumb - 4, thumb - 4))
+            sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))
+        except ImageError:
+            draw.text((x + 4, y + thumb // 2), "unreadable", fill="red")
+        text = [f"{r['score']:.3f}"] + [f"{a}: {_fmt(r[a])}"[:26] for a in attributes[:4] if r.get(a)]
+        for j, t in enumerate(text):
+            draw.text((x + 4, y + thumb + 14 * j), t, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path

@@ -1,0 +1,270 @@
+"""The image store: one LanceDB table (source of truth) plus a FAISS index derived from its vectors.
+
+Row columns: `rid` (int64 key from the path), `id` (content sha1), `path`, `rel` (path under the indexed
+root), `size`, `mtime_ns`, `width`, `height`, `split`, `vector`, and per attribute `pred_<a>` (label, or
+`|tag|tag|` for tag groups), `conf_<a>`, `probs_<a>` (the head's full probabilities) and `label_<a>`
+(a known label, kept apart from predictions). `meta.json` beside the table records the model, backbone,
+embedding size and label schema the rows were made with.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mhtag.errors import MhtagError
+
+TABLE = "images"
+DEFAULT_DB = Path("indexes/default")
+EXACT_MAX_ROWS = 200_000  # above this, searches that match many rows use an IVF index (see benchmarks)
+
+
+def column_suffix(attribute: str) -> str:
+    """A lower-case, SQL-safe column suffix for any attribute name (`baseColour` -> `basecolour`)."""
+    s = re.sub(r"[^0-9a-z]+", "_", attribute.lower()).strip("_") or "attr"
+    return s if not s[0].isdigit() else f"a_{s}"
+
+
+def rid_for(rel_path: str) -> int:
+    """Stable signed 64-bit row key from the path: sharded writers need no shared counter."""
+    return int.from_bytes(hashlib.sha1(rel_path.encode()).digest()[:8], "big", signed=True)
+
+
+def encode_tags(tags: list[str]) -> str:
+    """Tag groups are stored as `|a|b|` so a filter for one tag is a plain substring match on `|a|`."""
+    return "|" + "|".join(tags) + "|" if tags else ""
+
+
+def decode_tags(value: str | None) -> list[str]:
+    return [t for t in (value or "").split("|") if t]
+
+
+@dataclass
+class StoredAttribute:
+    name: str
+    kind: str  # single | multi
+    column: str  # suffix of pred_/conf_/probs_/label_ columns
+    classes: list[str] = field(default_factory=list)  # the head's vocabulary (empty when there is no head)
+    has_head: bool = False
+    has_labels: bool = False
+    label_values: list[str] = field(default_factory=list)  # known labels seen in the CSV
+
+
+@dataclass
+class IndexMeta:
+    model_id: str  # content hash of the checkpoint, or `backbone:<name>` without a model
+    model_path: str | None
+    backbone: str
+    dim: int
+    data_config: dict[str, Any]
+    schema_version: str | None
+    attributes: list[StoredAttribute]
+    root: str | None = None
+    fusion: dict[str, float] = field(default_factory=dict)  # attribute -> weight of the head vs neighbours
+    fusion_k: int = 20
+    format: int = 1
+
+    def attribute(self, name: str) -> StoredAttribute:
+        for a in self.attributes:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def find_attribute(self, name: str) -> StoredAttribute | None:
+        """Case-insensitive lookup, also by column suffix (`--base-colour`, `--basecolour`, `--baseColour`)."""
+        key = column_suffix(name.replace("-", "_"))
+        for a in self.attributes:
+            if a.name.lower() == name.lower() or a.column == key or a.column.replace("_", "") == key.replace("_", ""):
+                return a
+        return None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IndexMeta:
+        d = dict(d)
+        d["attributes"] = [StoredAttribute(**a) for a in d["attributes"]]
+        return cls(**d)
+
+
+def meta_path(db: Path) -> Path:
+    return Path(db) / "meta.json"
+
+
+def read_meta(db: str | Path) -> IndexMeta | None:
+    p = meta_path(Path(db))
+    if not p.is_file():
+        return None
+    return IndexMeta.from_dict(json.loads(p.read_text()))
+
+
+def require_meta(db: str | Path) -> IndexMeta:
+    meta = read_meta(db)
+    if meta is None:
+        raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
+    return meta
+
+
+def write_meta(db: str | Path, meta: IndexMeta) -> None:
+    p = meta_path(Path(db))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".meta.{os.getpid()}.tmp")
+    tmp.write_text(meta.to_json())
+    os.replace(tmp, p)
+
+
+@contextmanager
+def writer_lock(db: str | Path) -> Iterator[None]:
+    """One writer per database: a second `index` run fails at once with a clear message."""
+    Path(db).mkdir(parents=True, exist_ok=True)
+    with open(Path(db) / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise MhtagError(f"another `mhtag index` (pid {holder}) is writing to {db}; "
+                             "wait for it to finish") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def arrow_schema(meta: IndexMeta) -> pa.Schema:
+    fields = [pa.field("rid", pa.int64()), pa.field("id", pa.string()), pa.field("path", pa.string()),
+              pa.field("rel", pa.string()), pa.field("size", pa.int64()), pa.field("mtime_ns", pa.int64()),
+              pa.field("width", pa.int32()), pa.field("height", pa.int32()), pa.field("split", pa.string()),
+              pa.field("vector", pa.list_(pa.float32(), meta.dim))]
+    for a in meta.attributes:
+        if a.has_head:
+            fields += [pa.field(f"pred_{a.column}", pa.string()), pa.field(f"conf_{a.column}", pa.float32()),
+                       pa.field(f"probs_{a.column}", pa.list_(pa.float32()))]
+        if a.has_labels:
+            fields.append(pa.field(f"label_{a.column}", pa.string()))
+    return pa.schema(fields)
+
+
+def connect(db: str | Path):
+    import lancedb
+
+    return lancedb.connect(str(db))
+
+
+def open_table(db: str | Path, meta: IndexMeta | None = None, create: bool = False):
+    conn = connect(db)
+    if TABLE in conn.table_names():
+        return conn.open_table(TABLE)
+    if not create:
+        raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
+    return conn.create_table(TABLE, schema=arrow_schema(meta))
+
+
+def drop_table(db: str | Path) -> None:
+    conn = connect(db)
+    if TABLE in conn.table_names():
+        conn.drop_table(TABLE)
+
+
+def read_columns(table, columns: list[str], where=None) -> pa.Table:
+    q = table.search().select(columns).limit(None)
+    if where is not None:
+        q = q.where(where, prefilter=True)
+    return q.to_arrow()
+
+
+def vectors_of(arrow: pa.Table, dim: int) -> np.ndarray:
+    col = arrow.column("vector").combine_chunks()
+    return np.ascontiguousarray(col.values.to_numpy(zero_copy_only=False).reshape(-1, dim), dtype=np.float32)
+
+
+class VectorIndex:
+    """Inner-product search over the table's (L2-normalised) vectors, restricted to any subset of rows.
+
+    Exact (flat) search serves small tables and selective filters; large tables get an IVF index whose
+    probe count grows as the filter narrows, so a filtered query still finds `k` rows when `k` match.
+    On a GPU the flat search runs as a torch matmul instead.
+    """
+
+    def __init__(self, vectors: np.ndarray, rids: np.ndarray, exact_max_rows: int = EXACT_MAX_ROWS,
+                 nlist: int | None = None, seed: int = 0):
+        import faiss
+
+        faiss.cvar.distance_compute_blas_threshold = 16  # faiss 1.15 raised it to 128000: 8-10x slower batches
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.rids = np.asarray(rids, dtype=np.int64)
+        self.order = np.argsort(self.rids)
+        self.dim = self.vectors.shape[1]
+        self.flat = faiss.IndexFlatIP(self.dim)
+        self.flat.add(self.vectors)
+        self.ivf = None
+        self.exact_max_rows = exact_max_rows
+        n = len(self.vectors)
+        if n > exact_max_rows:
+            nlist = nlist or int(4 * np.sqrt(n))
+            quantizer = faiss.IndexFlatIP(self.dim)
+            self.ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(seed)
+            sample = self.vectors[rng.choice(n, size=min(n, nlist * 40), replace=False)]
+            self.ivf.train(sample)
+            self.ivf.add(self.vectors)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def positions_of(self, rids: np.ndarray) -> np.ndarray:
+        """Row positions of the given rids (unknown rids are dropped)."""
+        rids = np.asarray(rids, dtype=np.int64)
+        idx = np.searchsorted(self.rids, rids, sorter=self.order)
+        idx = np.clip(idx, 0, len(self.rids) - 1)
+        pos = self.order[idx]
+        return pos[self.rids[pos] == rids]
+
+    def search(self, queries: np.ndarray, k: int, positions: np.ndarray | None = None,
+               base_nprobe: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` (scores, positions) per query among `positions` (all rows if None); -1 pads missing.
+
+        Exact unless the table has an IVF index and more than `exact_max_rows` rows pass the filter; then
+        the IVF probes `base_nprobe / selectivity` lists, so sparser filters look further.
+        """
+        import faiss
+
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        n = len(self.vectors)
+        m = n if positions is None else len(positions)
+        k_eff = min(k, m)
+        if k_eff == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        selector, packed = None, None
+        if positions is not None and m < n:
+            bitmap = np.zeros(n, dtype=bool)
+            bitmap[positions] = True
+            packed = np.packbits(bitmap, bitorder="little")  # must outlive the search: faiss keeps a pointer
+            selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(packed))
+        if self.ivf is not None and m > self.exact_max_rows:
+            nprobe = int(min(self.ivf.nlist, np.ceil(base_nprobe * n / m)))
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+            if selector is not None:
+                params.sel = selector
+            scores, pos = self.ivf.search(q, k_eff, params=params)
+        else:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+            scores, pos = self.flat.search(q, k_eff, params=params)
+        del packed
+        return scores, pos
