@@ -243,15 +243,16 @@ def predict(paths: list[str | Path], db: str | Path = DEFAULT_DB, model: str | P
     out, failed = [], []
     for feats, probs, ok, bad in encode_files(enc, files, batch_size, progress=progress, description="predicting"):
         failed += [{"path": files[i], "reason": r} for i, r in bad]
-        sims, pos = lab.vectors.search(feats, k) if lab is not None else (None, None)
+        # one extra neighbour, since an indexed image must not vote for itself
+        sims, pos = lab.vectors.search(feats, k + 1) if lab is not None else (None, None)
         for row, i in enumerate(ok):
             answers = {}
             near = None
             if lab is not None:
-                keep = pos[row] >= 0
-                keep &= lab.paths[np.maximum(pos[row], 0)] != files[i]  # never vote for yourself
-                if keep.any() and sims[row][keep].max() >= min_similarity:
-                    near = (sims[row][keep], pos[row][keep])
+                keep = (pos[row] >= 0) & (lab.paths[np.maximum(pos[row], 0)] != str(Path(files[i]).resolve()))
+                s, p = sims[row][keep][:k], pos[row][keep][:k]
+                if len(s) and s.max() >= min_similarity:
+                    near = (s, p)
             for a in attributes:
                 head = _head_dist(a, probs[a.name][row]) if a.has_head and a.name in probs else {}
                 nbr = neighbour_shares(near[0], lab.labels[a.name][near[1]], a.kind) if near and a.has_labels else {}

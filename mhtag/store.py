@@ -167,9 +167,13 @@ def connect(db: str | Path):
     return lancedb.connect(str(db))
 
 
+def _has_table(conn) -> bool:
+    return TABLE in conn.list_tables().tables
+
+
 def open_table(db: str | Path, meta: IndexMeta | None = None, create: bool = False):
     conn = connect(db)
-    if TABLE in conn.table_names():
+    if _has_table(conn):
         return conn.open_table(TABLE)
     if not create:
         raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
@@ -178,7 +182,7 @@ def open_table(db: str | Path, meta: IndexMeta | None = None, create: bool = Fal
 
 def drop_table(db: str | Path) -> None:
     conn = connect(db)
-    if TABLE in conn.table_names():
+    if _has_table(conn):
         conn.drop_table(TABLE)
 
 

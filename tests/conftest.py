@@ -45,3 +45,24 @@ def tiny_cfg():
 
     return load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "probe_epochs": 5,
                                   "epochs": 2, "batch_size": 16, "num_workers": 0, "mode": "probe"})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(demo, tmp_path_factory):
+    """A tiny_cnn probe trained on the demo data (session-wide: several index tests share it)."""
+    from mhtag.config import load_config
+    from mhtag.train import fit
+
+    cfg = load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "probe_epochs": 5,
+                                 "num_workers": 0, "mode": "probe"})
+    return fit(cfg, demo, out=tmp_path_factory.mktemp("run") / "run").dir
+
+
+@pytest.fixture
+def indexed(demo, tiny_run, tmp_path):
+    """A fresh index of the demo images with the tiny model and the demo's known labels."""
+    from mhtag.index import index_images
+
+    db = tmp_path / "db"
+    report = index_images(demo.parent, db, model=tiny_run, labels=demo, workers=0)
+    return db, report

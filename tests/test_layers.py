@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 LAYERS = ["errors", "config", "runtime", "data", "synthetic", "health", "backbones", "model", "metrics", "embed",
-          "report", "train", "evaluate", "store", "predict", "search", "cli"]
+          "report", "train", "evaluate", "store", "predict", "index", "search", "cli"]
 
 
 def test_imports_only_flow_downwards():

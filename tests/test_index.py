@@ -1,0 +1,142 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from mhtag.errors import MhtagError
+from mhtag.index import index_images
+from mhtag.store import open_table, read_columns, read_meta, writer_lock
+
+
+def _rows(db):
+    return sorted(read_columns(open_table(db), ["rel", "id"]).to_pylist(), key=lambda r: r["rel"])
+
+
+def test_index_stores_one_row_per_image_with_predictions_and_known_labels(indexed, demo):
+    db, report = indexed
+    assert report.rows == report.added == 120 and not report.failed and report.has_heads
+    row = read_columns(open_table(db), ["rel", "width", "height", "pred_colour", "conf_colour", "label_colour",
+                                        "pred_marks", "label_marks", "split", "vector"]).to_pylist()[0]
+    assert row["rel"].startswith("images/") and (row["width"], row["height"]) == (32, 32)
+    assert row["pred_colour"] in {"red", "green", "blue", "yellow"} and 0 < row["conf_colour"] <= 1
+    assert row["label_colour"] in {"red", "green", "blue", "yellow"} and row["split"] in {"train", "val", "test"}
+    assert abs(sum(v * v for v in row["vector"]) - 1) < 1e-4  # L2-normalised
+    meta = read_meta(db)
+    assert meta.dim == 32 and meta.backbone == "tiny_cnn" and meta.schema_version
+    assert {a.name for a in meta.attributes if a.has_head and a.has_labels} == {
+        "shape", "colour", "size", "background", "marks"}
+    assert set(meta.fusion) == {"shape", "colour", "size", "background"}
+
+
+def test_rerun_is_incremental_changed_files_reembed_and_prune_drops_deleted(indexed, demo, tiny_run):
+    db, _ = indexed
+    again = index_images(demo.parent, db, labels=demo, workers=0)  # model defaults to the index's own
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 120)
+    img = demo.parent / "images" / "00003.png"
+    shutil.copy(demo.parent / "images" / "00004.png", img)
+    os.utime(img, ns=(time.time_ns(), time.time_ns() + 10**9))
+    (demo.parent / "images" / "00005.png").rename(demo.parent / "gone.bak")
+    try:
+        r = index_images(demo.parent, db, labels=demo, workers=0, prune=True)
+        assert (r.updated, r.pruned, r.rows) == (1, 1, 119)
+        rows = {x["rel"]: x["id"] for x in _rows(db)}
+        assert rows["images/00003.png"] == rows["images/00004.png"]  # content hash follows the new bytes
+    finally:
+        (demo.parent / "gone.bak").rename(demo.parent / "images" / "00005.png")
+
+
+def test_corrupt_files_are_skipped_and_reported(tmp_path, tiny_run):
+    from PIL import Image
+
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    Image.new("RGB", (20, 20), "red").save(tmp_path / "imgs" / "ok.jpg")
+    Image.new("RGB", (20, 20), "blue").save(tmp_path / "imgs" / "sub" / "ok2.png")
+    (tmp_path / "imgs" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "imgs" / "text.png").write_text("not an image")
+    (tmp_path / "imgs" / "notes.txt").write_text("ignored: not an image extension")
+    r = index_images(tmp_path / "imgs", tmp_path / "db", model=tiny_run, workers=0)
+    assert r.rows == 2
+    assert sorted((os.path.basename(p), why.split(" (")[0]) for p, why in r.failed) == [
+        ("empty.jpg", "empty file"), ("text.png", "not an image")]
+
+
+def test_other_model_is_refused_until_rebuild(indexed, demo, tmp_path):
+    db, _ = indexed
+    with pytest.raises(MhtagError, match="does not match.*--rebuild"):
+        index_images(demo.parent, db, model=_other_model(demo, tmp_path), workers=0)
+    r = index_images(demo.parent, db, model=_other_model(demo, tmp_path), workers=0, rebuild=True)
+    assert r.added == 120 and read_meta(db).model_path.startswith(str(tmp_path / "other"))
+
+
+def _other_model(demo, tmp_path):
+    from mhtag.config import load_config
+    from mhtag.train import fit
+
+    out = tmp_path / "other"
+    if not (out / "best.pt").exists():
+        fit(load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "probe_epochs": 2,
+                                   "num_workers": 0, "mode": "probe", "seed": 7}), demo, out=out)
+    return out
+
+
+def test_second_writer_fails_clearly(indexed, demo):
+    db, _ = indexed
+    with writer_lock(db), pytest.raises(MhtagError, match="another `mhtag index`.*is writing"):
+        index_images(demo.parent, db, workers=0)
+
+
+def test_without_a_model_only_embeddings_and_labels(demo, tmp_path, monkeypatch):
+    import mhtag.predict
+
+    monkeypatch.setattr(mhtag.predict, "DEFAULT_BACKBONE", "tiny_cnn")
+    monkeypatch.setattr("mhtag.index.DEFAULT_BACKBONE", "tiny_cnn")
+    r = index_images(demo.parent, tmp_path / "db", labels=demo, workers=0)
+    meta = read_meta(tmp_path / "db")
+    assert not r.has_heads and meta.model_id == "backbone:tiny_cnn"
+    assert all(a.has_labels and not a.has_head for a in meta.attributes)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    import conftest  # registers tiny_cnn
+    import mhtag.index as ix
+    real = ix.encode_files
+    def slow(*a, **kw):
+        for batch in real(*a, **kw):
+            time.sleep(0.15)
+            yield batch
+    ix.encode_files = slow
+    ix.index_images({root!r}, {db!r}, model={model!r}, labels={labels!r}, batch_size=8, commit_every=16, workers=0)
+""")
+
+
+def test_killed_index_resumes_to_the_same_rows_as_a_clean_run(demo, tiny_run, tmp_path):
+    clean = tmp_path / "clean"
+    index_images(demo.parent, clean, model=tiny_run, labels=demo, workers=0)
+    db = tmp_path / "killed"
+    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), root=str(demo.parent), db=str(db),
+                                model=str(tiny_run), labels=str(demo))
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.1)
+        try:
+            if 0 < open_table(db).count_rows() < 120:
+                break
+        except MhtagError:
+            continue  # table not created yet
+        except Exception:  # noqa: BLE001 - the child may be mid-write; poll again
+            continue
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = open_table(db).count_rows()
+    assert 0 < partial < 120, partial
+    r = index_images(demo.parent, db, labels=demo, workers=0)
+    assert r.unchanged == partial and r.added == 120 - partial
+    assert _rows(db) == _rows(clean)  # same rows, no duplicate, none lost

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from mhtag.store import VectorIndex, column_suffix, decode_tags, encode_tags, rid_for
+
+
+def _clustered(n, d, seed=0, centres=50):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d))
+    x = c[rng.integers(0, centres, n)] + 0.3 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _exact(x, q, k, positions=None):
+    pos = np.arange(len(x)) if positions is None else np.asarray(positions)
+    s = x[pos] @ q
+    return pos[np.argsort(-s)[:k]]
+
+
+def test_flat_search_matches_brute_force_with_and_without_a_filter():
+    x = _clustered(3000, 32)
+    vi = VectorIndex(x, np.arange(3000) * 7)
+    q = x[5] + 0.01
+    scores, pos = vi.search(q, 10)
+    assert list(pos[0]) == list(_exact(x, q, 10))
+    subset = np.arange(0, 3000, 37)
+    scores, pos = vi.search(q, 10, positions=subset)
+    assert set(pos[0]) <= set(subset) and list(pos[0]) == list(_exact(x, q, 10, subset))
+    _, pos = vi.search(q, 10, positions=np.array([3, 4]))  # fewer matches than k: all of them, no padding
+    assert sorted(pos[0]) == [3, 4]
+
+
+def test_ivf_path_keeps_recall_and_returns_k_at_any_selectivity():
+    n = 20000
+    x = _clustered(n, 32, seed=1)
+    vi = VectorIndex(x, np.arange(n), exact_max_rows=2000, nlist=64)
+    assert vi.ivf is not None
+    rng = np.random.default_rng(2)
+    for frac in (0.5, 0.2, 0.01):
+        subset = np.sort(rng.choice(n, int(n * frac), replace=False))
+        recalls = []
+        for qi in rng.choice(n, 20, replace=False):
+            _, pos = vi.search(x[qi], 10, positions=subset)
+            assert len(pos[0]) == 10 and (pos[0] >= 0).all() and set(pos[0]) <= set(subset)
+            recalls.append(len(set(pos[0]) & set(_exact(x, x[qi], 10, subset))) / 10)
+        assert np.mean(recalls) >= 0.95, (frac, np.mean(recalls))
+
+
+def test_positions_of_maps_rids_and_drops_unknown():
+    vi = VectorIndex(_clustered(10, 4), np.array([50, 10, 40, 20, 30, 60, 70, 80, 90, 0]))
+    assert list(vi.positions_of(np.array([10, 30, 999]))) == [1, 4]
+
+
+def test_row_keys_tags_and_column_names():
+    assert rid_for("a/b.jpg") == rid_for("a/b.jpg") != rid_for("a/c.jpg")
+    assert decode_tags(encode_tags(["x", "y z"])) == ["x", "y z"] and encode_tags([]) == ""
+    assert column_suffix("baseColour") == "basecolour" and column_suffix("2 view's") == "a_2_view_s"
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_empty_or_tiny_requests(k):
+    vi = VectorIndex(_clustered(5, 4), np.arange(5))
+    _, pos = vi.search(np.ones(4, np.float32), k, positions=np.array([], dtype=np.int64))
+    assert pos.shape[1] == 0
