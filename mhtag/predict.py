@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from mhtag.store import (
     read_columns,
     read_meta,
     require_meta,
-    vectors_of,
+    snapshot,
     write_meta,
 )
 
@@ -135,39 +134,27 @@ def image_files(paths: list[str | Path]) -> list[Path]:
 
 @dataclass
 class LabelledIndex:
-    """The labelled rows of an index in memory: vectors, paths and known labels per attribute."""
+    """The index's rows with what neighbour voting needs: vectors, paths, known labels and splits per row."""
 
-    vectors: VectorIndex
+    vectors: VectorIndex  # every row of the snapshot
+    positions: np.ndarray  # the rows with at least one known label: the only ones that vote
     paths: np.ndarray
-    labels: dict[str, np.ndarray]  # attribute -> label string per row ("" = unknown)
+    labels: dict[str, np.ndarray]  # attribute -> label per row ("" = unknown)
     splits: np.ndarray
 
 
-@lru_cache(maxsize=4)
-def _labelled_rows(db: str, version: int) -> LabelledIndex | None:
+def labelled_index(db: str | Path) -> LabelledIndex | None:
     meta = require_meta(db)
     labelled = [a for a in meta.attributes if a.has_labels]
     if not labelled:
         return None
-    table = open_table(db)
-    cols = ["rid", "path", "vector", "split"] + [f"label_{a.column}" for a in labelled]
-    arrow = read_columns(table, cols)
-    has_any = np.zeros(arrow.num_rows, dtype=bool)
-    for a in labelled:
-        has_any |= np.asarray(arrow.column(f"label_{a.column}").to_pylist(), dtype=object) != ""
-    arrow = arrow.filter(has_any)
-    if arrow.num_rows == 0:
+    snap = snapshot(db)
+    column = lambda name: np.asarray(snap.rows.column(name).to_pylist(), dtype=object)  # noqa: E731
+    labels = {a.name: column(f"label_{a.column}") for a in labelled}
+    positions = np.flatnonzero(np.logical_or.reduce([v != "" for v in labels.values()]))
+    if len(positions) == 0:
         return None
-    return LabelledIndex(
-        VectorIndex(vectors_of(arrow, meta.dim), arrow.column("rid").to_numpy()),
-        np.asarray(arrow.column("path").to_pylist(), dtype=object),
-        {a.name: np.asarray(arrow.column(f"label_{a.column}").to_pylist(), dtype=object) for a in labelled},
-        np.asarray(arrow.column("split").to_pylist(), dtype=object),
-    )
-
-
-def labelled_index(db: str | Path) -> LabelledIndex | None:
-    return _labelled_rows(str(db), open_table(db).version)
+    return LabelledIndex(snap.vectors, positions, column("path"), labels, column("split"))
 
 
 def neighbour_shares(sims: np.ndarray, labels: np.ndarray, kind: str, tau: float = NEIGHBOUR_TAU
@@ -244,7 +231,7 @@ def predict(paths: list[str | Path], db: str | Path = DEFAULT_DB, model: str | P
     for feats, probs, ok, bad in encode_files(enc, files, batch_size, progress=progress, description="predicting"):
         failed += [{"path": files[i], "reason": r} for i, r in bad]
         # one extra neighbour, since an indexed image must not vote for itself
-        sims, pos = lab.vectors.search(feats, k + 1) if lab is not None else (None, None)
+        sims, pos = lab.vectors.search(feats, k + 1, lab.positions) if lab is not None else (None, None)
         for row, i in enumerate(ok):
             answers = {}
             near = None
@@ -275,13 +262,12 @@ def calibrate_fusion(db: str | Path, k: int = 20, grid: np.ndarray | None = None
     lab = labelled_index(db)
     if not both or lab is None:
         return {}
-    val = np.where(lab.splits == "val")[0]
-    train = np.where(lab.splits != "val")[0]
+    is_val = lab.splits[lab.positions] == "val"
+    val, train = lab.positions[is_val], lab.positions[~is_val]
     if len(val) == 0 or len(train) == 0:
         _logger.info("no validation rows among the labelled images: fusion weights stay at 0.5")
         return {}
-    table = open_table(db)
-    arrow = read_columns(table, ["rid"] + [f"probs_{a.column}" for a in both])
+    arrow = read_columns(open_table(db), ["rid"] + [f"probs_{a.column}" for a in both])
     row_of = {r: i for i, r in enumerate(arrow.column("rid").to_pylist())}
     val_rows = [row_of[r] for r in lab.vectors.rids[val]]
     sims, pos = lab.vectors.search(lab.vectors.vectors[val], k, positions=train)

@@ -1,32 +1,23 @@
 """Attribute search over an index: filter by any attribute (known labels, predictions or either), optionally
-ranked by similarity to an image. Filters are built as typed LanceDB expressions: a user's value is only
-ever a literal, never pasted into SQL. The filter runs first, then the nearest-neighbour step over the rows
-that passed, so `limit` rows come back whenever at least that many match."""
+ranked by similarity to an image. Attribute filters are typed pyarrow expressions over the in-memory snapshot
+of the table: a user's value is only ever a literal, never pasted into SQL (`--where` is the user's own SQL,
+run by LanceDB). The filter runs first, then the nearest-neighbour step over the rows that passed, so `limit`
+rows come back whenever at least that many match."""
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lancedb.expr import Expr, col, lit
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mhtag.errors import MhtagError
 from mhtag.predict import check_compatible, encode_files, load_encoder
-from mhtag.store import (
-    DEFAULT_DB,
-    IndexMeta,
-    StoredAttribute,
-    VectorIndex,
-    decode_tags,
-    open_table,
-    read_columns,
-    require_meta,
-    vectors_of,
-)
+from mhtag.store import DEFAULT_DB, IndexMeta, StoredAttribute, decode_tags, open_table, require_meta, snapshot
 
 SOURCES = ("label", "pred", "any")
 
@@ -70,28 +61,29 @@ def resolve_filters(meta: IndexMeta, pairs: list[tuple[str, str]]) -> dict[str, 
     return out
 
 
-def _matches(column: str, a: StoredAttribute, values: list[str]) -> Expr:
+def _matches(column: str, a: StoredAttribute, values: list[str]) -> pc.Expression:
+    field = pc.field(column)
     if a.kind == "multi":  # tags are stored as |a|b|: one tag is a substring test on |tag|
-        expr = col(column).contains(f"|{values[0]}|")
+        expr = pc.match_substring(field, f"|{values[0]}|")
         for v in values[1:]:
-            expr = expr | col(column).contains(f"|{v}|")
+            expr = expr | pc.match_substring(field, f"|{v}|")
         return expr
-    return col(column).isin(values)
+    return field.isin(values)
 
 
 def attribute_filter(meta: IndexMeta, filters: dict[str, list[str]], source: str = "any",
-                     min_confidence: float | None = None) -> Expr | None:
+                     min_confidence: float | None = None) -> pc.Expression | None:
     """AND over attributes, OR over one attribute's values. `label`: known labels only; `pred`: predictions
     (at least `min_confidence`); `any`: the known label where there is one, else the prediction."""
     if source not in SOURCES:
         raise MhtagError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
-    expr: Expr | None = None
+    expr: pc.Expression | None = None
     for name, values in filters.items():
         a = meta.attribute(name)
         by_label = _matches(f"label_{a.column}", a, values) if a.has_labels else None
         by_pred = _matches(f"pred_{a.column}", a, values) if a.has_head else None
         if by_pred is not None and min_confidence is not None:
-            by_pred = by_pred & (col(f"conf_{a.column}") >= lit(float(min_confidence)))
+            by_pred = by_pred & (pc.field(f"conf_{a.column}") >= float(min_confidence))
         if source == "label":
             if by_label is None:
                 raise MhtagError(f"{a.name} has no known labels in this index; use --source pred or any")
@@ -101,23 +93,11 @@ def attribute_filter(meta: IndexMeta, filters: dict[str, list[str]], source: str
                 raise MhtagError(f"{a.name} has no predictions in this index (no head); use --source label or any")
             term = by_pred
         elif by_label is not None and by_pred is not None:
-            term = by_label | ((col(f"label_{a.column}") == lit("")) & by_pred)
+            term = by_label | ((pc.field(f"label_{a.column}") == "") & by_pred)
         else:
             term = by_label if by_label is not None else by_pred
         expr = term if expr is None else expr & term
     return expr
-
-
-@lru_cache(maxsize=2)
-def _vector_index(db: str, version: int, dim: int) -> VectorIndex:
-    arrow = read_columns(open_table(db), ["rid", "vector"])
-    return VectorIndex(vectors_of(arrow, dim), arrow.column("rid").to_numpy())
-
-
-def vector_index(db: str | Path) -> VectorIndex:
-    """The FAISS index of every row, rebuilt only when the table has changed since it was last built."""
-    meta = require_meta(db)
-    return _vector_index(str(db), open_table(db).version, meta.dim)
 
 
 def _row_view(row: dict[str, Any], meta: IndexMeta, score: float) -> dict[str, Any]:
@@ -136,60 +116,57 @@ def _row_view(row: dict[str, Any], meta: IndexMeta, score: float) -> dict[str, A
     return out
 
 
-def _display_columns(meta: IndexMeta) -> list[str]:
-    cols = ["rid", "path"]
-    for a in meta.attributes:
-        if a.has_head:
-            cols += [f"pred_{a.column}", f"conf_{a.column}"]
-        if a.has_labels:
-            cols.append(f"label_{a.column}")
-    return cols
-
-
-def _where(table, expr: Expr | None, where: str | None, columns: list[str]):
-    q = table.search().select(columns).limit(None)
-    if expr is not None:
-        q = q.where(expr, prefilter=True)
-    if where:
-        q = q.where(where, prefilter=True)  # the user's own SQL, ANDed with the attribute filters
+def _user_where(db: Path, where: str) -> np.ndarray:
+    """Row keys passing the user's own SQL, evaluated by LanceDB (the source of truth)."""
+    q = open_table(db).search().select(["rid"]).limit(None).where(where, prefilter=True)
     try:
-        return q.to_arrow()
+        return q.to_arrow().column("rid").to_numpy()
     except (ValueError, RuntimeError) as exc:
         raise MhtagError(f"--where {where!r} could not be evaluated: {str(exc).splitlines()[0]}") from exc
 
 
+def embed_query(meta: IndexMeta, db: Path, image: str | Path) -> np.ndarray:
+    """The image's embedding under the index's own model."""
+    enc = load_encoder(meta.model_path, meta.backbone)
+    check_compatible(meta, enc, db)
+    feats, _, _, bad = next(encode_files(enc, [str(image)], workers=0))
+    if bad:
+        raise MhtagError(f"{image}: {bad[0][1]}")
+    return feats
+
+
 def search(db: str | Path = DEFAULT_DB, filters: list[tuple[str, str]] | None = None, where: str | None = None,
            like: str | Path | None = None, limit: int = 20, min_confidence: float | None = None,
-           source: str = "any") -> SearchResult:
-    """Rows matching every attribute filter (and `where`), ranked by similarity to `like` if given, else by
-    the confidence of the filtered predictions."""
+           source: str = "any", vector: np.ndarray | None = None) -> SearchResult:
+    """Rows matching every attribute filter (and `where`), ranked by similarity to the image `like` (or to an
+    embedding `vector` of the index's model) if given, else by the confidence of the filtered predictions."""
     db = Path(db)
     meta = require_meta(db)
-    table = open_table(db)
+    snap = snapshot(db)
     resolved = resolve_filters(meta, filters or [])
     expr = attribute_filter(meta, resolved, source, min_confidence)
-    conf_cols = [f"conf_{meta.attribute(n).column}" for n in resolved if meta.attribute(n).has_head]
-    matched = _where(table, expr, where, ["rid", *conf_cols])
-    rids = matched.column("rid").to_numpy()
-    if len(rids) == 0 or limit <= 0:
-        return SearchResult(len(rids), [])
+    rows = snap.rows if expr is None else snap.rows.filter(expr)
+    if where:
+        keep = np.isin(rows.column("rid").to_numpy(), _user_where(db, where))
+        rows = rows.filter(pa.array(keep))
+    positions = rows.column("_pos").to_numpy()
+    if len(positions) == 0 or limit <= 0:
+        return SearchResult(len(positions), [])
     if like is not None:
-        enc = load_encoder(meta.model_path, meta.backbone)
-        check_compatible(meta, enc, db)
-        feats, _, ok, bad = next(encode_files(enc, [str(like)], workers=0))
-        if bad:
-            raise MhtagError(f"{like}: {bad[0][1]}")
-        vi = vector_index(db)
-        positions = None if expr is None and not where else vi.positions_of(rids)
-        scores, pos = vi.search(feats, limit, positions)
+        vector = embed_query(meta, db, like)
+    if vector is not None:
+        vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if vector.shape[1] != meta.dim:
+            raise MhtagError(f"query vector has {vector.shape[1]} dimensions; index {db} has {meta.dim}")
+        filtered = expr is not None or bool(where)
+        scores, pos = snap.vectors.search(vector, limit, positions if filtered else None)
         keep = pos[0] >= 0
-        top_rids, top_scores = vi.rids[pos[0][keep]], scores[0][keep]
+        top, top_scores = pos[0][keep], scores[0][keep]
     else:
-        score = np.mean([matched.column(c).to_numpy() for c in conf_cols], axis=0) if conf_cols else \
-            np.zeros(len(rids))
-        order = np.lexsort((rids, -score))[:limit]  # by confidence, ties in a stable order
-        top_rids, top_scores = rids[order], score[order]
-    rows = read_columns(table, _display_columns(meta), col("rid").isin(top_rids.tolist())).to_pylist()
-    by_rid = {r["rid"]: r for r in rows}
-    return SearchResult(len(rids), [_row_view(by_rid[r], meta, s) for r, s in zip(top_rids, top_scores, strict=True)
-                                    if r in by_rid])
+        conf_cols = [f"conf_{meta.attribute(n).column}" for n in resolved if meta.attribute(n).has_head]
+        score = np.mean([rows.column(c).to_numpy() for c in conf_cols], axis=0) if conf_cols else \
+            np.zeros(len(positions))
+        order = np.lexsort((positions, -score))[:limit]  # by confidence, ties in table order
+        top, top_scores = positions[order], score[order]
+    shown = snap.rows.take(pa.array(top)).to_pylist()
+    return SearchResult(len(positions), [_row_view(r, meta, s) for r, s in zip(shown, top_scores, strict=True)])

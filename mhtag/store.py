@@ -10,6 +10,7 @@ embedding size and label schema the rows were made with.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +209,7 @@ class VectorIndex:
     """
 
     def __init__(self, vectors: np.ndarray, rids: np.ndarray, exact_max_rows: int = EXACT_MAX_ROWS,
-                 nlist: int | None = None, seed: int = 0):
+                 nlist: int | None = None, seed: int = 0, ivf_file: Path | None = None):
         import faiss
 
         faiss.cvar.distance_compute_blas_threshold = 16  # faiss 1.15 raised it to 128000: 8-10x slower batches
@@ -220,7 +222,9 @@ class VectorIndex:
         self.ivf = None
         self.exact_max_rows = exact_max_rows
         n = len(self.vectors)
-        if n > exact_max_rows:
+        if n > exact_max_rows and ivf_file is not None and ivf_file.is_file():
+            self.ivf = faiss.read_index(str(ivf_file))
+        elif n > exact_max_rows:
             nlist = nlist or int(4 * np.sqrt(n))
             quantizer = faiss.IndexFlatIP(self.dim)
             self.ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -228,6 +232,10 @@ class VectorIndex:
             sample = self.vectors[rng.choice(n, size=min(n, nlist * 40), replace=False)]
             self.ivf.train(sample)
             self.ivf.add(self.vectors)
+            if ivf_file is not None:
+                tmp = ivf_file.with_name(f".{ivf_file.name}.{os.getpid()}.tmp")
+                faiss.write_index(self.ivf, str(tmp))
+                os.replace(tmp, ivf_file)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -272,3 +280,33 @@ class VectorIndex:
             scores, pos = self.flat.search(q, k_eff, params=params)
         del packed
         return scores, pos
+
+
+@dataclass
+class Snapshot:
+    """One version of the table in memory, for searching: every column but the vectors and probabilities
+    (plus `_pos`, the row position), and the vector index over the same rows in the same order."""
+
+    version: int
+    rows: pa.Table
+    vectors: VectorIndex
+
+
+@lru_cache(maxsize=2)
+def _snapshot(db: str, version: int, dim: int) -> Snapshot:
+    table = open_table(db)
+    names = [n for n in table.schema.names if not n.startswith("probs_")]
+    arrow = read_columns(table, names)
+    for stale in glob.glob(os.path.join(db, "ivf-*.faiss")):
+        if stale != os.path.join(db, f"ivf-{version}.faiss"):
+            os.unlink(stale)
+    index = VectorIndex(vectors_of(arrow, dim), arrow.column("rid").to_numpy(),
+                        ivf_file=Path(db) / f"ivf-{version}.faiss")
+    rows = arrow.drop_columns(["vector"]).append_column("_pos", pa.array(np.arange(arrow.num_rows)))
+    return Snapshot(version, rows, index)
+
+
+def snapshot(db: str | Path) -> Snapshot:
+    """The table as it is now; reloaded only when a write has made a new table version."""
+    meta = require_meta(db)
+    return _snapshot(str(db), open_table(db).version, meta.dim)
