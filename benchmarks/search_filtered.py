@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mhtag.search import search, vector_index
-from mhtag.store import IndexMeta, StoredAttribute, arrow_schema, open_table, write_meta
+from mhtag.search import search
+from mhtag.store import IndexMeta, StoredAttribute, arrow_schema, open_table, snapshot, write_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 FILTERS = {"half": ("v0", 2), "twenty": ("v0", 20), "thousand": ("v0", 1000)}  # value, number of values
@@ -75,7 +75,7 @@ def main() -> None:
     try:
         vectors, write_s = build(db, args.rows, args.dim)
         t0 = time.perf_counter()
-        vi = vector_index(db)
+        vi = snapshot(db).vectors
         index_s = time.perf_counter() - t0
         rng = np.random.default_rng(1)
         queries = vectors[rng.choice(args.rows, args.queries, replace=False)]

@@ -29,7 +29,8 @@ from mhtag.errors import MhtagError
 
 TABLE = "images"
 DEFAULT_DB = Path("indexes/default")
-EXACT_MAX_ROWS = 200_000  # above this, searches that match many rows use an IVF index (see benchmarks)
+EXACT_MAX_ROWS = 200_000  # tables larger than this also get an IVF index (see benchmarks/search_filtered.py)
+EXACT_MAX_MATCHES = 20_000  # with an IVF index, filters passing more rows than this search approximately
 
 
 def column_suffix(attribute: str) -> str:
@@ -209,7 +210,8 @@ class VectorIndex:
     """
 
     def __init__(self, vectors: np.ndarray, rids: np.ndarray, exact_max_rows: int = EXACT_MAX_ROWS,
-                 nlist: int | None = None, seed: int = 0, ivf_file: Path | None = None):
+                 nlist: int | None = None, seed: int = 0, ivf_file: Path | None = None,
+                 exact_max_matches: int = EXACT_MAX_MATCHES):
         import faiss
 
         faiss.cvar.distance_compute_blas_threshold = 16  # faiss 1.15 raised it to 128000: 8-10x slower batches
@@ -220,7 +222,7 @@ class VectorIndex:
         self.flat = faiss.IndexFlatIP(self.dim)
         self.flat.add(self.vectors)
         self.ivf = None
-        self.exact_max_rows = exact_max_rows
+        self.exact_max_matches = exact_max_matches
         n = len(self.vectors)
         if n > exact_max_rows and ivf_file is not None and ivf_file.is_file():
             self.ivf = faiss.read_index(str(ivf_file))
@@ -252,7 +254,7 @@ class VectorIndex:
                base_nprobe: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` (scores, positions) per query among `positions` (all rows if None); -1 pads missing.
 
-        Exact unless the table has an IVF index and more than `exact_max_rows` rows pass the filter; then
+        Exact unless the table has an IVF index and more than `exact_max_matches` rows pass the filter; then
         the IVF probes `base_nprobe / selectivity` lists, so sparser filters look further.
         """
         import faiss
@@ -269,7 +271,7 @@ class VectorIndex:
             bitmap[positions] = True
             packed = np.packbits(bitmap, bitorder="little")  # must outlive the search: faiss keeps a pointer
             selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(packed))
-        if self.ivf is not None and m > self.exact_max_rows:
+        if self.ivf is not None and m > self.exact_max_matches:
             nprobe = int(min(self.ivf.nlist, np.ceil(base_nprobe * n / m)))
             params = faiss.SearchParametersIVF(nprobe=nprobe)
             if selector is not None:
@@ -293,8 +295,9 @@ class Snapshot:
 
 
 @lru_cache(maxsize=2)
-def _snapshot(db: str, version: int, dim: int) -> Snapshot:
+def _snapshot(db: str, key: tuple[int, int], dim: int) -> Snapshot:
     table = open_table(db)
+    version = table.version
     names = [n for n in table.schema.names if not n.startswith("probs_")]
     arrow = read_columns(table, names)
     for stale in glob.glob(os.path.join(db, "ivf-*.faiss")):
@@ -303,10 +306,19 @@ def _snapshot(db: str, version: int, dim: int) -> Snapshot:
     index = VectorIndex(vectors_of(arrow, dim), arrow.column("rid").to_numpy(),
                         ivf_file=Path(db) / f"ivf-{version}.faiss")
     rows = arrow.drop_columns(["vector"]).append_column("_pos", pa.array(np.arange(arrow.num_rows)))
+    rows = rows.combine_chunks()  # one chunk per column: filters and takes without per-fragment overhead
     return Snapshot(version, rows, index)
+
+
+def _version_key(db: str | Path) -> tuple[int, int]:
+    """Changes whenever a commit adds a manifest: a stat and a listing, far cheaper than opening the table."""
+    versions = Path(db) / f"{TABLE}.lance" / "_versions"
+    if not versions.is_dir():
+        raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
+    return versions.stat().st_mtime_ns, len(os.listdir(versions))
 
 
 def snapshot(db: str | Path) -> Snapshot:
     """The table as it is now; reloaded only when a write has made a new table version."""
     meta = require_meta(db)
-    return _snapshot(str(db), open_table(db).version, meta.dim)
+    return _snapshot(str(db), _version_key(db), meta.dim)

@@ -33,7 +33,7 @@ def test_flat_search_matches_brute_force_with_and_without_a_filter():
 def test_ivf_path_keeps_recall_and_returns_k_at_any_selectivity():
     n = 20000
     x = _clustered(n, 32, seed=1)
-    vi = VectorIndex(x, np.arange(n), exact_max_rows=2000, nlist=64)
+    vi = VectorIndex(x, np.arange(n), exact_max_rows=2000, nlist=64, exact_max_matches=1000)
     assert vi.ivf is not None
     rng = np.random.default_rng(2)
     for frac in (0.5, 0.2, 0.01):
@@ -62,3 +62,14 @@ def test_empty_or_tiny_requests(k):
     vi = VectorIndex(_clustered(5, 4), np.arange(5))
     _, pos = vi.search(np.ones(4, np.float32), k, positions=np.array([], dtype=np.int64))
     assert pos.shape[1] == 0
+
+
+def test_ivf_index_is_saved_beside_the_table_and_reloaded(tmp_path):
+    x = _clustered(5000, 16, seed=3)
+    path = tmp_path / "ivf-1.faiss"
+    first = VectorIndex(x, np.arange(5000), exact_max_rows=1000, nlist=32, ivf_file=path)
+    assert path.is_file() and first.ivf.ntotal == 5000
+    again = VectorIndex(x, np.arange(5000), exact_max_rows=1000, nlist=32, ivf_file=path)
+    assert again.ivf.ntotal == 5000 and again.ivf.nlist == 32
+    q = x[:3]
+    assert np.array_equal(first.search(q, 5)[1], again.search(q, 5)[1])
