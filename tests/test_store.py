@@ -73,3 +73,16 @@ def test_ivf_index_is_saved_beside_the_table_and_reloaded(tmp_path):
     assert again.ivf.ntotal == 5000 and again.ivf.nlist == 32
     q = x[:3]
     assert np.array_equal(first.search(q, 5)[1], again.search(q, 5)[1])
+
+
+def test_torch_exact_path_agrees_with_faiss():
+    """The GPU path (matmul + top-k) runs here on CPU tensors: same rows, same order as FAISS."""
+    x = _clustered(4000, 32, seed=4)
+    faiss_vi = VectorIndex(x, np.arange(4000), torch_device=None)
+    faiss_vi.on_torch = None
+    torch_vi = VectorIndex(x, np.arange(4000), torch_device="cpu")
+    subset = np.arange(5, 4000, 11)
+    for positions in (None, subset):
+        a_s, a_p = faiss_vi.search(x[:4] + 0.01, 10, positions)
+        b_s, b_p = torch_vi.search(x[:4] + 0.01, 10, positions)
+        assert np.array_equal(a_p, b_p) and np.allclose(a_s, b_s, atol=1e-5)
