@@ -163,7 +163,9 @@ def search(db: str | Path = DEFAULT_DB, filters: list[tuple[str, str]] | None = 
         keep = pos[0] >= 0
         top, top_scores = pos[0][keep], scores[0][keep]
     else:
-        conf_cols = [f"conf_{meta.attribute(n).column}" for n in resolved if meta.attribute(n).has_head]
+        ranked_by = [meta.attribute(n) for n in resolved if meta.attribute(n).has_head] or \
+            [a for a in meta.attributes if a.has_head]  # no prediction filtered: how sure the heads are overall
+        conf_cols = [f"conf_{a.column}" for a in ranked_by]
         score = np.mean([rows.column(c).to_numpy() for c in conf_cols], axis=0) if conf_cols else \
             np.zeros(len(positions))
         order = np.lexsort((positions, -score))[:limit]  # by confidence, ties in table order

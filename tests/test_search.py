@@ -91,3 +91,12 @@ def test_cli_search_json_and_sheet(indexed, tmp_path):
     assert set(out) == {"matched", "results"} and len(out["results"]) == 2
     assert {"path", "score", "colour", "shape", "marks"} <= set(out["results"][0])
     assert (tmp_path / "sheet.jpg").stat().st_size > 1000
+
+
+def test_no_filter_matches_every_row_ranked_by_mean_head_confidence(indexed):
+    db, _ = indexed
+    r = search(db, limit=5)
+    assert r.matched == 120 and len(r.results) == 5
+    means = [sum(x[f"{a}_confidence"] for a in ("shape", "colour", "size", "background", "marks")) / 5
+             for x in r.results]
+    assert means == sorted(means, reverse=True) and r.results[0]["score"] == pytest.approx(means[0], abs=1e-3)
