@@ -49,7 +49,7 @@ def main() -> None:
         "benchmark": f"fashion12k_{args.mode}",
         "backbone": cfg.backbone,
         "config": cfg.to_dict(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor()}, "
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()}, "
                   f"{torch.get_num_threads()} threads)",
         "epochs_run": len(run.history),
         "train_seconds": round(train_s, 1),

@@ -53,7 +53,7 @@ def main() -> None:
         indexed = linked_folder(labels[labels["split"] != "test"], args.data, tmp / "trainval")
         t0 = time.time()
         rep = index_images(indexed, tmp / "db", model=args.model, labels=indexed / "labels.csv",
-                           batch_size=64, workers=2)
+                           batch_size=64)
         index_s = time.time() - t0
         test = labels[labels["split"] == "test"].reset_index(drop=True)
         t1 = time.time()

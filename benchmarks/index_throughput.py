@@ -20,6 +20,7 @@ import torch
 
 from mhtag.index import index_images
 from mhtag.predict import load_encoder
+from mhtag.runtime import auto_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "fashion12k"
@@ -43,7 +44,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None, help="trained run (default: the offline backbone alone)")
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: auto)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     files = sorted((DATA / "images").glob("*.jpg"))[: args.images]
@@ -61,7 +62,8 @@ def main() -> None:
         total = time.perf_counter() - t0
     indexed = rep.added / total
     result = {"benchmark": "index_throughput", "model": str(args.model) if args.model else enc.backbone,
-              "images": len(files), "image_size": size, "batch_size": args.batch_size, "workers": args.workers,
+              "images": len(files), "image_size": size, "batch_size": args.batch_size,
+              "workers": auto_workers(args.workers),
               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
               "bare_forward_images_per_s": round(bare, 1), "index_images_per_s": round(indexed, 1),
               "ratio": round(indexed / bare, 3), "target_ratio": 0.85}

@@ -130,7 +130,8 @@ def index(folder: Annotated[Path, typer.Argument(help="folder of images, walked 
           rebuild: Annotated[bool, typer.Option(help="drop the index and re-embed everything")] = False,
           prune: Annotated[bool, typer.Option(help="drop rows whose file is gone")] = False,
           batch_size: Annotated[int, typer.Option()] = 64,
-          workers: Annotated[int, typer.Option(help="decoding processes")] = 2) -> None:
+          workers: Annotated[Optional[int], typer.Option(help="decoding processes (default: auto)")] = None
+          ) -> None:
     """Embed and tag every image under FOLDER into a LanceDB index (incremental, resumable)."""
     from mhtag.index import index_images
     from mhtag.store import DEFAULT_DB

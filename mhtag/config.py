@@ -54,7 +54,7 @@ class TrainConfig:
     probe_epochs: int = 60
     probe_lr: float = 3e-3
     amp: bool = True
-    num_workers: int = 2
+    num_workers: int = -1  # decoding processes; -1 = auto (see runtime.auto_workers)
     seed: int = 0
     max_minutes: float | None = None  # stop finetuning after this long, keeping the best checkpoint
 

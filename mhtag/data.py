@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -248,6 +249,11 @@ class LabelTable:
         return self.frame[self.frame["split"] == name].reset_index(drop=True)
 
 
+def absolute(path: str | Path) -> Path:
+    """Absolute and `..`-free, without following symlinks: a folder of links to images stays that folder."""
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
 def hash_split(path: str) -> str:
     """Deterministic 80/10/10 split from the path alone, so it never changes as rows are added."""
     bucket = int(hashlib.sha1(path.encode()).hexdigest(), 16) % 10
@@ -275,8 +281,7 @@ def read_labels(csv_path: str | Path, images_root: str | Path | None = None, mul
     for col in [*multilabel, *ignore]:
         if col not in df.columns:
             raise MhtagError(f"{csv_path}: column {col!r} named in multilabel/ignore is not in the CSV")
-    root = Path(images_root) if images_root is not None else csv_path.parent
-    root_resolved = root.resolve()
+    root = absolute(images_root if images_root is not None else csv_path.parent)
     has_split = "split" in df.columns
     files, splits, keep, skipped = [], [], [], []
     seen: dict[str, int] = {}
@@ -286,8 +291,8 @@ def read_labels(csv_path: str | Path, images_root: str | Path | None = None, mul
         if not rel:
             skipped.append(Skipped(row, rel, "empty path"))
             continue
-        full = (root / rel).resolve()
-        if not full.is_relative_to(root_resolved):
+        full = absolute(root / rel)
+        if not full.is_relative_to(root):
             skipped.append(Skipped(row, rel, f"path escapes the image root {root}"))
             continue
         if str(full) in seen:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from mhtag.backbones import Backbone
 from mhtag.data import SafeImageDataset, build_transform, collate_safe
 from mhtag.errors import MhtagError
-from mhtag.runtime import autocast, default_device, progress_bar
+from mhtag.runtime import auto_workers, autocast, default_device, progress_bar
 
 _logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class Embedded:
     failed: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
 
 
-def loader_kwargs(device: torch.device, workers: int) -> dict[str, Any]:
+def loader_kwargs(device: torch.device, workers: int | None) -> dict[str, Any]:
+    workers = auto_workers(workers)
     kw: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if workers:
         kw["prefetch_factor"] = 4
@@ -48,7 +49,7 @@ def loader_kwargs(device: torch.device, workers: int) -> dict[str, Any]:
 
 @torch.no_grad()
 def embed_batches(forward, files: list[str], data_config: dict[str, Any], batch_size: int = 64,
-                  device: torch.device | None = None, workers: int = 2, progress: bool = False,
+                  device: torch.device | None = None, workers: int | None = None, progress: bool = False,
                   description: str = "embedding"):
     """Yield (outputs, ok_indices, failures) per batch of `files`; unreadable files are reported, not fatal."""
     device = device or default_device()
@@ -65,7 +66,7 @@ def embed_batches(forward, files: list[str], data_config: dict[str, Any], batch_
 
 
 def embed_files(backbone: Backbone, files: list[str], data_config: dict[str, Any], batch_size: int = 64,
-                device: torch.device | None = None, workers: int = 2, progress: bool = False) -> Embedded:
+                device: torch.device | None = None, workers: int | None = None, progress: bool = False) -> Embedded:
     device = device or default_device()
     backbone = backbone.to(device).eval()
     vectors, ok, failed = [], [], []
@@ -93,7 +94,8 @@ def cache_dir() -> Path:
 
 
 def cached_embeddings(backbone: Backbone, files: list[str], data_config: dict[str, Any], batch_size: int = 64,
-                      device: torch.device | None = None, workers: int = 2, progress: bool = False) -> np.ndarray:
+                      device: torch.device | None = None, workers: int | None = None,
+                      progress: bool = False) -> np.ndarray:
     """Embeddings of `files` (all must be readable), reused from disk when backbone, files and size match."""
     path = cache_dir() / "features" / f"{_cache_key(backbone, files, data_config)}.npy"
     if path.is_file():

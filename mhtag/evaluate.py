@@ -20,7 +20,7 @@ _logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def tagger_probabilities(model: Tagger, files: list[str], batch_size: int = 128, workers: int = 2,
+def tagger_probabilities(model: Tagger, files: list[str], batch_size: int = 128, workers: int | None = None,
                          progress: bool = False) -> dict[str, np.ndarray]:
     """Head probabilities for readable `files`; embeddings of the (frozen or fine-tuned) backbone are cached."""
     device = default_device()

@@ -20,7 +20,7 @@ import pyarrow as pa
 from lancedb.expr import col
 from PIL import Image
 
-from mhtag.data import hash_split, read_labels, split_tags
+from mhtag.data import absolute, hash_split, read_labels, split_tags
 from mhtag.errors import MhtagError
 from mhtag.predict import DEFAULT_BACKBONE, Encoder, calibrate_fusion, check_compatible, encode_files, load_encoder
 from mhtag.runtime import init_distributed
@@ -79,9 +79,9 @@ def _known_labels(labels: Path, root: Path, multilabel: list[str], enc: Encoder)
         _logger.warning("labels: skipped %s", s)
     kinds = {a: ("multi" if a in table.multilabel else "single") for a in table.attributes}
     by_rel, splits = {}, {}
-    root_resolved = root.resolve()
+    root = absolute(root)
     for rec in table.frame.to_dict("records"):
-        rel = _relative_to_root(rec["path"], Path(rec["file"]), root_resolved)
+        rel = _relative_to_root(rec["path"], Path(rec["file"]), root)
         if rel is None:
             continue
         by_rel[rel] = {a: _label_cell(rec[a], kinds[a]) for a in table.attributes}
@@ -93,7 +93,7 @@ def _known_labels(labels: Path, root: Path, multilabel: list[str], enc: Encoder)
 
 
 def _relative_to_root(path: str, from_csv: Path, root: Path) -> str | None:
-    for candidate in ((root / path).resolve(), from_csv):
+    for candidate in (absolute(root / path), from_csv):
         if candidate.is_relative_to(root) and (candidate.exists() or candidate == from_csv):
             return candidate.relative_to(root).as_posix()
     return None
@@ -129,7 +129,7 @@ def _build_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, 
     if len(set(columns)) != len(columns):
         raise MhtagError(f"attribute names {sorted(attrs)} collide once made column-safe; rename one")
     return IndexMeta(enc.model_id, enc.model_path, enc.backbone, enc.dim, enc.data_config,
-                     enc.tagger.schema.version if enc.tagger else None, list(attrs.values()), str(root.resolve()),
+                     enc.tagger.schema.version if enc.tagger else None, list(attrs.values()), str(absolute(root)),
                      dict(old.fusion) if old else {})
 
 
@@ -146,7 +146,7 @@ def _row(rel: str, path: Path, vec: np.ndarray, probs: dict[str, np.ndarray], ro
     data = path.read_bytes()
     with Image.open(path) as im:
         width, height = im.size
-    out: dict[str, Any] = {"rid": rid_for(rel), "id": hashlib.sha1(data).hexdigest(), "path": str(path.resolve()),
+    out: dict[str, Any] = {"rid": rid_for(rel), "id": hashlib.sha1(data).hexdigest(), "path": str(absolute(path)),
                            "rel": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "width": width,
                            "height": height, "vector": vec, "split": (known.splits.get(rel) if known else None)
                            or hash_split(rel)}
@@ -203,7 +203,7 @@ def _delete(table, rids: list[int], chunk: int = 2000) -> None:
 
 def index_images(root: str | Path, db: str | Path = DEFAULT_DB, model: str | Path | None = None,
                  labels: str | Path | None = None, multilabel: list[str] | tuple = (), rebuild: bool = False,
-                 prune: bool = False, batch_size: int = 64, commit_every: int = 512, workers: int = 2,
+                 prune: bool = False, batch_size: int = 64, commit_every: int = 512, workers: int | None = None,
                  progress: bool = False) -> IndexReport:
     """Index every image under `root` into the LanceDB table at `db` (see the module docstring)."""
     t0 = time.monotonic()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mhtag.backbones import Backbone, create_backbone
-from mhtag.data import IMAGE_EXTENSIONS
+from mhtag.data import IMAGE_EXTENSIONS, absolute
 from mhtag.embed import embed_batches, resolve_data_config
 from mhtag.errors import MhtagError
 from mhtag.metrics import single_label_metrics
@@ -102,8 +102,8 @@ def check_compatible(meta: IndexMeta, enc: Encoder, db: Path) -> None:
 
 
 @torch.no_grad()
-def encode_files(enc: Encoder, files: list[str], batch_size: int = 64, workers: int = 2, progress: bool = False,
-                 description: str = "embedding"):
+def encode_files(enc: Encoder, files: list[str], batch_size: int = 64, workers: int | None = None,
+                 progress: bool = False, description: str = "embedding"):
     """Yield (embeddings np, {attr: probs np}, ok indices, [(index, reason)]) per batch."""
     device = default_device()
     enc.module.to(device).eval()
@@ -236,7 +236,7 @@ def predict(paths: list[str | Path], db: str | Path = DEFAULT_DB, model: str | P
             answers = {}
             near = None
             if lab is not None:
-                keep = (pos[row] >= 0) & (lab.paths[np.maximum(pos[row], 0)] != str(Path(files[i]).resolve()))
+                keep = (pos[row] >= 0) & (lab.paths[np.maximum(pos[row], 0)] != str(absolute(files[i])))
                 s, p = sims[row][keep][:k], pos[row][keep][:k]
                 if len(s) and s.max() >= min_similarity:
                     near = (s, p)

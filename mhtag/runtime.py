@@ -21,6 +21,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def auto_workers(requested: int | None = None) -> int:
+    """Decoding processes: with a GPU, enough to keep it fed; on a small CPU machine none, since every
+    worker takes a core from the forward pass (measured: indexing at 0.66 of bare forward speed with two
+    workers on 2 cores, 0.90 with none)."""
+    if requested is not None and requested >= 0:
+        return requested
+    cores = os.cpu_count() or 1
+    if torch.cuda.is_available():
+        return min(8, cores)
+    return 0 if cores <= 2 else min(4, cores // 4)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

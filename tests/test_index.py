@@ -140,3 +140,17 @@ def test_killed_index_resumes_to_the_same_rows_as_a_clean_run(demo, tiny_run, tm
     r = index_images(demo.parent, db, labels=demo, workers=0)
     assert r.unchanged == partial and r.added == 120 - partial
     assert _rows(db) == _rows(clean)  # same rows, no duplicate, none lost
+
+
+def test_a_folder_of_symlinks_indexes_with_its_labels(demo, tiny_run, tmp_path):
+    """Links pointing outside the folder are the user's choice; only `..` in a CSV path escapes the root."""
+    links = tmp_path / "links" / "images"
+    links.mkdir(parents=True)
+    for i in range(10):
+        (links / f"{i:05d}.png").symlink_to(demo.parent / "images" / f"{i:05d}.png")
+    csv = tmp_path / "links" / "labels.csv"
+    csv.write_text("\n".join(demo.read_text().splitlines()[:11]) + "\n")
+    r = index_images(tmp_path / "links", tmp_path / "db", model=tiny_run, labels=csv, workers=0)
+    rows = read_columns(open_table(tmp_path / "db"), ["path", "label_colour"]).to_pylist()
+    assert r.rows == 10 and all(x["label_colour"] for x in rows)
+    assert all(x["path"].startswith(str(links)) for x in rows)  # the user's paths, not the link targets
