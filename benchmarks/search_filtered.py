@@ -70,10 +70,15 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--limit", type=int, default=10)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search_filtered.json")
+    ap.add_argument("--db", type=Path, default=None, help="keep the synthetic index here and reuse it next time")
     args = ap.parse_args()
-    db = Path(tempfile.mkdtemp(prefix="mhtag-search-"))
+    db = args.db or Path(tempfile.mkdtemp(prefix="mhtag-search-"))
     try:
-        vectors, write_s = build(db, args.rows, args.dim)
+        if args.db and (db / "meta.json").exists():  # reuse: regenerate the same vectors, skip the writes
+            vectors = np.concatenate([x for _, x in synthetic(args.rows, args.dim, seed=0)])
+            write_s = float("nan")
+        else:
+            vectors, write_s = build(db, args.rows, args.dim)
         t0 = time.perf_counter()
         vi = snapshot(db).vectors
         index_s = time.perf_counter() - t0
@@ -108,7 +113,8 @@ def main() -> None:
         args.out.write_text(json.dumps(report, indent=2))
         print(json.dumps(report, indent=2))
     finally:
-        shutil.rmtree(db, ignore_errors=True)
+        if args.db is None:
+            shutil.rmtree(db, ignore_errors=True)
 
 
 if __name__ == "__main__":

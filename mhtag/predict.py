@@ -270,7 +270,7 @@ def calibrate_fusion(db: str | Path, k: int = 20, grid: np.ndarray | None = None
     arrow = read_columns(open_table(db), ["rid"] + [f"probs_{a.column}" for a in both])
     row_of = {r: i for i, r in enumerate(arrow.column("rid").to_pylist())}
     val_rows = [row_of[r] for r in lab.vectors.rids[val]]
-    sims, pos = lab.vectors.search(lab.vectors.vectors[val], k, positions=train)
+    sims, pos = lab.vectors.search(lab.vectors.vectors[val], k, rows=train)
     grid = np.linspace(0, 1, 11) if grid is None else grid
     weights: dict[str, float] = {}
     for a in both:

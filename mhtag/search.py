@@ -1,8 +1,8 @@
 """Attribute search over an index: filter by any attribute (known labels, predictions or either), optionally
-ranked by similarity to an image. Attribute filters are typed pyarrow expressions over the in-memory snapshot
-of the table: a user's value is only ever a literal, never pasted into SQL (`--where` is the user's own SQL,
-run by LanceDB). The filter runs first, then the nearest-neighbour step over the rows that passed, so `limit`
-rows come back whenever at least that many match."""
+ranked by similarity to an image. Attribute filters are evaluated on the in-memory snapshot of the table by
+comparing values: a user's value is never pasted into SQL (`--where` is the user's own SQL, run by LanceDB).
+The filter runs first, then the nearest-neighbour step over the rows that passed, so `limit` rows come back
+whenever at least that many match."""
 
 from __future__ import annotations
 
@@ -13,11 +13,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mhtag.errors import MhtagError
 from mhtag.predict import check_compatible, encode_files, load_encoder
-from mhtag.store import DEFAULT_DB, IndexMeta, StoredAttribute, decode_tags, open_table, require_meta, snapshot
+from mhtag.store import (
+    DEFAULT_DB,
+    IndexMeta,
+    Snapshot,
+    StoredAttribute,
+    decode_tags,
+    open_table,
+    require_meta,
+    snapshot,
+)
 
 SOURCES = ("label", "pred", "any")
 
@@ -61,29 +69,28 @@ def resolve_filters(meta: IndexMeta, pairs: list[tuple[str, str]]) -> dict[str, 
     return out
 
 
-def _matches(column: str, a: StoredAttribute, values: list[str]) -> pc.Expression:
-    field = pc.field(column)
-    if a.kind == "multi":  # tags are stored as |a|b|: one tag is a substring test on |tag|
-        expr = pc.match_substring(field, f"|{values[0]}|")
-        for v in values[1:]:
-            expr = expr | pc.match_substring(field, f"|{v}|")
-        return expr
-    return field.isin(values)
+def _matches(snap: Snapshot, column: str, a: StoredAttribute, values: list[str]) -> np.ndarray:
+    if a.kind == "multi":  # tags are stored as |a|b|
+        wanted = [f"|{v}|" for v in values]
+        return snap.values_in(column, lambda cell: any(w in cell for w in wanted))
+    allowed = set(values)
+    return snap.values_in(column, lambda cell: cell in allowed)
 
 
-def attribute_filter(meta: IndexMeta, filters: dict[str, list[str]], source: str = "any",
-                     min_confidence: float | None = None) -> pc.Expression | None:
-    """AND over attributes, OR over one attribute's values. `label`: known labels only; `pred`: predictions
-    (at least `min_confidence`); `any`: the known label where there is one, else the prediction."""
+def attribute_mask(snap: Snapshot, meta: IndexMeta, filters: dict[str, list[str]], source: str = "any",
+                   min_confidence: float | None = None) -> np.ndarray | None:
+    """Rows passing the filters: AND over attributes, OR over one attribute's values. `label`: known labels
+    only; `pred`: predictions (at least `min_confidence`); `any`: the known label where there is one, else
+    the prediction. Values are compared as values: nothing is ever pasted into a query string."""
     if source not in SOURCES:
         raise MhtagError(f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
-    expr: pc.Expression | None = None
+    mask: np.ndarray | None = None
     for name, values in filters.items():
         a = meta.attribute(name)
-        by_label = _matches(f"label_{a.column}", a, values) if a.has_labels else None
-        by_pred = _matches(f"pred_{a.column}", a, values) if a.has_head else None
+        by_label = _matches(snap, f"label_{a.column}", a, values) if a.has_labels else None
+        by_pred = _matches(snap, f"pred_{a.column}", a, values) if a.has_head else None
         if by_pred is not None and min_confidence is not None:
-            by_pred = by_pred & (pc.field(f"conf_{a.column}") >= float(min_confidence))
+            by_pred &= snap.rows.column(f"conf_{a.column}").to_numpy() >= float(min_confidence)
         if source == "label":
             if by_label is None:
                 raise MhtagError(f"{a.name} has no known labels in this index; use --source pred or any")
@@ -93,11 +100,11 @@ def attribute_filter(meta: IndexMeta, filters: dict[str, list[str]], source: str
                 raise MhtagError(f"{a.name} has no predictions in this index (no head); use --source label or any")
             term = by_pred
         elif by_label is not None and by_pred is not None:
-            term = by_label | ((pc.field(f"label_{a.column}") == "") & by_pred)
+            term = by_label | (snap.values_in(f"label_{a.column}", lambda cell: cell == "") & by_pred)
         else:
             term = by_label if by_label is not None else by_pred
-        expr = term if expr is None else expr & term
-    return expr
+        mask = term if mask is None else mask & term
+    return mask
 
 
 def _row_view(row: dict[str, Any], meta: IndexMeta, score: float) -> dict[str, Any]:
@@ -144,31 +151,29 @@ def search(db: str | Path = DEFAULT_DB, filters: list[tuple[str, str]] | None = 
     meta = require_meta(db)
     snap = snapshot(db)
     resolved = resolve_filters(meta, filters or [])
-    expr = attribute_filter(meta, resolved, source, min_confidence)
-    rows = snap.rows if expr is None else snap.rows.filter(expr)
+    mask = attribute_mask(snap, meta, resolved, source, min_confidence)
     if where:
-        keep = np.isin(rows.column("rid").to_numpy(), _user_where(db, where))
-        rows = rows.filter(pa.array(keep))
-    positions = rows.column("_pos").to_numpy()
-    if len(positions) == 0 or limit <= 0:
-        return SearchResult(len(positions), [])
+        passed = np.isin(snap.rows.column("rid").to_numpy(), _user_where(db, where))
+        mask = passed if mask is None else mask & passed
+    matched = snap.rows.num_rows if mask is None else int(mask.sum())
+    if matched == 0 or limit <= 0:
+        return SearchResult(matched, [])
     if like is not None:
         vector = embed_query(meta, db, like)
     if vector is not None:
         vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if vector.shape[1] != meta.dim:
             raise MhtagError(f"query vector has {vector.shape[1]} dimensions; index {db} has {meta.dim}")
-        filtered = expr is not None or bool(where)
-        scores, pos = snap.vectors.search(vector, limit, positions if filtered else None)
+        scores, pos = snap.vectors.search(vector, limit, mask)
         keep = pos[0] >= 0
         top, top_scores = pos[0][keep], scores[0][keep]
     else:
         ranked_by = [meta.attribute(n) for n in resolved if meta.attribute(n).has_head] or \
             [a for a in meta.attributes if a.has_head]  # no prediction filtered: how sure the heads are overall
-        conf_cols = [f"conf_{a.column}" for a in ranked_by]
-        score = np.mean([rows.column(c).to_numpy() for c in conf_cols], axis=0) if conf_cols else \
-            np.zeros(len(positions))
+        positions = np.arange(snap.rows.num_rows) if mask is None else np.flatnonzero(mask)
+        score = np.mean([snap.rows.column(f"conf_{a.column}").to_numpy()[positions] for a in ranked_by], axis=0) \
+            if ranked_by else np.zeros(len(positions))
         order = np.lexsort((positions, -score))[:limit]  # by confidence, ties in table order
         top, top_scores = positions[order], score[order]
     shown = snap.rows.take(pa.array(top)).to_pylist()
-    return SearchResult(len(positions), [_row_view(r, meta, s) for r, s in zip(shown, top_scores, strict=True)])
+    return SearchResult(matched, [_row_view(r, meta, s) for r, s in zip(shown, top_scores, strict=True)])

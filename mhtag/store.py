@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mhtag.errors import MhtagError
 
@@ -259,9 +260,9 @@ class VectorIndex:
         pos = self.order[idx]
         return pos[self.rids[pos] == rids]
 
-    def search(self, queries: np.ndarray, k: int, positions: np.ndarray | None = None,
-               base_nprobe: int = 32) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`k` (scores, positions) per query among `positions` (all rows if None); -1 pads missing.
+    def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None = None,
+               base_nprobe: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` (scores, positions) per query among `rows` (a boolean mask or positions; None = all).
 
         Exact unless the table has an IVF index and more than `exact_max_matches` rows pass the filter; then
         the IVF probes `base_nprobe / selectivity` lists, so sparser filters look further.
@@ -270,15 +271,16 @@ class VectorIndex:
 
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         n = len(self.vectors)
-        m = n if positions is None else len(positions)
+        mask = None
+        if rows is not None:
+            mask = rows if rows.dtype == bool else np.bincount(rows, minlength=n).astype(bool)
+        m = n if mask is None else int(mask.sum())
         k_eff = min(k, m)
         if k_eff == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         selector, packed = None, None
-        if positions is not None and m < n:
-            bitmap = np.zeros(n, dtype=bool)
-            bitmap[positions] = True
-            packed = np.packbits(bitmap, bitorder="little")  # must outlive the search: faiss keeps a pointer
+        if mask is not None and m < n:
+            packed = np.packbits(mask, bitorder="little")  # must outlive the search: faiss keeps a pointer
             selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(packed))
         if self.ivf is not None and m > self.exact_max_matches:
             nprobe = int(min(self.ivf.nlist, np.ceil(base_nprobe * n / m)))
@@ -287,7 +289,7 @@ class VectorIndex:
                 params.sel = selector
             scores, pos = self.ivf.search(q, k_eff, params=params)
         elif self.on_torch is not None:
-            scores, pos = self._torch_search(q, k_eff, positions if selector is not None else None)
+            scores, pos = self._torch_search(q, k_eff, np.flatnonzero(mask) if selector is not None else None)
         else:
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
             scores, pos = self.flat.search(q, k_eff, params=params)
@@ -308,12 +310,27 @@ class VectorIndex:
 
 @dataclass
 class Snapshot:
-    """One version of the table in memory, for searching: every column but the vectors and probabilities
-    (plus `_pos`, the row position), and the vector index over the same rows in the same order."""
+    """One version of the table in memory, for searching: every column but the vectors and probabilities,
+    and the vector index over the same rows in the same order. String columns are dictionary-encoded on
+    first use, so a filter over a million rows is a table lookup on integer codes."""
 
     version: int
     rows: pa.Table
     vectors: VectorIndex
+    _codes: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict)
+
+    def codes(self, column: str) -> tuple[np.ndarray, list[str]]:
+        """(code per row, distinct values) of a string column."""
+        if column not in self._codes:
+            enc = pc.dictionary_encode(self.rows.column(column)).combine_chunks()
+            self._codes[column] = (enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist())
+        return self._codes[column]
+
+    def values_in(self, column: str, accept) -> np.ndarray:
+        """Boolean mask of the rows whose value satisfies `accept(value)`, evaluated once per distinct value."""
+        codes, vocab = self.codes(column)
+        table = np.fromiter((accept(v) for v in vocab), dtype=bool, count=len(vocab))
+        return table[codes] if len(vocab) else np.zeros(len(codes), dtype=bool)
 
 
 @lru_cache(maxsize=2)
@@ -327,8 +344,7 @@ def _snapshot(db: str, key: tuple[int, int], dim: int) -> Snapshot:
             os.unlink(stale)
     index = VectorIndex(vectors_of(arrow, dim), arrow.column("rid").to_numpy(),
                         ivf_file=Path(db) / f"ivf-{version}.faiss")
-    rows = arrow.drop_columns(["vector"]).append_column("_pos", pa.array(np.arange(arrow.num_rows)))
-    rows = rows.combine_chunks()  # one chunk per column: filters and takes without per-fragment overhead
+    rows = arrow.drop_columns(["vector"]).combine_chunks()  # one chunk per column: cheap takes
     return Snapshot(version, rows, index)
 
 

@@ -24,9 +24,9 @@ def test_flat_search_matches_brute_force_with_and_without_a_filter():
     scores, pos = vi.search(q, 10)
     assert list(pos[0]) == list(_exact(x, q, 10))
     subset = np.arange(0, 3000, 37)
-    scores, pos = vi.search(q, 10, positions=subset)
+    scores, pos = vi.search(q, 10, rows=subset)
     assert set(pos[0]) <= set(subset) and list(pos[0]) == list(_exact(x, q, 10, subset))
-    _, pos = vi.search(q, 10, positions=np.array([3, 4]))  # fewer matches than k: all of them, no padding
+    _, pos = vi.search(q, 10, rows=np.array([3, 4]))  # fewer matches than k: all of them, no padding
     assert sorted(pos[0]) == [3, 4]
 
 
@@ -40,7 +40,7 @@ def test_ivf_path_keeps_recall_and_returns_k_at_any_selectivity():
         subset = np.sort(rng.choice(n, int(n * frac), replace=False))
         recalls = []
         for qi in rng.choice(n, 20, replace=False):
-            _, pos = vi.search(x[qi], 10, positions=subset)
+            _, pos = vi.search(x[qi], 10, rows=subset)
             assert len(pos[0]) == 10 and (pos[0] >= 0).all() and set(pos[0]) <= set(subset)
             recalls.append(len(set(pos[0]) & set(_exact(x, x[qi], 10, subset))) / 10)
         assert np.mean(recalls) >= 0.95, (frac, np.mean(recalls))
@@ -60,7 +60,7 @@ def test_row_keys_tags_and_column_names():
 @pytest.mark.parametrize("k", [0, 1])
 def test_empty_or_tiny_requests(k):
     vi = VectorIndex(_clustered(5, 4), np.arange(5))
-    _, pos = vi.search(np.ones(4, np.float32), k, positions=np.array([], dtype=np.int64))
+    _, pos = vi.search(np.ones(4, np.float32), k, rows=np.array([], dtype=np.int64))
     assert pos.shape[1] == 0
 
 
