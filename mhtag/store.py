@@ -218,7 +218,6 @@ class VectorIndex:
         faiss.cvar.distance_compute_blas_threshold = 16  # faiss 1.15 raised it to 128000: 8-10x slower batches
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.rids = np.asarray(rids, dtype=np.int64)
-        self.order = np.argsort(self.rids)
         self.dim = self.vectors.shape[1]
         self.flat = faiss.IndexFlatIP(self.dim)
         self.flat.add(self.vectors)
@@ -251,14 +250,6 @@ class VectorIndex:
 
     def __len__(self) -> int:
         return len(self.vectors)
-
-    def positions_of(self, rids: np.ndarray) -> np.ndarray:
-        """Row positions of the given rids (unknown rids are dropped)."""
-        rids = np.asarray(rids, dtype=np.int64)
-        idx = np.searchsorted(self.rids, rids, sorter=self.order)
-        idx = np.clip(idx, 0, len(self.rids) - 1)
-        pos = self.order[idx]
-        return pos[self.rids[pos] == rids]
 
     def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None = None,
                base_nprobe: int = 8) -> tuple[np.ndarray, np.ndarray]:

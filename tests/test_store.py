@@ -46,11 +46,6 @@ def test_ivf_path_keeps_recall_and_returns_k_at_any_selectivity():
         assert np.mean(recalls) >= 0.95, (frac, np.mean(recalls))
 
 
-def test_positions_of_maps_rids_and_drops_unknown():
-    vi = VectorIndex(_clustered(10, 4), np.array([50, 10, 40, 20, 30, 60, 70, 80, 90, 0]))
-    assert list(vi.positions_of(np.array([10, 30, 999]))) == [1, 4]
-
-
 def test_row_keys_tags_and_column_names():
     assert rid_for("a/b.jpg") == rid_for("a/b.jpg") != rid_for("a/c.jpg")
     assert decode_tags(encode_tags(["x", "y z"])) == ["x", "y z"] and encode_tags([]) == ""
