@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,6 +31,11 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="show full traceba
     _debug = debug
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # it logs which SIMD build it loaded
+
+
+def _is_rank0() -> bool:
+    """Under torchrun every process runs the command; only the first reports."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _echo_json(obj) -> None:
@@ -90,6 +96,8 @@ def train(labels: Labels, images: Images = None,
              "seed": seed, "multilabel": multilabel or None, "ignore": ignore or None}
     overrides = {k: v for k, v in flags.items() if v is not None} | parse_overrides(set_ or [])
     run = fit(load_config(config, overrides), labels, images, out, resume=resume, progress=sys.stderr.isatty())
+    if not _is_rank0():
+        return
     best = run.best
     if run.skipped:
         typer.echo(f"skipped {len(run.skipped)} row(s), e.g. {run.skipped[0]}", err=True)
@@ -138,6 +146,8 @@ def index(folder: Annotated[Path, typer.Argument(help="folder of images, walked 
 
     r = index_images(folder, db or DEFAULT_DB, model, labels, multilabel or [], rebuild, prune, batch_size,
                      workers=workers, progress=sys.stderr.isatty())
+    if not _is_rank0():
+        return
     typer.echo(f"{r.db}: {r.rows} rows ({r.added} new, {r.updated} re-embedded, {r.unchanged} unchanged, "
                f"{r.pruned} pruned) in {r.seconds:.1f}s, {r.images_per_second:.1f} images/s")
     if not r.has_heads:

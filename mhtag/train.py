@@ -169,10 +169,11 @@ def _optimizer(model: Tagger, cfg: TrainConfig, mode: str) -> torch.optim.Optimi
 def _loaders(model: Tagger, cfg: TrainConfig, mode: str, train_df, val_df, y_train, y_val, data_config,
              device: torch.device, dist: DistInfo, progress: bool) -> tuple[DataLoader, DataLoader]:
     if mode == "probe":
-        embed = lambda df, what: cached_embeddings(  # noqa: E731
-            model.backbone, df["file"].tolist(), data_config, cfg.batch_size, device, cfg.num_workers,
-            progress=progress)
-        train_ds, val_ds = ArrayDataset(embed(train_df, "train"), y_train), ArrayDataset(embed(val_df, "val"), y_val)
+        def embed(df) -> np.ndarray:
+            return cached_embeddings(model.backbone, df["file"].tolist(), data_config, cfg.batch_size, device,
+                                     cfg.num_workers, progress=progress)
+
+        train_ds, val_ds = ArrayDataset(embed(train_df), y_train), ArrayDataset(embed(val_df), y_val)
         batch, kw = 256, {}
     else:
         forbid = forbidden_augmentations(model.schema.names, cfg.aug_forbid)
@@ -249,7 +250,6 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
     if dist.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
                                                         else None)
-    forward = model.forward_heads if mode == "probe" else net
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "resolved_mode": mode}, indent=2))
@@ -264,31 +264,27 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
                 train_loader.sampler.set_epoch(epoch)
             t0 = time.monotonic()
             net.train()
-            tr = run_epoch(forward, model, train_loader, loss_fn, device, optimizer, scheduler, cfg.amp, show,
-                           f"epoch {epoch + 1}/{epochs}")
-            if not dist.is_main:
-                torch.distributed.barrier()
-                continue
-            model.eval()
-            va = run_epoch(model.forward_heads if mode == "probe" else model, model, val_loader, loss_fn, device,
-                           amp=cfg.amp, progress=show, description="validating")
-            heads = evaluate_outputs(model, va, tune=True)
-            score = mean_macro_f1(heads)
-            history.append({"epoch": epoch, "train_loss": tr.loss, "train_head_losses": tr.head_losses,
-                            "val_loss": va.loss, "val_head_losses": va.head_losses, "heads": heads,
-                            "score": score, "seconds": time.monotonic() - t0})
-            _log_epoch(history[-1], epochs, mode)
-            if score > best_score:
-                best_score = score
-                atomic_save(checkpoint_state(model, cfg.to_dict(), data_config, {**extra, "epoch": epoch}),
-                            out / "best.pt")
-            atomic_save({**checkpoint_state(model, cfg.to_dict(), data_config, extra), "epoch": epoch,
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "rng": torch.get_rng_state(), "history": history}, last_path)
-            _write_json(out / "metrics.json", {"mode": mode, "epochs": history})
-            if dist.enabled:
-                torch.distributed.barrier()
-            if time.monotonic() > deadline:
+            tr = run_epoch(_forward(net, mode), model, train_loader, loss_fn, device, optimizer, scheduler, cfg.amp,
+                           show, f"epoch {epoch + 1}/{epochs}")
+            if dist.is_main:  # validation, checkpoints and logs happen once, on rank 0
+                model.eval()
+                va = run_epoch(_forward(model, mode), model, val_loader, loss_fn, device, amp=cfg.amp,
+                               progress=show, description="validating")
+                heads = evaluate_outputs(model, va, tune=True)
+                score = mean_macro_f1(heads)
+                history.append({"epoch": epoch, "train_loss": tr.loss, "train_head_losses": tr.head_losses,
+                                "val_loss": va.loss, "val_head_losses": va.head_losses, "heads": heads,
+                                "score": score, "seconds": time.monotonic() - t0})
+                _log_epoch(history[-1], epochs, mode)
+                if score > best_score:
+                    best_score = score
+                    atomic_save(checkpoint_state(model, cfg.to_dict(), data_config, {**extra, "epoch": epoch}),
+                                out / "best.pt")
+                atomic_save({**checkpoint_state(model, cfg.to_dict(), data_config, extra), "epoch": epoch,
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "rng": torch.get_rng_state(), "history": history}, last_path)
+                _write_json(out / "metrics.json", {"mode": mode, "epochs": history})
+            if _rank0_says(time.monotonic() > deadline, dist):
                 _logger.warning("stopping after epoch %d: max_minutes=%s reached", epoch + 1, cfg.max_minutes)
                 break
     except KeyboardInterrupt:
@@ -300,12 +296,25 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
     run = Run(out, best, cfg, data_config, history, table.skipped, dropped, interrupted)
     if dist.is_main and not interrupted:
         best.to(device)
-        va = run_epoch(best.forward_heads if mode == "probe" else best, best, val_loader, loss_fn, device,
-                       amp=cfg.amp)
+        va = run_epoch(_forward(best, mode), best, val_loader, loss_fn, device, amp=cfg.amp)
         write_run_report(out, history, evaluate_outputs(best, va, tune=False), va.probs, va.targets,
                          best.schema, title=f"mhtag run {out.name} ({mode}, {cfg.backbone})")
         best.cpu()
     return run
+
+
+def _forward(model: torch.nn.Module, mode: str):
+    """The probe trains and validates on cached embeddings, so it calls the heads alone."""
+    return model.forward_heads if mode == "probe" else model
+
+
+def _rank0_says(decision: bool, dist: DistInfo) -> bool:
+    """Every process follows rank 0 (its clock decides when max_minutes is up); also the epoch barrier."""
+    if not dist.enabled:
+        return decision
+    flag = [decision]
+    torch.distributed.broadcast_object_list(flag, src=0)
+    return bool(flag[0])
 
 
 def _write_json(path: Path, obj: Any) -> None:
