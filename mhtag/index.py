@@ -22,7 +22,15 @@ from PIL import Image
 
 from mhtag.data import absolute, hash_split, read_labels, split_tags
 from mhtag.errors import MhtagError
-from mhtag.predict import DEFAULT_BACKBONE, Encoder, calibrate_fusion, check_compatible, encode_files, load_encoder
+from mhtag.predict import (
+    DEFAULT_BACKBONE,
+    Encoder,
+    calibrate_fusion,
+    check_compatible,
+    encode_files,
+    image_files,
+    load_encoder,
+)
 from mhtag.runtime import init_distributed
 from mhtag.store import (
     DEFAULT_DB,
@@ -100,8 +108,9 @@ def _relative_to_root(path: str, from_csv: Path, root: Path) -> str | None:
 
 
 def _csv_columns(path: Path) -> set[str]:
-    with open(path, newline="") as fh:
-        return {c.strip() for c in fh.readline().strip().split(",")}
+    import pandas as pd
+
+    return {str(c).strip() for c in pd.read_csv(path, nrows=0).columns}
 
 
 def _label_cell(value: Any, kind: str) -> str:
@@ -134,10 +143,7 @@ def _build_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, 
 
 
 def _walk(root: Path) -> dict[str, Path]:
-    from mhtag.data import IMAGE_EXTENSIONS
-
-    return {f.relative_to(root).as_posix(): f for f in sorted(root.rglob("*"))
-            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() and not f.name.startswith(".")}
+    return {f.relative_to(root).as_posix(): f for f in image_files([root]) if not f.name.startswith(".")}
 
 
 def _row(rel: str, path: Path, vec: np.ndarray, probs: dict[str, np.ndarray], row: int, meta: IndexMeta,
