@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from lancedb.expr import col
 from PIL import Image
@@ -108,8 +109,6 @@ def _relative_to_root(path: str, from_csv: Path, root: Path) -> str | None:
 
 
 def _csv_columns(path: Path) -> set[str]:
-    import pandas as pd
-
     return {str(c).strip() for c in pd.read_csv(path, nrows=0).columns}
 
 
