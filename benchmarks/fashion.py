@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from mhtag.config import load_config, parse_overrides
 from mhtag.evaluate import evaluate
 from mhtag.train import fit

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from mhtag.index import index_images
 from mhtag.predict import load_encoder
 from mhtag.runtime import auto_workers
+
+from mhtag.index import index_images
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "fashion12k"

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 from mhtag.search import search
 from mhtag.store import IndexMeta, StoredAttribute, arrow_schema, open_table, snapshot, write_meta
 

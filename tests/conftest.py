@@ -8,9 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from mhtag.backbones import _BACKBONES, Backbone, register_backbone
+from mhtag.core.runtime import setup
+from mhtag.index.vectors import setup_faiss
+from mhtag.models.backbones import _BACKBONES, Backbone, register_backbone
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion12k"
+setup_faiss(setup())
 
 
 def _tiny_body() -> nn.Module:
@@ -21,7 +24,7 @@ def _tiny_body() -> nn.Module:
 if "tiny_cnn" not in _BACKBONES:
     @register_backbone
     def tiny_cnn(pretrained: bool = True, checkpoint: str | None = None) -> Backbone:
-        torch.manual_seed(0)  # "pretrained" weights of the tiny test backbone: fixed by seed
+        torch.manual_seed(0 if pretrained else 1)  # "pretrained" weights differ from an untrained start
         return Backbone(_tiny_body(), 32, {"input_size": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3,
                                            "interpolation": "bilinear"}, "tiny_cnn")
 
@@ -34,14 +37,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> Path:
     """120 synthetic 32 px images with labels.csv (shape, colour, size, background, marks)."""
-    from mhtag.synthetic import make_demo_data
+    from mhtag.data.synthetic import make_demo_data
 
     return make_demo_data(tmp_path_factory.mktemp("demo"), n=120, px=32, seed=1)
 
 
 @pytest.fixture
 def tiny_cfg():
-    from mhtag.config import load_config
+    from mhtag.core.config import load_config
 
     return load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "probe_epochs": 5,
                                   "epochs": 2, "batch_size": 16, "num_workers": 0, "mode": "probe"})
@@ -50,8 +53,8 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_run(demo, tmp_path_factory):
     """A tiny_cnn probe trained on the demo data (session-wide: several index tests share it)."""
-    from mhtag.config import load_config
-    from mhtag.train import fit
+    from mhtag.core.config import load_config
+    from mhtag.training.fit import fit
 
     cfg = load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "probe_epochs": 5,
                                  "num_workers": 0, "mode": "probe"})
@@ -61,7 +64,7 @@ def tiny_run(demo, tmp_path_factory):
 @pytest.fixture
 def indexed(demo, tiny_run, tmp_path):
     """A fresh index of the demo images with the tiny model and the demo's known labels."""
-    from mhtag.index import index_images
+    from mhtag.index.build import index_images
 
     db = tmp_path / "db"
     report = index_images(demo.parent, db, model=tiny_run, labels=demo, workers=0)

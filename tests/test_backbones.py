@@ -2,8 +2,8 @@ import pytest
 import torch
 from conftest import SHARED
 
-from mhtag.backbones import create_backbone, list_backbones, lite0_classifier, register_backbone
-from mhtag.errors import MhtagError
+from mhtag.core.errors import MhtagError
+from mhtag.models.backbones import create_backbone, list_backbones, lite0_classifier, register_backbone
 
 
 def test_registry_round_trip_and_uniform_api():
@@ -70,7 +70,7 @@ def test_lite0_weight_mapping_classifies_real_photos(image, classes):
 
 
 def test_lite0_state_dict_is_the_package_file_in_order():
-    from mhtag.backbones import lite0_weights_file
+    from mhtag.models.backbones import lite0_weights_file
 
     source = [v for k, v in torch.load(lite0_weights_file(), weights_only=True).items()
               if not k.endswith("num_batches_tracked")]

@@ -56,7 +56,7 @@ def test_user_error_is_one_line_and_exit_1(monkeypatch, capsys, tmp_path):
 
 
 def test_debug_shows_the_traceback(monkeypatch, tmp_path):
-    from mhtag.errors import MhtagError
+    from mhtag.core.errors import MhtagError
 
     monkeypatch.setattr(sys, "argv", ["mhtag", "--debug", "train", "--labels", str(tmp_path / "none.csv")])
     with pytest.raises(MhtagError):

@@ -5,19 +5,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mhtag.data import (
-    MISSING,
-    UNKNOWN,
-    LabelSchema,
-    Letterbox,
-    build_transform,
-    drop_unreadable,
-    forbidden_augmentations,
-    hash_split,
-    load_image,
-    read_labels,
-)
-from mhtag.errors import ImageError, MhtagError
+from mhtag.core.errors import ImageError, MhtagError
+from mhtag.data.images import load_image
+from mhtag.data.labels import drop_unreadable, hash_split, read_labels
+from mhtag.data.schema import MISSING, UNKNOWN, LabelSchema
+from mhtag.data.transforms import Letterbox, build_transform, forbidden_augmentations
 
 
 def _save(path, img, **kw):

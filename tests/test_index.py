@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from mhtag.errors import MhtagError
-from mhtag.index import index_images
-from mhtag.store import open_table, read_columns, read_meta, writer_lock
+from mhtag.core.errors import MhtagError
+from mhtag.index.build import index_images
+from mhtag.index.meta import read_meta
+from mhtag.index.store import open_table, read_columns, writer_lock
 
 
 def _rows(db):
@@ -23,7 +24,9 @@ def test_index_stores_one_row_per_image_with_predictions_and_known_labels(indexe
     row = read_columns(open_table(db), ["rel", "width", "height", "pred_colour", "conf_colour", "label_colour",
                                         "pred_marks", "label_marks", "split", "vector"]).to_pylist()[0]
     assert row["rel"].startswith("images/") and (row["width"], row["height"]) == (32, 32)
-    assert row["pred_colour"] in {"red", "green", "blue", "yellow"} and 0 < row["conf_colour"] <= 1
+    assert row["pred_colour"] in {"red", "green", "blue", "yellow"}
+    probs = read_columns(open_table(db), ["probs_colour"]).to_pylist()[0]["probs_colour"]
+    assert abs(sum(probs) - 1) < 1e-4 and row["conf_colour"] == pytest.approx(max(probs))  # the top class's p
     assert row["label_colour"] in {"red", "green", "blue", "yellow"} and row["split"] in {"train", "val", "test"}
     assert abs(sum(v * v for v in row["vector"]) - 1) < 1e-4  # L2-normalised
     meta = read_meta(db)
@@ -61,7 +64,7 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path, tiny_run):
     (tmp_path / "imgs" / "notes.txt").write_text("ignored: not an image extension")
     r = index_images(tmp_path / "imgs", tmp_path / "db", model=tiny_run, workers=0)
     assert r.rows == 2
-    assert sorted((os.path.basename(p), why.split(" (")[0]) for p, why in r.failed) == [
+    assert sorted((os.path.basename(f.path), f.reason.split(" (")[0]) for f in r.failed) == [
         ("empty.jpg", "empty file"), ("text.png", "not an image")]
 
 
@@ -74,8 +77,8 @@ def test_other_model_is_refused_until_rebuild(indexed, demo, tmp_path):
 
 
 def _other_model(demo, tmp_path):
-    from mhtag.config import load_config
-    from mhtag.train import fit
+    from mhtag.core.config import load_config
+    from mhtag.training.fit import fit
 
     out = tmp_path / "other"
     if not (out / "best.pt").exists():
@@ -91,10 +94,7 @@ def test_second_writer_fails_clearly(indexed, demo):
 
 
 def test_without_a_model_only_embeddings_and_labels(demo, tmp_path, monkeypatch):
-    import mhtag.predict
-
-    monkeypatch.setattr(mhtag.predict, "DEFAULT_BACKBONE", "tiny_cnn")
-    monkeypatch.setattr("mhtag.index.DEFAULT_BACKBONE", "tiny_cnn")
+    monkeypatch.setattr("mhtag.index.build.DEFAULT_BACKBONE", "tiny_cnn")
     r = index_images(demo.parent, tmp_path / "db", labels=demo, workers=0)
     meta = read_meta(tmp_path / "db")
     assert not r.has_heads and meta.model_id == "backbone:tiny_cnn"
@@ -105,14 +105,15 @@ KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
     import conftest  # registers tiny_cnn
-    import mhtag.index as ix
-    real = ix.encode_files
+    from mhtag.index.build import index_images
+    from mhtag.inference.encoder import Encoder
+    real = Encoder.encode_files
     def slow(*a, **kw):
         for batch in real(*a, **kw):
             time.sleep(0.15)
             yield batch
-    ix.encode_files = slow
-    ix.index_images({root!r}, {db!r}, model={model!r}, labels={labels!r}, batch_size=8, commit_every=16, workers=0)
+    Encoder.encode_files = slow
+    index_images({root!r}, {db!r}, model={model!r}, labels={labels!r}, batch_size=8, commit_every=16, workers=0)
 """)
 
 

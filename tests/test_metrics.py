@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mhtag.metrics import expected_calibration_error, multi_label_metrics, single_label_metrics, tune_thresholds
+from mhtag.training.metrics import (
+    expected_calibration_error,
+    multi_label_metrics,
+    single_label_metrics,
+    tune_thresholds,
+)
 
 
 def test_single_label_metrics_match_sklearn_and_skip_blank_labels():

@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mhtag.backbones import create_backbone
-from mhtag.data import MISSING, LabelSchema
-from mhtag.model import MultiHeadLoss, Tagger, class_weights, pos_weights
+from mhtag.data.schema import MISSING, LabelSchema
+from mhtag.models.backbones import create_backbone
+from mhtag.models.loss import MultiHeadLoss, class_weights, pos_weights
+from mhtag.models.tagger import Tagger
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_total_loss_is_the_weighted_sum_of_head_losses(schema):
 
 
 def test_unknown_head_weight_is_refused(schema):
-    from mhtag.errors import MhtagError
+    from mhtag.core.errors import MhtagError
 
     with pytest.raises(MhtagError, match="unknown attribute"):
         MultiHeadLoss(schema, head_weights={"colour_typo": 1.0})

@@ -4,10 +4,17 @@ import pytest
 from typer.testing import CliRunner
 
 from mhtag import cli
-from mhtag.errors import MhtagError
-from mhtag.index import index_images
-from mhtag.search import search
-from mhtag.store import open_table, read_columns
+from mhtag.core.errors import MhtagError
+from mhtag.index.build import index_images
+from mhtag.index.search import search as _search
+from mhtag.index.store import open_table, read_columns
+
+
+def search(*a, **kw):
+    """The library's search, its hits as plain dicts."""
+    r = _search(*a, **kw)
+    r.results = [h.model_dump() for h in r.results]
+    return r
 
 
 def _truth(db):
@@ -87,9 +94,9 @@ def test_cli_search_json_and_sheet(indexed, tmp_path):
     res = runner.invoke(cli.app, ["search", "--db", str(db), "--Colour", "red", "--shape=circle", "--limit", "2",
                                   "--json", "--sheet", str(tmp_path / "sheet.jpg")])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
-    assert set(out) == {"matched", "results"} and len(out["results"]) == 2
-    assert {"path", "score", "colour", "shape", "marks"} <= set(out["results"][0])
+    out = json.loads(res.stdout)
+    assert set(out) == {"matched", "results", "facets"} and len(out["results"]) == 2
+    assert {"id", "path", "score", "colour", "shape", "marks"} <= set(out["results"][0])
     assert (tmp_path / "sheet.jpg").stat().st_size > 1000
 
 

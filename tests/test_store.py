@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from mhtag.store import VectorIndex, column_suffix, decode_tags, encode_tags, rid_for
+from mhtag.data.schema import column_suffix, decode_tags, encode_tags
+from mhtag.index.columns import rid_for
+from mhtag.index.vectors import VectorIndex
 
 
 def _clustered(n, d, seed=0, centres=50):
@@ -33,8 +35,9 @@ def test_flat_search_matches_brute_force_with_and_without_a_filter():
 def test_ivf_path_keeps_recall_and_returns_k_at_any_selectivity():
     n = 20000
     x = _clustered(n, 32, seed=1)
-    vi = VectorIndex(x, np.arange(n), exact_max_rows=2000, nlist=64, exact_max_matches=1000)
-    assert vi.ivf is not None
+    vi = VectorIndex(x, np.arange(n), exact_max_rows=2000, exact_max_matches=1000)
+    assert vi.wants_ivf
+    vi.build_ivf(nlist=64)
     rng = np.random.default_rng(2)
     for frac in (0.5, 0.2, 0.01):
         subset = np.sort(rng.choice(n, int(n * frac), replace=False))
@@ -59,12 +62,13 @@ def test_empty_or_tiny_requests(k):
     assert pos.shape[1] == 0
 
 
-def test_ivf_index_is_saved_beside_the_table_and_reloaded(tmp_path):
+def test_ivf_index_saves_and_reloads(tmp_path):
     x = _clustered(5000, 16, seed=3)
     path = tmp_path / "ivf-1.faiss"
-    first = VectorIndex(x, np.arange(5000), exact_max_rows=1000, nlist=32, ivf_file=path)
+    first = VectorIndex(x, np.arange(5000)).build_ivf(nlist=32)
+    first.save_ivf(path)
     assert path.is_file() and first.ivf.ntotal == 5000
-    again = VectorIndex(x, np.arange(5000), exact_max_rows=1000, nlist=32, ivf_file=path)
+    again = VectorIndex(x, np.arange(5000)).load_ivf(path)
     assert again.ivf.ntotal == 5000 and again.ivf.nlist == 32
     q = x[:3]
     assert np.array_equal(first.search(q, 5)[1], again.search(q, 5)[1])
@@ -74,7 +78,6 @@ def test_torch_exact_path_agrees_with_faiss():
     """The GPU path (matmul + top-k) runs here on CPU tensors: same rows, same order as FAISS."""
     x = _clustered(4000, 32, seed=4)
     faiss_vi = VectorIndex(x, np.arange(4000), torch_device=None)
-    faiss_vi.on_torch = None
     torch_vi = VectorIndex(x, np.arange(4000), torch_device="cpu")
     subset = np.arange(5, 4000, 11)
     for positions in (None, subset):

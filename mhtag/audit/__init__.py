@@ -1,0 +1,1 @@
+"""Audits of a labelled image set: data health (`mhtag inspect`)."""

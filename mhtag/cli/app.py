@@ -1,0 +1,109 @@
+"""The Typer app, its root options, shared option types, and `main()`: the only place that maps errors to
+exit codes (usage error 2, user error 1, interrupted 130)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mhtag.core.errors import MhtagError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Multi-head image tagging and attribute search.")
+_debug = False  # set by --debug: show full tracebacks for user errors too
+
+
+class Mode(str, Enum):
+    auto = "auto"
+    probe = "probe"
+    finetune = "finetune"
+
+
+class Split(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
+class SourceChoice(str, Enum):
+    label = "label"
+    pred = "pred"
+    any = "any"
+
+
+Labels = Annotated[Path, typer.Option("--labels", help="labels CSV: a `path` column plus one column per attribute")]
+Images = Annotated[Optional[Path], typer.Option("--images", help="image root (default: the CSV's folder)")]
+Multilabel = Annotated[Optional[list[str]], typer.Option("--multilabel", help="a `|`-separated tag column")]
+Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", help="a column that is not a head")]
+AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
+Db = Annotated[Optional[Path], typer.Option("--db", help="index folder (default: indexes/default)")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings only")] = False,
+          threads: Annotated[Optional[int], typer.Option(
+              "--threads", min=1, help="CPU threads for torch and FAISS (default: OMP_NUM_THREADS, else all cores)")
+          ] = None) -> None:
+    global _debug
+    _debug = debug
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # it logs which SIMD build it loaded
+    if not debug:  # the terminal is for progress and results; library warnings are for --debug
+        warnings.filterwarnings("ignore")
+    from mhtag.core.runtime import setup
+    from mhtag.index.vectors import setup_faiss
+
+    setup_faiss(setup(threads))
+
+
+def is_rank0() -> bool:
+    """Under torchrun every process runs the command; only the first reports."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def echo_json(obj) -> None:
+    """A typed result (pydantic) or plain data, as indented JSON."""
+    if hasattr(obj, "model_dump_json"):
+        typer.echo(obj.model_dump_json(indent=2))
+    else:
+        typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def main() -> None:
+    """Entry point: a usage error prints the usage and the reason (exit 2), a user error one line (exit 1),
+    Ctrl-C exits 130; `--debug` shows tracebacks."""
+    from mhtag.core.runtime import quiet_threads_env
+
+    quiet_threads_env()
+    import mhtag.cli  # noqa: F401  (registers the commands)
+
+    try:
+        app(standalone_mode=False)
+    except MhtagError as exc:
+        if _debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except typer.TyperException as exc:  # click's usage errors: they carry their message and exit code
+        if not hasattr(exc, "show"):
+            raise
+        exc.show()
+        sys.exit(getattr(exc, "exit_code", 2))

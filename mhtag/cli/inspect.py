@@ -1,0 +1,32 @@
+"""`mhtag inspect`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mhtag.cli.app import AsJson, Ignore, Images, Multilabel, app, echo_json
+
+
+@app.command()
+def inspect(labels: Annotated[Path, typer.Argument(help="labels CSV")], images: Images = None,
+            multilabel: Multilabel = None, ignore: Ignore = None,
+            out: Annotated[Optional[Path], typer.Option(help="folder for health.json and classes.png")] = None,
+            as_json: AsJson = False) -> None:
+    """Data health before training: balance, missing values, image sizes/modes, unreadable files, duplicates."""
+    from mhtag.audit.health import inspect_labels
+    from mhtag.core.io import atomic_write_json
+    from mhtag.report.html import class_distribution_png
+    from mhtag.report.text import health_text
+
+    health = inspect_labels(labels, images, multilabel or [], ignore or [])
+    out = out or labels.parent
+    atomic_write_json(out / "health.json", health)
+    class_distribution_png(health, out / "classes.png")
+    if as_json:
+        echo_json(health)
+    else:
+        typer.echo(health_text(health))
+        typer.echo(f"\nwrote {out / 'health.json'} and {out / 'classes.png'}")

@@ -1,0 +1,79 @@
+"""`mhtag search`: every attribute of the index is a filter option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mhtag.cli.app import AsJson, Db, SourceChoice, app, echo_json
+from mhtag.core.errors import MhtagError
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog="Every attribute of the index is a filter: --type Dress --view side. Repeat an option to "
+                    "OR its values; different attributes AND. `--filter NAME=VALUE` names any attribute, also one "
+                    "called like an option of this command (--filter limit=low).")
+def search(ctx: typer.Context, db: Db = None,
+           filter_: Annotated[Optional[list[str]], typer.Option("--filter", help="NAME=VALUE, for any attribute")
+                              ] = None,
+           where: Annotated[Optional[str], typer.Option(help="extra SQL filter (one expression) over the index's "
+                                                             "columns")] = None,
+           like: Annotated[Optional[Path], typer.Option(help="rank by similarity to this image")] = None,
+           like_id: Annotated[Optional[int], typer.Option(help="rank by similarity to this indexed row")] = None,
+           limit: Annotated[int, typer.Option(min=1)] = 20,
+           offset: Annotated[int, typer.Option(min=0, help="skip this many ranked rows")] = 0,
+           min_confidence: Annotated[Optional[float], typer.Option(help="for predicted labels")] = None,
+           source: Annotated[SourceChoice, typer.Option(help="known labels, predictions, or a label where known "
+                                                             "else the prediction")] = SourceChoice.any,
+           facets: Annotated[bool, typer.Option(help="count the matched rows per attribute value")] = False,
+           as_json: AsJson = False,
+           sheet: Annotated[Optional[Path], typer.Option(help="write a contact sheet (.jpg/.png) of the results")
+                            ] = None) -> None:
+    """Find images by any attribute, optionally ranked by similarity to an image."""
+    from mhtag.index.meta import require_meta
+    from mhtag.index.search import search as run_search
+    from mhtag.index.store import DEFAULT_DB
+    from mhtag.report.sheets import check_sheet_path, contact_sheet
+    from mhtag.report.text import search_text
+
+    pairs = attribute_pairs(ctx.args) + [_split_filter(f) for f in filter_ or []]
+    db = db or DEFAULT_DB
+    if sheet:
+        check_sheet_path(sheet)
+    result = run_search(db, pairs, where, like, limit, min_confidence, source.value, offset=offset,
+                        like_id=like_id, facets=facets)
+    names = [a.name for a in require_meta(db).attributes]
+    if as_json:
+        echo_json(result)
+    else:
+        typer.echo(search_text(result, names))
+    if sheet:
+        contact_sheet(result.results, names, sheet)
+        typer.echo(f"contact sheet: {sheet}", err=as_json)
+
+
+def _split_filter(text: str) -> tuple[str, str]:
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip():
+        raise MhtagError(f"--filter {text!r} must look like NAME=VALUE")
+    return name.strip(), value
+
+
+def attribute_pairs(args: list[str]) -> list[tuple[str, str]]:
+    """`--type Dress --view=side` -> [("type", "Dress"), ("view", "side")]."""
+    pairs, i = [], 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or len(token) < 3:
+            raise MhtagError(f"unexpected argument {token!r}; attribute filters look like --NAME VALUE")
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise MhtagError(f"--{name} needs a value")
+            value = args[i + 1]
+            i += 1
+        pairs.append((name, value))
+        i += 1
+    return pairs

@@ -1,0 +1,172 @@
+"""Training configuration: one dataclass with working defaults, presets in YAML, overrides on top.
+
+Merge order is defaults, then a preset file, then `key=value` overrides. Unknown keys and values of the
+wrong type are refused with an `MhtagError`, so a typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mhtag.core.errors import MhtagError
+
+MODES = ("auto", "probe", "finetune")
+AUG_OPS = ("hflip", "hue", "saturation")
+# What `train --resume` may change: the schedule. Architecture, schema and preprocessing stay as saved.
+RESUMABLE_KEYS = ("epochs", "probe_epochs", "max_minutes", "lr", "probe_lr")
+
+
+@dataclass
+class TrainConfig:
+    # backbone
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    checkpoint: str | None = None  # local backbone weights, instead of downloading
+    image_size: list[int] | None = None  # [height, width]; None = the backbone's own size
+    # data
+    multilabel: list[str] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    min_count: int = 0  # classes with fewer training rows merge into "other"; 0 = off
+    augment: bool = True
+    aug_forbid: dict[str, list[str]] = field(default_factory=dict)  # attribute -> ops in AUG_OPS
+    # heads and loss
+    head: str = "linear"  # linear | mlp
+    head_hidden: int = 512
+    dropout: float = 0.1
+    head_weights: dict[str, float] = field(default_factory=dict)  # attribute -> loss weight (default 1)
+    class_weights: str = "sqrt"  # none | sqrt | inverse (inverse frequency, capped)
+    class_weight_cap: float = 10.0
+    label_smoothing: float = 0.0
+    # optimisation
+    mode: str = "auto"  # auto (finetune on GPU, probe on CPU) | probe | finetune
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 1e-3
+    backbone_lr_mult: float = 0.1
+    weight_decay: float = 0.01
+    probe_epochs: int = 60
+    probe_lr: float = 3e-3
+    amp: bool = True
+    num_workers: int = -1  # decoding processes; -1 = auto (see runtime.auto_workers)
+    seed: int = 0
+    max_minutes: float | None = None  # stop finetuning after this long, keeping the best checkpoint
+
+    def resolved_mode(self, cuda: bool) -> str:
+        if self.mode == "auto":
+            return "finetune" if cuda else "probe"
+        return self.mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(hint)
+        return isinstance(value, dict) and all(_type_ok(a, k) and _type_ok(b, v) for a, b in value.items())
+    return isinstance(value, hint)
+
+
+def _validate(cfg: TrainConfig) -> TrainConfig:
+    if cfg.mode not in MODES:
+        raise MhtagError(f"mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
+    if cfg.head not in ("linear", "mlp"):
+        raise MhtagError(f"head must be 'linear' or 'mlp', not {cfg.head!r}")
+    if cfg.class_weights not in ("none", "sqrt", "inverse"):
+        raise MhtagError(f"class_weights must be none, sqrt or inverse, not {cfg.class_weights!r}")
+    if cfg.image_size is not None and (len(cfg.image_size) != 2 or min(cfg.image_size) < 8):
+        raise MhtagError(f"image_size must be [height, width] of at least 8 px, not {cfg.image_size}")
+    _check_ranges(cfg)
+    for attr, ops in cfg.aug_forbid.items():
+        bad = [op for op in ops if op not in AUG_OPS]
+        if bad:
+            raise MhtagError(f"aug_forbid[{attr}]: unknown {bad}; choose from {', '.join(AUG_OPS)}")
+    return cfg
+
+
+# key -> (lowest allowed, lowest is allowed, highest allowed or None)
+_RANGES = {
+    "epochs": (1, True, None), "probe_epochs": (1, True, None), "batch_size": (1, True, None),
+    "head_hidden": (1, True, None), "min_count": (0, True, None), "lr": (0, False, None),
+    "probe_lr": (0, False, None), "backbone_lr_mult": (0, True, None), "weight_decay": (0, True, None),
+    "dropout": (0, True, 1), "label_smoothing": (0, True, 1), "class_weight_cap": (0, False, None),
+    "max_minutes": (0, False, None),
+}
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    for key, (low, inclusive, high) in _RANGES.items():
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MhtagError(f"config key {key!r} must be a finite number, not {value}")
+        if value < low or (value == low and not inclusive) or (high is not None and value >= high):
+            bound = f"{'at least' if inclusive else 'more than'} {low}" + (f" and below {high}" if high else "")
+            raise MhtagError(f"config key {key!r} must be {bound}, not {value}")
+
+
+def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """Apply `values` over `base` (or the defaults), refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(TrainConfig)
+    merged = (base or TrainConfig()).to_dict()
+    for key, value in values.items():
+        if key not in hints:
+            raise MhtagError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(hints))}")
+        if isinstance(value, int) and not isinstance(value, bool) and hints[key] in (float, float | None):
+            value = float(value)
+        if not _type_ok(value, hints[key]):
+            raise MhtagError(f"config key {key!r} expects {hints[key]}, got {value!r}")
+        merged[key] = value
+    return _validate(TrainConfig(**merged))
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["epochs=3", "multilabel=[tags]"]` -> {"epochs": 3, "multilabel": ["tags"]} (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise MhtagError(f"override {pair!r} must look like key=value")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def read_preset(path: str | Path) -> dict[str, Any]:
+    """The keys a YAML preset sets (validated when applied)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MhtagError(f"config file {path} does not exist")
+    try:
+        preset = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MhtagError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from exc
+    if not isinstance(preset, dict):
+        raise MhtagError(f"config file {path} must hold a mapping of key: value")
+    return preset
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML preset at `path`, then `overrides`."""
+    cfg = config_from_dict(read_preset(path)) if path is not None else TrainConfig()
+    return config_from_dict(overrides or {}, cfg)

@@ -1,0 +1,97 @@
+"""Datasets of image files: for training (with targets) and for embedding (unreadable files reported, not fatal)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mhtag.core.errors import ImageError
+from mhtag.data.images import decode_image, read_image_bytes
+from mhtag.data.transforms import Letterbox
+
+
+def _draft_size(transform) -> tuple[int, int] | None:
+    first = transform.transforms[0]
+    return (first.size[1], first.size[0]) if isinstance(first, Letterbox) else None
+
+
+class ImageDataset(Dataset):
+    """Images from files, each with its targets (if any); decodes JPEGs at reduced scale where possible."""
+
+    def __init__(self, files: list[str], transform, targets: dict[str, np.ndarray] | None = None):
+        self.files = files
+        self.transform = transform
+        self.targets = targets or {}
+        self.draft = _draft_size(transform)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        img = decode_image(read_image_bytes(self.files[i]), self.files[i], self.draft)
+        return self.transform(img), {k: torch.as_tensor(v[i]) for k, v in self.targets.items()}
+
+
+@dataclass
+class FileFacts:
+    """What indexing stores about a file, taken from the one read that decoded it."""
+
+    sha1: str
+    size: int
+    width: int  # upright (after EXIF rotation)
+    height: int
+
+
+class SafeImageDataset(ImageDataset):
+    """For embedding: item i is (tensor, i, FileFacts) or (None, i, reason) for an unusable file.
+
+    A file is read once: its bytes give the content hash, and the decoded image its upright size."""
+
+    def __getitem__(self, i: int):
+        try:
+            data = read_image_bytes(self.files[i])
+            img = decode_image(data, self.files[i], self.draft)
+            facts = FileFacts(hashlib.sha1(data).hexdigest(), len(data), *_full_size(data, img, self.draft))
+            return self.transform(img), i, facts
+        except ImageError as exc:
+            return None, i, exc.reason
+
+
+def _full_size(data: bytes, img: Image.Image, draft: tuple[int, int] | None) -> tuple[int, int]:
+    """A draft-mode JPEG decodes smaller than it is; then the upright full size comes from its header
+    (EXIF orientations 5-8 rotate by 90 degrees, swapping width and height)."""
+    if draft is None:
+        return img.size
+    with Image.open(io.BytesIO(data)) as raw:
+        w, h = raw.size
+        orientation = raw.getexif().get(0x0112, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def collate_safe(batch):
+    """-> (stacked images or None, indices of the good ones, their FileFacts, [(index, reason)] of the bad)."""
+    good = [(x, i, facts) for x, i, facts in batch if x is not None]
+    bad = [(i, reason) for x, i, reason in batch if x is None]
+    xs = torch.stack([x for x, _, _ in good]) if good else None
+    return xs, [i for _, i, _ in good], [f for _, _, f in good], bad
+
+
+class ArrayDataset(Dataset):
+    """Rows of a feature matrix with their targets."""
+
+    def __init__(self, x: np.ndarray, targets: dict[str, np.ndarray]):
+        self.x = torch.from_numpy(x)
+        self.targets = {k: torch.from_numpy(v) for k, v in targets.items()}
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], {k: v[i] for k, v in self.targets.items()}
+

@@ -1,0 +1,159 @@
+"""Images: one rule for what an image file is, safe decoding to upright RGB, and walking folders for them."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mhtag.core.errors import ImageError, MhtagError
+
+# What a folder walk picks up. A file named explicitly is tried whatever its extension.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_PIXELS = 64_000_000  # larger images are refused as possible decompression bombs
+
+
+def is_image_name(path: str | Path) -> bool:
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16-bit scaled down, alpha composited over white, CMYK/palette converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 257.0 if arr.max(initial=0) > 255 else 1.0
+        img = Image.fromarray((arr / scale).clip(0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        img = Image.fromarray(np.asarray(img).clip(0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def decode_image(data: bytes, name: str | Path = "<upload>", draft_size: tuple[int, int] | None = None,
+                 max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode encoded bytes to an upright RGB image (EXIF rotation applied; an animation's first frame),
+    or raise `ImageError` naming `name` and the reason. `draft_size` (width, height) lets a JPEG decode at a
+    reduced scale that is still at least that large."""
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > max_pixels:
+                    raise ImageError(name, f"{img.width}x{img.height} pixels is over the {max_pixels:,} limit "
+                                           "(possible decompression bomb)")
+                if draft_size and img.format == "JPEG":
+                    img.draft("RGB", draft_size)
+                img.load()
+                return _to_rgb(ImageOps.exif_transpose(img))
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(name, f"possible decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(name, "not an image (unrecognised format)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(name, f"corrupt or truncated image ({exc})") from exc
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(path, "is a directory, not an image file")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ImageError(path, "file not found") from exc
+    except OSError as exc:
+        raise ImageError(path, f"cannot be read ({exc.strerror or exc})") from exc
+
+
+def load_image(path: str | Path, draft_size: tuple[int, int] | None = None,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode the file at `path` (see `decode_image`)."""
+    return decode_image(read_image_bytes(path), path, draft_size, max_pixels)
+
+
+@dataclass
+class ImageInfo:
+    path: str
+    width: int = 0  # as displayed: after EXIF rotation
+    height: int = 0
+    mode: str = ""
+    sha1: str = ""
+    error: str | None = None
+
+
+def probe_image_file(path: str | Path) -> ImageInfo:
+    """Fully decode one file: its upright size, original mode and content hash, or why it is unusable."""
+    info = ImageInfo(str(path))
+    try:
+        data = read_image_bytes(path)
+        img = decode_image(data, path)
+        with Image.open(io.BytesIO(data)) as raw:
+            info.mode = raw.mode
+        info.width, info.height = img.size
+        info.sha1 = hashlib.sha1(data).hexdigest()
+    except ImageError as exc:
+        info.error = exc.reason
+    return info
+
+
+def probe_image_files(paths: list[str], workers: int = 4) -> list[ImageInfo]:
+    with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
+        return list(pool.map(probe_image_file, paths, chunksize=64))
+
+
+@dataclass
+class Walk:
+    files: list[Path] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): loops, unreadable folders
+
+
+def walk_images(paths: list[str | Path]) -> Walk:
+    """Files as given, folders walked recursively (following links) for image names; a missing path is a
+    user error, and a symlink loop or an unreadable folder is reported, not silently skipped."""
+    out = Walk()
+    for p in map(Path, paths):
+        if p.is_dir():
+            _walk_folder(p, out)
+        elif p.exists():
+            out.files.append(p)
+        else:
+            raise MhtagError(f"{p}: no such file or folder")
+    return out
+
+
+def _walk_folder(root: Path, out: Walk) -> None:
+    found: list[Path] = []
+    on_path: dict[str, set[str]] = {str(root): {os.path.realpath(root)}}
+
+    def onerror(exc: OSError) -> None:
+        out.problems.append((str(exc.filename), f"folder cannot be read ({exc.strerror})"))
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=onerror):
+        ancestors = on_path.pop(folder, set())
+        keep = []
+        for d in sorted(dirs):
+            full = os.path.join(folder, d)
+            real = os.path.realpath(full)
+            if real in ancestors:
+                out.problems.append((full, "symlink loop (points back to a folder above it); not followed"))
+                continue
+            on_path[full] = ancestors | {real}
+            keep.append(d)
+        dirs[:] = keep
+        found += [Path(folder, f) for f in files if is_image_name(f) and os.path.isfile(os.path.join(folder, f))]
+    out.files += sorted(found)

@@ -1,0 +1,1 @@
+"""The index: stored columns and meta, the LanceDB store, FAISS vectors, building, prediction and search."""

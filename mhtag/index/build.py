@@ -1,0 +1,324 @@
+"""`index_images(DIR)`: embed every image under DIR, run the heads, and store one row per image.
+
+The work is a plan (what is new, changed, unchanged or gone), shards of the plan (one per torchrun process),
+the writes (batches of rows, each one atomic LanceDB commit) and a report. A rerun skips files whose size and
+mtime are unchanged (`verify` also compares content hashes), re-embeds changed ones and, with `prune`, drops
+rows of deleted files; a killed run resumes with no duplicate and no lost row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from lancedb.expr import col
+
+from mhtag.core.errors import MhtagError
+from mhtag.core.runtime import DistInfo, init_distributed
+from mhtag.data.datasets import FileFacts
+from mhtag.data.images import walk_images
+from mhtag.data.labels import absolute, hash_split, read_csv_frame, read_labels
+from mhtag.data.schema import AttributeKind, check_distinct_columns, encode_tags, is_blank, split_tags
+from mhtag.index.columns import StoredAttribute, arrow_schema, rid_for
+from mhtag.index.meta import IndexMeta, read_meta, write_meta
+from mhtag.index.neighbours import calibrate_fusion
+from mhtag.index.predict import check_compatible
+from mhtag.index.store import DEFAULT_DB, drop_table, open_table, read_columns, writer_lock
+from mhtag.inference.encoder import DEFAULT_BACKBONE, Batch, Encoder, load_encoder
+from mhtag.results import Failure, IndexReport
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class KnownLabels:
+    """Known labels, keyed by the image's path relative to the indexed folder."""
+
+    by_rel: dict[str, dict[str, str]]  # stored form: tags as |a|b|
+    splits: dict[str, str]
+    kinds: dict[str, AttributeKind]
+    unmatched: int = 0  # label rows that match no file under the folder
+
+
+def read_known_labels(labels: str | Path, root: Path, multilabel: list[str], enc: Encoder) -> KnownLabels:
+    """A CSV `path` may be relative to the indexed folder or to the CSV's own folder; either matches."""
+    heads = {a.name: a.kind for a in enc.tagger.schema.attributes} if enc.tagger else {}
+    wanted = set(multilabel) | {n for n, k in heads.items() if k is AttributeKind.MULTI}
+    columns = set(read_csv_frame(labels).columns)
+    table = read_labels(labels, None, sorted(wanted & columns), check_files=False)
+    for s in table.skipped[:10]:
+        _logger.warning("labels: skipped %s", s)
+    kinds = {a: AttributeKind.MULTI if a in table.multilabel else AttributeKind.SINGLE for a in table.attributes}
+    known = KnownLabels({}, {}, kinds)
+    root = absolute(root)
+    for rec in table.frame.to_dict("records"):
+        rel = _relative_to_root(rec["path"], Path(rec["__file__"]), root)
+        if rel is None:
+            known.unmatched += 1
+            continue
+        known.by_rel[rel] = {a: stored_label(rec[a], kinds[a]) for a in table.attributes}
+        known.splits[rel] = rec["split"]
+    if not known.by_rel:
+        raise MhtagError(f"{labels}: no `path` matches an image under {root} (paths may be relative to the "
+                         "folder being indexed or to the CSV's folder)")
+    return known
+
+
+def _relative_to_root(path: str, from_csv: Path, root: Path) -> str | None:
+    for candidate in (absolute(root / path), from_csv):
+        if candidate.is_relative_to(root) and candidate.is_file():
+            return candidate.relative_to(root).as_posix()
+    return None
+
+
+def stored_label(value: Any, kind: AttributeKind) -> str:
+    if kind is AttributeKind.MULTI:
+        return encode_tags(split_tags(value))
+    return "" if is_blank(value) else str(value).strip()
+
+
+def _build_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, root: Path) -> IndexMeta:
+    attrs: dict[str, StoredAttribute] = {}
+    if enc.tagger:
+        for a in enc.tagger.schema.attributes:
+            attrs[a.name] = StoredAttribute(a.name, a.kind, list(a.classes), has_head=True)
+    previous = {a.name: a for a in old.attributes} if old else {}
+    label_kinds = known.kinds if known else {n: a.kind for n, a in previous.items() if a.has_labels}
+    for name, kind in label_kinds.items():
+        a = attrs.setdefault(name, StoredAttribute(name, kind))
+        a.has_labels = True
+        seen = set(previous[name].label_values) if name in previous else set()
+        if known:
+            for row in known.by_rel.values():
+                seen.update(split_tags(row[name]) if a.multi else [row[name]] if row[name] else [])
+        a.label_values = sorted(seen)
+    check_distinct_columns(list(attrs), "index")
+    return IndexMeta(enc.model_id, enc.model_path, enc.backbone, enc.dim, enc.data_config,
+                     enc.tagger.schema.version if enc.tagger else None, list(attrs.values()),
+                     old.root if old and old.root else str(absolute(root)),
+                     dict(old.fusion) if old else {}, old.fusion_k if old else 20)
+
+
+# ---------------------------------------------------------------- plan
+
+
+@dataclass
+class Plan:
+    """What a run must do, from the files under `root` and the rows already indexed from there."""
+
+    files: dict[str, Path]  # rel -> file
+    todo: list[str] = field(default_factory=list)  # rel paths to embed (new or changed)
+    changed: list[int] = field(default_factory=list)  # rids to delete before their re-embedded rows land
+    vanished: list[int] = field(default_factory=list)  # rids whose file is gone
+    unchanged: int = 0
+
+
+def _sha1_file(path: Path) -> str:
+    h = hashlib.sha1()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_plan(table, root: Path, meta: IndexMeta, known: KnownLabels | None, verify: bool = False) -> Plan:
+    """Compare the walk of `root` with the table's rows from `root` (other folders' rows are left alone)."""
+    walk = walk_images([root])
+    for path, reason in walk.problems:
+        _logger.warning("%s: %s", path, reason)
+    plan = Plan({f.relative_to(root).as_posix(): f for f in walk.files})
+    label_cols = [a.label for a in meta.attributes if a.has_labels] if known else []
+    prefix = str(absolute(root)).rstrip("/") + "/"
+    existing = read_columns(table, ["rid", "id", "rel", "path", "size", "mtime_ns", *label_cols]).to_pylist()
+    by_rel = {r["rel"]: r for r in existing if r["path"].startswith(prefix)}
+    for rel, path in plan.files.items():
+        old = by_rel.get(rel)
+        if old is None:
+            plan.todo.append(rel)
+        elif _unchanged(old, path, meta, known.by_rel.get(rel, {}) if known else None, verify):
+            plan.unchanged += 1
+        else:
+            plan.todo.append(rel)
+            plan.changed.append(old["rid"])
+    plan.vanished = [r["rid"] for rel, r in by_rel.items() if rel not in plan.files]
+    return plan
+
+
+def _unchanged(old: dict[str, Any], path: Path, meta: IndexMeta, labels: dict[str, str] | None,
+               verify: bool) -> bool:
+    st = path.stat()
+    if old["size"] != st.st_size or old["mtime_ns"] != st.st_mtime_ns:
+        return False
+    if labels is not None and any(old[a.label] != labels.get(a.name, "") for a in meta.attributes if a.has_labels):
+        return False
+    return not verify or _sha1_file(path) == old["id"]
+
+
+def _delete(table, rids: list[int], chunk: int = 2000) -> None:
+    for i in range(0, len(rids), chunk):
+        table.delete(col("rid").isin(rids[i:i + chunk]))
+
+
+# ---------------------------------------------------------------- write
+
+
+def row_of(rel: str, path: Path, facts: FileFacts, vec: np.ndarray, probs: dict[str, np.ndarray], r: int,
+           meta: IndexMeta, thresholds: dict[str, list[float]], known: KnownLabels | None) -> dict[str, Any]:
+    """One table row, from what the encoder saw of the file (its hash and upright size from the same read)."""
+    out: dict[str, Any] = {"rid": rid_for(str(absolute(path))), "id": facts.sha1, "path": str(absolute(path)),
+                           "rel": rel, "size": facts.size, "mtime_ns": path.stat().st_mtime_ns,
+                           "width": facts.width, "height": facts.height, "vector": vec,
+                           "split": (known.splits.get(rel) if known else None) or hash_split(rel)}
+    labels = known.by_rel.get(rel, {}) if known else {}
+    for a in meta.attributes:
+        if a.has_head:
+            p = probs[a.name][r]
+            if a.multi:
+                over = p >= np.asarray(thresholds[a.name])
+                out[a.pred] = encode_tags([c for c, o in zip(a.classes, over, strict=True) if o])
+                out[a.conf] = float(p[over].min()) if over.any() else 0.0
+            else:
+                top = int(p.argmax())
+                out[a.pred], out[a.conf] = a.classes[top], float(p[top])
+            out[a.probs] = p.astype(np.float32)
+        if a.has_labels:
+            out[a.label] = labels.get(a.name, "")
+    return out
+
+
+@dataclass
+class Written:
+    new: int = 0
+    changed: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    rids: list[int] = field(default_factory=list)
+
+
+def write_shard(table, plan: Plan, todo: list[str], meta: IndexMeta, enc: Encoder, known: KnownLabels | None,
+                batch_size: int, commit_every: int, workers: int | None, progress: bool) -> Written:
+    """Embed `todo` (this process's share of the plan) and append its rows in atomic batches."""
+    paths = [str(plan.files[rel]) for rel in todo]
+    schema = arrow_schema(meta.dim, meta.attributes)
+    changed = {rid_for(str(absolute(plan.files[rel]))) for rel in todo} & set(plan.changed)
+    thresholds = enc.tagger.thresholds_ if enc.tagger else {}
+    written, buffer = Written(), []
+
+    def commit() -> None:
+        table.add(pa.Table.from_pylist(buffer, schema=schema))  # one atomic LanceDB commit
+        for row in buffer:
+            written.rids.append(row["rid"])
+            if row["rid"] in changed:
+                written.changed += 1
+            else:
+                written.new += 1
+        buffer.clear()
+
+    batch: Batch
+    for batch in enc.encode_files(paths, batch_size, workers, progress, "indexing"):
+        written.failed += [Failure(path=paths[i], reason=reason) for i, reason in batch.failed]
+        buffer += [row_of(todo[i], plan.files[todo[i]], batch.facts[r], batch.embeddings[r], batch.probs, r, meta,
+                          thresholds, known) for r, i in enumerate(batch.ok)]
+        if len(buffer) >= commit_every:
+            commit()
+    if buffer:
+        commit()
+    return written
+
+
+def _gather(written: Written, dist: DistInfo) -> Written:
+    """Every process's counts and failures, summed (a no-op in one process)."""
+    if not dist.enabled:
+        return written
+    import torch.distributed
+
+    parts: list[Written | None] = [None] * dist.world_size
+    torch.distributed.all_gather_object(parts, written)
+    return Written(sum(p.new for p in parts), sum(p.changed for p in parts),
+                   [f for p in parts for f in p.failed], [r for p in parts for r in p.rids])
+
+
+def _broadcast(plan: Plan | None) -> Plan:
+    import torch.distributed
+
+    holder = [plan]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+# ---------------------------------------------------------------- the run
+
+
+def index_images(root: str | Path, db: str | Path = DEFAULT_DB, model: str | Path | None = None,
+                 labels: str | Path | None = None, multilabel: list[str] | tuple = (), rebuild: bool = False,
+                 prune: bool = False, batch_size: int = 64, commit_every: int = 512, workers: int | None = None,
+                 progress: bool = False, verify: bool = False) -> IndexReport:
+    """Index every image under `root` into the LanceDB table at `db` (see the module docstring)."""
+    root, db = Path(root), Path(db)
+    if not root.is_dir():
+        raise MhtagError(f"{root} is not a folder of images")
+    old = read_meta(db)
+    if model is None and old is not None and not rebuild:
+        model = old.model_path
+    enc = load_encoder(model, old.backbone if old and not rebuild and not model else DEFAULT_BACKBONE)
+    known = read_known_labels(labels, root, list(multilabel), enc) if labels else None
+    report = build_index(root, db, enc, known, rebuild=rebuild, prune=prune, batch_size=batch_size,
+                         commit_every=commit_every, workers=workers, progress=progress, verify=verify)
+    if known is not None and known.unmatched:
+        _logger.warning("%d row(s) of %s match no image under %s", known.unmatched, labels, root)
+    return report
+
+
+def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, rebuild: bool = False,
+                prune: bool = False, batch_size: int = 64, commit_every: int = 512, workers: int | None = None,
+                progress: bool = False, verify: bool = False, tune_fusion: bool = True) -> IndexReport:
+    """Plan, shard, write and report, for an encoder already loaded (the server keeps one)."""
+    t0 = time.monotonic()
+    dist = init_distributed()
+    old = None if rebuild else read_meta(db)
+    meta = _build_meta(enc, known, old, root)
+    report = IndexReport(db=str(db), has_heads=enc.tagger is not None,
+                         unmatched_labels=known.unmatched if known else 0)
+    with writer_lock(db) if dist.is_main else nullcontext():
+        if dist.is_main:
+            if old is not None:
+                check_compatible(old, enc, db)
+                _check_label_columns(old, meta, db)
+            if rebuild:
+                drop_table(db)
+            write_meta(db, meta)
+            table = open_table(db, meta, create=True)
+            plan = make_plan(table, root, meta, known, verify)
+            _delete(table, plan.changed)
+            if prune:
+                _delete(table, plan.vanished)
+        if dist.enabled:  # every process takes its shard of rank 0's plan
+            plan = _broadcast(plan if dist.is_main else None)
+            table = table if dist.is_main else open_table(db)
+        written = write_shard(table, plan, plan.todo[dist.rank::dist.world_size], meta, enc, known, batch_size,
+                              commit_every, workers, progress and dist.is_main)
+        written = _gather(written, dist)
+    report.added, report.updated, report.failed, report.ids = written.new, written.changed, written.failed, \
+        written.rids
+    report.unchanged = plan.unchanged
+    report.pruned = len(plan.vanished) if prune else 0
+    report.vanished = 0 if prune else len(plan.vanished)
+    if dist.is_main and tune_fusion and known is not None and enc.tagger is not None:
+        report.fusion = calibrate_fusion(db)
+    report.rows = open_table(db).count_rows()
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _check_label_columns(old: IndexMeta, new: IndexMeta, db: Path) -> None:
+    was = {a.name: str(a.kind) for a in old.attributes if a.has_labels}
+    now = {a.name: str(a.kind) for a in new.attributes if a.has_labels}
+    if was and now != was:
+        raise MhtagError(f"index {db} holds known labels {was}; these labels have {now}. Use the same label "
+                         "columns, or --rebuild")

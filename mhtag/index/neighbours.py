@@ -1,0 +1,88 @@
+"""Labelled neighbours in an index: the rows that vote, and the fusion weights tuned on their validation rows."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mhtag.index.meta import require_meta, write_meta
+from mhtag.index.store import open_table, read_columns, snapshot
+from mhtag.index.vectors import VectorIndex
+from mhtag.inference.fusion import neighbour_shares, tune_head_weight
+from mhtag.training.metrics import macro_f1_of
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelledIndex:
+    """The index's rows with what neighbour voting needs: vectors, paths, known labels and splits per row."""
+
+    vectors: VectorIndex  # every row of the snapshot
+    positions: np.ndarray  # the rows with at least one known label: the only ones that vote
+    paths: np.ndarray
+    labels: dict[str, np.ndarray]  # attribute -> label per row ("" = unknown)
+    splits: np.ndarray
+
+
+def labelled_index(db: str | Path) -> LabelledIndex | None:
+    """The voters of the table's current version (built once per version)."""
+    snap = snapshot(db)
+    if "voters" not in snap.derived:
+        snap.derived["voters"] = _build_labelled(db, snap)
+    return snap.derived["voters"]
+
+
+def _build_labelled(db: str | Path, snap) -> LabelledIndex | None:
+    labelled = [a for a in require_meta(db).attributes if a.has_labels]
+    if not labelled:
+        return None
+
+    def column(name: str) -> np.ndarray:
+        return np.asarray(snap.rows.column(name).to_pylist(), dtype=object)
+
+    labels = {a.name: column(a.label) for a in labelled}
+    positions = np.flatnonzero(np.logical_or.reduce([v != "" for v in labels.values()]))
+    if len(positions) == 0:
+        return None
+    return LabelledIndex(snap.vectors, positions, column("path"), labels, column("split"))
+
+
+def calibrate_fusion(db: str | Path, k: int = 20) -> dict[str, float]:
+    """Per single-label attribute with both a head and known labels: the head weight that maximises macro-F1
+    when validation rows are predicted from their stored head probabilities and their training-row neighbours."""
+    db = Path(db)
+    meta = require_meta(db)
+    both = [a for a in meta.attributes if a.has_head and a.has_labels and not a.multi]
+    lab = labelled_index(db)
+    if not both or lab is None:
+        return {}
+    is_val = lab.splits[lab.positions] == "val"
+    val, train = lab.positions[is_val], lab.positions[~is_val]
+    if len(val) == 0 or len(train) == 0:
+        _logger.info("no validation rows among the labelled images: fusion weights stay at 0.5")
+        return {}
+    arrow = read_columns(open_table(db), ["rid"] + [a.probs for a in both])
+    row_of = {r: i for i, r in enumerate(arrow.column("rid").to_pylist())}
+    val_rows = [row_of[r] for r in lab.vectors.rids[val]]
+    sims, pos = lab.vectors.search(lab.vectors.vectors[val], k, rows=train)
+    weights: dict[str, float] = {}
+    for a in both:
+        probs = np.asarray(arrow.column(a.probs).to_pylist(), dtype=np.float32)[val_rows]
+        index = {c: j for j, c in enumerate(a.classes)}
+        y = np.array([index.get(t, -1) for t in lab.labels[a.name][val]])
+        nbr = np.zeros_like(probs)
+        for r in range(len(val)):
+            keep = pos[r] >= 0
+            for label, share in neighbour_shares(sims[r][keep], lab.labels[a.name][pos[r][keep]], False).items():
+                if label in index:
+                    nbr[r, index[label]] = share
+        known = y >= 0
+        weights[a.name] = tune_head_weight(probs[known], nbr[known], y[known], macro_f1_of)
+    meta.fusion.update(weights)
+    meta.fusion_k = k
+    write_meta(db, meta)
+    return weights

@@ -1,0 +1,122 @@
+"""Prediction against an index: the head's probabilities, the vote of the nearest labelled neighbours, and
+their fusion, per attribute. With no trained heads it labels images from their neighbours alone.
+
+`Predictor` loads the encoder and the index once (the server keeps one); `predict(paths, db)` is the one-shot
+form the CLI uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mhtag.core.errors import MhtagError
+from mhtag.data.images import walk_images
+from mhtag.data.labels import absolute
+from mhtag.index.columns import StoredAttribute
+from mhtag.index.meta import IndexMeta, read_meta
+from mhtag.index.neighbours import labelled_index
+from mhtag.index.store import DEFAULT_DB
+from mhtag.inference.encoder import DEFAULT_BACKBONE, Encoder, load_encoder
+from mhtag.inference.fusion import attribute_answer, head_distribution, neighbour_shares
+from mhtag.results import Failure, ImagePrediction, PredictResult
+
+_logger = logging.getLogger(__name__)
+
+
+def check_compatible(meta: IndexMeta, enc: Encoder, db: Path) -> None:
+    """Refuse to mix embeddings of different models in one index."""
+    if meta.model_id == enc.model_id and meta.dim == enc.dim:
+        return
+    if meta.model_path and enc.model_path == meta.model_path:
+        raise MhtagError(f"index {db} was built with {meta.model_path}, and that file has changed since "
+                         f"(retrained or replaced). Re-embed with `mhtag index DIR --db {db} --rebuild`, or restore "
+                         "the model it was built with")
+    built = meta.model_path or f"backbone {meta.backbone}"
+    given = enc.model_path or f"backbone {enc.backbone}"
+    raise MhtagError(f"index {db} was built with {built} (embedding size {meta.dim}); {given} (embedding size "
+                     f"{enc.dim}) does not match it. Use the index's model, or `mhtag index DIR --db {db} "
+                     "--rebuild` to re-embed with the new one")
+
+
+class Predictor:
+    """Everything prediction needs, loaded once: the encoder, the index meta and its labelled rows."""
+
+    def __init__(self, db: str | Path = DEFAULT_DB, model: str | Path | None = None, k: int | None = None,
+                 min_similarity: float = 0.0, encoder: Encoder | None = None):
+        self.db = Path(db)
+        self.meta = read_meta(self.db)
+        if self.meta is None and model is None and encoder is None:
+            raise MhtagError(f"no index at {self.db} and no --model: index some images first, or pass --model RUN")
+        if k is not None and k < 1:
+            raise MhtagError(f"k must be at least 1, not {k}")
+        tuned_k = self.meta.fusion_k if self.meta else 20
+        if k is not None and k != tuned_k and self.meta and self.meta.fusion:
+            _logger.warning("k=%d differs from the k=%d the fusion weights were tuned with", k, tuned_k)
+        self.k = k if k is not None else tuned_k
+        self.min_similarity = min_similarity
+        m = self.meta
+        self.encoder = encoder or load_encoder(model if model is not None else m.model_path,
+                                               m.backbone if m else DEFAULT_BACKBONE)
+        if m is not None:
+            check_compatible(m, self.encoder, self.db)
+            self.attributes = m.attributes
+        elif self.encoder.tagger is None:
+            raise MhtagError("a bare backbone predicts nothing without an index of labelled images")
+        else:
+            self.attributes = [StoredAttribute(a.name, a.kind, list(a.classes), has_head=True)
+                               for a in self.encoder.tagger.schema.attributes]
+
+    def predict_files(self, paths: list[str | Path], batch_size: int = 64, progress: bool = False
+                      ) -> PredictResult:
+        walk = walk_images(paths)
+        files = [str(f) for f in walk.files]
+        result = PredictResult(failed=[Failure(path=p, reason=r) for p, r in walk.problems])
+        if not files:
+            raise MhtagError(f"no image files in {', '.join(map(str, paths))}")
+        for batch in self.encoder.encode_files(files, batch_size, progress=progress, description="predicting"):
+            result.failed += [Failure(path=files[i], reason=r) for i, r in batch.failed]
+            own = [str(absolute(files[i])) for i in batch.ok]
+            result.predictions += self.answer(batch.embeddings, batch.probs, [files[i] for i in batch.ok], own)
+        return result
+
+    def predict_images(self, images: list, names: list[str]) -> PredictResult:
+        """Decoded images (uploads); none of them is in the index, so every neighbour may vote."""
+        feats, probs = self.encoder.encode_images(images)
+        return PredictResult(predictions=self.answer(feats, probs, names, [None] * len(names)))
+
+    def answer(self, feats: np.ndarray, probs: dict[str, np.ndarray], names: list[str],
+               own_paths: list[str | None]) -> list[ImagePrediction]:
+        """One prediction per row of `feats`; an indexed image (`own_paths`) never votes for itself."""
+        lab = labelled_index(self.db) if self.meta is not None else None
+        thresholds = self.encoder.tagger.thresholds_ if self.encoder.tagger else {}
+        sims = pos = None
+        if lab is not None and len(feats):
+            sims, pos = lab.vectors.search(feats, self.k + 1, lab.positions)  # +1: room to drop itself
+        out = []
+        for row, name in enumerate(names):
+            near = None
+            if lab is not None:
+                keep = (pos[row] >= 0) & (lab.paths[np.maximum(pos[row], 0)] != own_paths[row])
+                s, p = sims[row][keep][:self.k], pos[row][keep][:self.k]
+                if len(s) and s.max() >= self.min_similarity:
+                    near = (s, p)
+            answers = {}
+            for a in self.attributes:
+                head = head_distribution(a, probs[a.name][row]) if a.has_head and a.name in probs else {}
+                nbr = neighbour_shares(near[0], lab.labels[a.name][near[1]], a.multi) if near and a.has_labels \
+                    else {}
+                weight = self.meta.fusion.get(a.name, 0.5) if self.meta else 1.0
+                th = dict(zip(a.classes, thresholds.get(a.name, []), strict=False)) if a.multi else None
+                answers[a.name] = attribute_answer(a, head, nbr, weight, th)
+            out.append(ImagePrediction(path=name, attributes=answers))
+        return out
+
+
+def predict(paths: list[str | Path], db: str | Path = DEFAULT_DB, model: str | Path | None = None,
+            k: int | None = None, min_similarity: float = 0.0, batch_size: int = 64,
+            progress: bool = False) -> PredictResult:
+    """Per image and attribute: the head's top 3, the neighbours' top 3, the fused answer and `agree`."""
+    return Predictor(db, model, k, min_similarity).predict_files(paths, batch_size, progress)

@@ -1,0 +1,273 @@
+"""Attribute search over an index: filter by any attribute (known labels, predictions or either), optionally
+ranked by similarity to an image. Attribute filters are evaluated on the in-memory snapshot of the table by
+comparing values: a user's value is never pasted into SQL (`where` is the user's own SQL, run by LanceDB after
+a check that it is one complete expression). The filter runs first, then the nearest-neighbour step over the
+rows that passed, so `limit` rows come back whenever at least that many match."""
+
+from __future__ import annotations
+
+import difflib
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mhtag.core.errors import MhtagError, NotFoundError
+from mhtag.data.schema import decode_tags
+from mhtag.index.columns import StoredAttribute
+from mhtag.index.meta import IndexMeta, require_meta
+from mhtag.index.predict import check_compatible
+from mhtag.index.store import DEFAULT_DB, Snapshot, open_table, snapshot
+from mhtag.inference.encoder import load_encoder
+from mhtag.results import SearchHit, SearchResult
+
+MAX_FACET_VALUES = 200
+
+
+class Source(str, Enum):
+    LABEL = "label"  # known labels only
+    PRED = "pred"  # predictions only
+    ANY = "any"  # the known label where there is one, else the prediction
+
+
+Filters = dict[str, list[str]] | list[tuple[str, str]]
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word.lower(), [c.lower() for c in choices], n=1, cutoff=0.6)
+    if not close:
+        return ""
+    original = next(c for c in choices if c.lower() == close[0])
+    return f" Did you mean {original!r}?"
+
+
+def _pairs(filters: Filters | None) -> list[tuple[str, str]]:
+    if isinstance(filters, dict):
+        return [(name, value) for name, values in filters.items() for value in values]
+    return list(filters or [])
+
+
+def resolve_filters(meta: IndexMeta, filters: Filters | None) -> dict[str, list[str]]:
+    """[("type", "dress"), ("type", "Skirt")] (or {"type": ["dress", "Skirt"]}) -> {"type": ["Dress", "Skirt"]}:
+    names and values matched case-insensitively against the index; anything unknown is refused with the
+    valid choices."""
+    out: dict[str, list[str]] = {}
+    names = [a.name for a in meta.attributes]
+    for name, value in _pairs(filters):
+        a = meta.find_attribute(str(name))
+        if a is None:
+            raise MhtagError(f"unknown attribute {name!r}; this index has: {', '.join(names)}."
+                             f"{_did_you_mean(str(name), names)}")
+        vocab = sorted(set(a.classes) | set(a.label_values))
+        canonical = {v.lower(): v for v in vocab}
+        if str(value).lower() not in canonical:
+            shown = ", ".join(vocab[:40]) + (" ..." if len(vocab) > 40 else "")
+            raise MhtagError(f"unknown value {value!r} for {a.name}; valid values: {shown}."
+                             f"{_did_you_mean(str(value), vocab)}")
+        values = out.setdefault(a.name, [])
+        if canonical[str(value).lower()] not in values:
+            values.append(canonical[str(value).lower()])
+    return out
+
+
+def _matches(snap: Snapshot, column: str, a: StoredAttribute, values: list[str]) -> np.ndarray:
+    if a.multi:  # tags are stored as |a|b|
+        wanted = [f"|{v}|" for v in values]
+        return snap.values_in(column, lambda cell: any(w in cell for w in wanted))
+    allowed = set(values)
+    return snap.values_in(column, lambda cell: cell in allowed)
+
+
+def attribute_mask(snap: Snapshot, meta: IndexMeta, filters: dict[str, list[str]], source: Source = Source.ANY,
+                   min_confidence: float | None = None) -> np.ndarray | None:
+    """Rows passing the filters: AND over attributes, OR over one attribute's values (see `Source`).
+    Values are compared as values: nothing is ever pasted into a query string."""
+    source = Source(source)
+    mask: np.ndarray | None = None
+    for name, values in filters.items():
+        a = meta.attribute(name)
+        by_label = _matches(snap, a.label, a, values) if a.has_labels else None
+        by_pred = _matches(snap, a.pred, a, values) if a.has_head else None
+        if by_pred is not None and min_confidence is not None:
+            by_pred &= snap.rows.column(a.conf).to_numpy() >= float(min_confidence)
+        if source is Source.LABEL:
+            if by_label is None:
+                raise MhtagError(f"{a.name} has no known labels in this index; use source pred or any")
+            term = by_label
+        elif source is Source.PRED:
+            if by_pred is None:
+                raise MhtagError(f"{a.name} has no predictions in this index (no head); use source label or any")
+            term = by_pred
+        elif by_label is not None and by_pred is not None:
+            term = by_label | (snap.values_in(a.label, lambda cell: cell == "") & by_pred)
+        else:
+            term = by_label if by_label is not None else by_pred
+        mask = term if mask is None else mask & term
+    return mask
+
+
+def answer_of(row: dict[str, Any], a: StoredAttribute, source: Source = Source.ANY) -> str | list[str]:
+    """The attribute's value for a row under `source`: its known label, its prediction, or the first of them."""
+    label = row.get(a.label, "") if a.has_labels and source is not Source.PRED else ""
+    pred = row.get(a.pred, "") if a.has_head and source is not Source.LABEL else ""
+    value = label or pred or ""
+    return decode_tags(value) if a.multi else value
+
+
+def row_view(row: dict[str, Any], meta: IndexMeta, score: float) -> SearchHit:
+    out: dict[str, Any] = {"id": int(row["rid"]), "path": row["path"], "score": round(float(score), 4)}
+    for a in meta.attributes:
+        if a.has_head:
+            out[f"{a.name}_pred"] = decode_tags(row[a.pred]) if a.multi else row[a.pred]
+            out[f"{a.name}_confidence"] = round(float(row[a.conf]), 4)
+        if a.has_labels:
+            out[f"{a.name}_label"] = decode_tags(row[a.label]) if a.multi else row[a.label]
+        out[a.name] = answer_of(row, a)
+    return SearchHit(**out)
+
+
+def check_where(where: str) -> str:
+    """Refuse anything but one complete SQL expression: no `;`, balanced parentheses and closed quotes
+    (LanceDB would otherwise evaluate the first expression and silently drop the rest)."""
+    depth, quote, i = 0, None, 0
+    while i < len(where):
+        c = where[i]
+        if quote:
+            if c == quote and where[i + 1:i + 2] == quote:
+                i += 1  # a doubled quote inside a string
+            elif c == quote:
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif c == ";":
+            raise MhtagError(f"--where {where!r}: ';' is not allowed; give one SQL expression")
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                raise MhtagError(f"--where {where!r}: a ')' at character {i + 1} closes nothing")
+        i += 1
+    if quote:
+        raise MhtagError(f"--where {where!r}: a {quote} quote is never closed")
+    if depth:
+        raise MhtagError(f"--where {where!r}: {depth} '(' never closed")
+    return where
+
+
+def _user_where(db: Path, where: str) -> np.ndarray:
+    """Row keys passing the user's own SQL, evaluated by LanceDB (the source of truth)."""
+    q = open_table(db).search().select(["rid"]).limit(None).where(check_where(where), prefilter=True)
+    try:
+        return q.to_arrow().column("rid").to_numpy()
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise MhtagError(f"--where {where!r} could not be evaluated: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def embed_query(meta: IndexMeta, db: Path, image: str | Path) -> np.ndarray:
+    """The image's embedding under the index's own model."""
+    enc = load_encoder(meta.model_path, meta.backbone)
+    check_compatible(meta, enc, db)
+    batch = next(enc.encode_files([str(image)], workers=0))
+    if batch.failed:
+        raise MhtagError(f"{image}: {batch.failed[0][1]}")
+    return batch.embeddings
+
+
+def facet_counts(snap: Snapshot, meta: IndexMeta, mask: np.ndarray | None) -> dict[str, dict[str, int]]:
+    """Per attribute, matched rows per value (the known label where there is one, else the prediction)."""
+    out: dict[str, dict[str, int]] = {}
+    for a in meta.attributes:
+        counts = np.zeros(0, dtype=np.int64)
+        vocab: list[str] = []
+        codes = _any_codes(snap, a)
+        if codes is not None:
+            codes, vocab = codes
+            chosen = codes if mask is None else codes[mask]
+            counts = np.bincount(chosen, minlength=len(vocab))
+        tallies: dict[str, int] = {}
+        for value, n in zip(vocab, counts.tolist(), strict=True):
+            if n:
+                for v in decode_tags(value) if a.multi else [value]:
+                    if v:
+                        tallies[v] = tallies.get(v, 0) + n
+        out[a.name] = dict(sorted(tallies.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_FACET_VALUES])
+    return out
+
+
+def _any_codes(snap: Snapshot, a: StoredAttribute) -> tuple[np.ndarray, list[str]] | None:
+    """Codes of the `any` answer per row: the known label where there is one, else the prediction."""
+    key = f"any:{a.name}"
+    if key not in snap.derived:
+        label = snap.rows.column(a.label).to_numpy(zero_copy_only=False) if a.has_labels else None
+        pred = snap.rows.column(a.pred).to_numpy(zero_copy_only=False) if a.has_head else None
+        if label is None and pred is None:
+            return None
+        values = label if pred is None else pred if label is None else np.where(label != "", label, pred)
+        vocab, codes = np.unique(values.astype(str), return_inverse=True)
+        snap.derived[key] = (codes, vocab.tolist())
+    return snap.derived[key]
+
+
+def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: str | None = None,
+           like: str | Path | None = None, limit: int = 20, min_confidence: float | None = None,
+           source: Source | str = Source.ANY, vector: np.ndarray | None = None, offset: int = 0,
+           like_id: int | None = None, facets: bool = False) -> SearchResult:
+    """Rows matching every attribute filter (and `where`), ranked by similarity to the image `like`, to the
+    indexed row `like_id` or to an embedding `vector` of the index's model if one is given, else by the
+    confidence of the filtered predictions. `offset` skips that many ranked rows (pages)."""
+    if limit < 1:
+        raise MhtagError(f"limit must be at least 1, not {limit}")
+    if offset < 0:
+        raise MhtagError(f"offset must be 0 or more, not {offset}")
+    db = Path(db)
+    meta = require_meta(db)
+    snap = snapshot(db)
+    resolved = resolve_filters(meta, filters)
+    mask = attribute_mask(snap, meta, resolved, Source(source), min_confidence)
+    if where:
+        passed = np.isin(snap.rows.column("rid").to_numpy(), _user_where(db, where))
+        mask = passed if mask is None else mask & passed
+    matched = snap.rows.num_rows if mask is None else int(mask.sum())
+    result = SearchResult(matched=matched, facets=facet_counts(snap, meta, mask) if facets else {})
+    if matched <= offset:
+        return result
+    if like is not None:
+        vector = embed_query(meta, db, like)
+    elif like_id is not None:
+        pos = snap.position(like_id)
+        if pos is None:
+            raise NotFoundError(f"no row with id {like_id} in index {db}")
+        vector = snap.vectors.vectors[pos]
+    if vector is not None:
+        top, top_scores = _nearest(snap, meta, db, vector, offset + limit, mask)
+    else:
+        top, top_scores = _most_confident(snap, meta, resolved, mask, offset + limit)
+    top, top_scores = top[offset:], top_scores[offset:]
+    shown = snap.rows.take(pa.array(top, type=pa.int64())).to_pylist()
+    result.results = [row_view(r, meta, s) for r, s in zip(shown, top_scores, strict=True)]
+    return result
+
+
+def _nearest(snap: Snapshot, meta: IndexMeta, db: Path, vector: np.ndarray, n: int, mask: np.ndarray | None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    if vector.shape[1] != meta.dim:
+        raise MhtagError(f"query vector has {vector.shape[1]} dimensions; index {db} has {meta.dim}")
+    scores, pos = snap.vectors.search(vector, n, mask)
+    keep = pos[0] >= 0
+    return pos[0][keep], scores[0][keep]
+
+
+def _most_confident(snap: Snapshot, meta: IndexMeta, resolved: dict[str, list[str]], mask: np.ndarray | None,
+                    n: int) -> tuple[np.ndarray, np.ndarray]:
+    """By the mean confidence of the filtered heads (or of every head), ties in table order."""
+    ranked_by = [meta.attribute(k) for k in resolved if meta.attribute(k).has_head] or \
+        [a for a in meta.attributes if a.has_head]
+    positions = np.arange(snap.rows.num_rows) if mask is None else np.flatnonzero(mask)
+    score = np.mean([snap.rows.column(a.conf).to_numpy()[positions] for a in ranked_by], axis=0) \
+        if ranked_by else np.zeros(len(positions))
+    order = np.lexsort((positions, -score))[:n]
+    return positions[order], score[order]

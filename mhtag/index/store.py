@@ -1,0 +1,162 @@
+"""The image store: one LanceDB table (the source of truth), its single-writer lock, and an in-memory
+snapshot of it for searching (rows plus a FAISS index over their vectors), reloaded when the table changes."""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mhtag.core.errors import MhtagError
+from mhtag.index.columns import arrow_schema
+from mhtag.index.meta import IndexMeta, require_meta
+from mhtag.index.vectors import VectorIndex
+
+TABLE = "images"
+DEFAULT_DB = Path("indexes/default")
+
+
+@contextmanager
+def writer_lock(db: str | Path) -> Iterator[None]:
+    """One writer per database: a second `index` run fails at once with a clear message."""
+    Path(db).mkdir(parents=True, exist_ok=True)
+    with open(Path(db) / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise MhtagError(f"another `mhtag index` (pid {holder}) is writing to {db}; "
+                             "wait for it to finish") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def connect(db: str | Path):
+    import lancedb
+
+    return lancedb.connect(str(db))
+
+
+def _has_table(conn) -> bool:
+    return TABLE in conn.list_tables().tables
+
+
+def open_table(db: str | Path, meta: IndexMeta | None = None, create: bool = False):
+    conn = connect(db)
+    if _has_table(conn):
+        return conn.open_table(TABLE)
+    if not create:
+        raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
+    return conn.create_table(TABLE, schema=arrow_schema(meta.dim, meta.attributes))
+
+
+def drop_table(db: str | Path) -> None:
+    conn = connect(db)
+    if _has_table(conn):
+        conn.drop_table(TABLE)
+
+
+def read_columns(table, columns: list[str], where=None) -> pa.Table:
+    q = table.search().select(columns).limit(None)
+    if where is not None:
+        q = q.where(where, prefilter=True)
+    return q.to_arrow()
+
+
+def vectors_of(arrow: pa.Table, dim: int) -> np.ndarray:
+    col = arrow.column("vector").combine_chunks()
+    return np.ascontiguousarray(col.values.to_numpy(zero_copy_only=False).reshape(-1, dim), dtype=np.float32)
+
+
+@dataclass
+class Snapshot:
+    """One version of the table in memory, for searching: every column but the vectors and probabilities,
+    and the vector index over the same rows in the same order. String columns are dictionary-encoded on
+    first use, so a filter over a million rows is a table lookup on integer codes."""
+
+    version: int
+    rows: pa.Table
+    vectors: VectorIndex
+    _codes: dict[str, tuple[np.ndarray, list[str]]] = field(default_factory=dict)
+    _positions: dict[int, int] | None = None
+    derived: dict[str, object] = field(default_factory=dict)  # views built from this version, e.g. voters
+
+    def codes(self, column: str) -> tuple[np.ndarray, list[str]]:
+        """(code per row, distinct values) of a string column."""
+        if column not in self._codes:
+            enc = pc.dictionary_encode(self.rows.column(column)).combine_chunks()
+            self._codes[column] = (enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist())
+        return self._codes[column]
+
+    def values_in(self, column: str, accept) -> np.ndarray:
+        """Boolean mask of the rows whose value satisfies `accept(value)`, evaluated once per distinct value."""
+        codes, vocab = self.codes(column)
+        table = np.fromiter((accept(v) for v in vocab), dtype=bool, count=len(vocab))
+        return table[codes] if len(vocab) else np.zeros(len(codes), dtype=bool)
+
+    def position(self, rid: int) -> int | None:
+        """Where the row with key `rid` is in this snapshot, or None."""
+        if self._positions is None:
+            self._positions = {int(r): i for i, r in enumerate(self.vectors.rids)}
+        return self._positions.get(int(rid))
+
+
+def _search_device() -> str | None:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+@lru_cache(maxsize=2)
+def _snapshot(db: str, key: tuple[int, int], dim: int) -> Snapshot:
+    table = open_table(db)
+    version = table.version
+    names = [n for n in table.schema.names if not n.startswith("probs_")]
+    arrow = read_columns(table, names)
+    index = VectorIndex(vectors_of(arrow, dim), arrow.column("rid").to_numpy(), torch_device=_search_device())
+    if index.wants_ivf:
+        _attach_ivf(index, Path(db), version)
+    rows = arrow.drop_columns(["vector"]).combine_chunks()  # one chunk per column: cheap takes
+    return Snapshot(version, rows, index)
+
+
+def _attach_ivf(index: VectorIndex, db: Path, version: int) -> None:
+    """The IVF index is derived data, persisted beside the table per version; older ones are removed."""
+    path = db / f"ivf-{version}.faiss"
+    for stale in glob.glob(str(db / "ivf-*.faiss")):
+        if stale != str(path):
+            os.unlink(stale)
+    if path.is_file():
+        index.load_ivf(path)
+    else:
+        index.build_ivf().save_ivf(path)
+
+
+def _version_key(db: str | Path) -> tuple[int, int]:
+    """Changes whenever a commit adds a manifest: a stat and a listing, far cheaper than opening the table."""
+    versions = Path(db) / f"{TABLE}.lance" / "_versions"
+    if not versions.is_dir():
+        raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
+    return versions.stat().st_mtime_ns, len(os.listdir(versions))
+
+
+def snapshot(db: str | Path) -> Snapshot:
+    """The table as it is now; reloaded only when a write has made a new table version."""
+    meta = require_meta(db)
+    return _snapshot(str(db), _version_key(db), meta.dim)

@@ -1,0 +1,127 @@
+"""Vector math through FAISS: exact or IVF inner-product search over any subset of rows; a torch matmul on GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mhtag.core.io import atomic_path
+
+EXACT_MAX_ROWS = 200_000  # tables larger than this also get an IVF index (see benchmarks/search_filtered.py)
+EXACT_MAX_MATCHES = 20_000  # with an IVF index, filters passing more rows than this search approximately
+
+
+def setup_faiss(threads: int | None = None) -> None:
+    """Explicit process setup for FAISS. faiss 1.15 raised the size at which a batch of queries goes through
+    BLAS to 128000 (8-10x slower batches here); 16 restores the fast path."""
+    import faiss
+
+    faiss.cvar.distance_compute_blas_threshold = 16
+    if threads:
+        faiss.omp_set_num_threads(threads)
+
+
+class VectorIndex:
+    """Inner-product search over (L2-normalised) vectors, restricted to any subset of rows.
+
+    Exact (flat) search serves small tables and selective filters; large tables get an IVF index whose
+    probe count grows as the filter narrows, so a filtered query still finds `k` rows when `k` match.
+    With `torch_device` (a GPU), exact search runs as one matmul + top-k there instead.
+    """
+
+    def __init__(self, vectors: np.ndarray, rids: np.ndarray, exact_max_rows: int = EXACT_MAX_ROWS,
+                 exact_max_matches: int = EXACT_MAX_MATCHES, torch_device: str | None = None):
+        import faiss
+
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.rids = np.asarray(rids, dtype=np.int64)
+        self.dim = self.vectors.shape[1]
+        self.flat = faiss.IndexFlatIP(self.dim)
+        self.flat.add(self.vectors)
+        self.ivf = None
+        self.exact_max_rows = exact_max_rows
+        self.exact_max_matches = exact_max_matches
+        self.on_torch = None
+        if torch_device is not None:
+            import torch
+
+            self.on_torch = torch.from_numpy(self.vectors).to(torch_device)
+
+    @property
+    def wants_ivf(self) -> bool:
+        return len(self.vectors) > self.exact_max_rows
+
+    def build_ivf(self, nlist: int | None = None, seed: int = 0) -> VectorIndex:
+        import faiss
+
+        n = len(self.vectors)
+        nlist = nlist or int(4 * np.sqrt(n))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        self.ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        self.ivf.train(self.vectors[rng.choice(n, size=min(n, nlist * 40), replace=False)])
+        self.ivf.add(self.vectors)
+        return self
+
+    def save_ivf(self, path: Path) -> None:
+        import faiss
+
+        with atomic_path(path) as tmp:
+            faiss.write_index(self.ivf, str(tmp))
+
+    def load_ivf(self, path: Path) -> VectorIndex:
+        import faiss
+
+        self.ivf = faiss.read_index(str(path))
+        return self
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None = None,
+               base_nprobe: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` (scores, positions) per query among `rows` (a boolean mask or positions; None = all).
+
+        Exact unless there is an IVF index and more than `exact_max_matches` rows pass the filter; then the
+        IVF probes `base_nprobe / selectivity` lists, so sparser filters look further.
+        """
+        import faiss
+
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        n = len(self.vectors)
+        mask = None
+        if rows is not None:
+            mask = rows if rows.dtype == bool else np.bincount(rows, minlength=n).astype(bool)
+        m = n if mask is None else int(mask.sum())
+        k_eff = min(k, m)
+        if k_eff <= 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        selector, packed = None, None
+        if mask is not None and m < n:
+            packed = np.packbits(mask, bitorder="little")  # must outlive the search: faiss keeps a pointer
+            selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(packed))
+        if self.ivf is not None and m > self.exact_max_matches:
+            nprobe = int(min(self.ivf.nlist, np.ceil(base_nprobe * n / m)))
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+            if selector is not None:
+                params.sel = selector
+            scores, pos = self.ivf.search(q, k_eff, params=params)
+        elif self.on_torch is not None:
+            scores, pos = self._torch_search(q, k_eff, np.flatnonzero(mask) if selector is not None else None)
+        else:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None
+            scores, pos = self.flat.search(q, k_eff, params=params)
+        del packed
+        return scores, pos
+
+    def _torch_search(self, q: np.ndarray, k: int, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        qt = torch.from_numpy(q).to(self.on_torch.device)
+        if positions is None:
+            s, i = (qt @ self.on_torch.T).topk(k, dim=1)
+            return s.cpu().numpy(), i.cpu().numpy()
+        idx = torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(self.on_torch.device)
+        s, i = (qt @ self.on_torch[idx].T).topk(k, dim=1)
+        return s.cpu().numpy(), idx[i].cpu().numpy()

@@ -1,0 +1,1 @@
+"""Inference: the encoder (image files -> embeddings + head probabilities) and head/neighbour fusion."""

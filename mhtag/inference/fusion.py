@@ -1,0 +1,72 @@
+"""Fusion of two witnesses per attribute: the head's probabilities and the similarity-weighted vote of labelled
+neighbours, mixed with a per-attribute head weight tuned on validation rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from mhtag.data.schema import AttributeSpec, decode_tags
+from mhtag.results import AttributeAnswer, Fused
+
+NEIGHBOUR_TAU = 0.05  # softmax temperature over cosine similarities for neighbour weights
+WEIGHT_GRID = np.linspace(0, 1, 11)
+
+
+def neighbour_shares(sims: np.ndarray, labels: np.ndarray, multi: bool, tau: float = NEIGHBOUR_TAU
+                     ) -> dict[str, float]:
+    """Similarity-weighted vote of the neighbours that carry a label: {label or tag: share in [0, 1]}."""
+    known = labels != ""
+    if not known.any():
+        return {}
+    s = sims[known]
+    w = np.exp((s - s.max()) / tau)
+    w /= w.sum()
+    shares: dict[str, float] = {}
+    for weight, value in zip(w, labels[known], strict=True):
+        for tag in decode_tags(value) if multi else [value]:
+            shares[tag] = shares.get(tag, 0.0) + float(weight)
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
+def fuse(head: dict[str, float], neighbours: dict[str, float], weight: float) -> dict[str, float]:
+    """weight * head + (1 - weight) * neighbours over the union of labels; either side alone if the other is empty."""
+    if not neighbours:
+        return dict(head)
+    if not head:
+        return dict(neighbours)
+    keys = set(head) | set(neighbours)
+    fused = {k: weight * head.get(k, 0.0) + (1 - weight) * neighbours.get(k, 0.0) for k in keys}
+    return dict(sorted(fused.items(), key=lambda kv: -kv[1]))
+
+
+def _top(d: dict[str, float], n: int = 3) -> list[tuple[str, float]]:
+    return [(k, round(float(v), 4)) for k, v in list(d.items())[:n]]
+
+
+def head_distribution(a: AttributeSpec, probs: np.ndarray) -> dict[str, float]:
+    order = np.argsort(-probs)
+    return {a.classes[i]: float(probs[i]) for i in order}
+
+
+def attribute_answer(a: AttributeSpec, head: dict[str, float], nbr: dict[str, float], weight: float,
+                     thresholds: dict[str, float] | None = None) -> AttributeAnswer:
+    fused = fuse(head, nbr, weight)
+    if a.multi:
+        cut = thresholds or {}
+        label: str | list[str] = [t for t, p in fused.items() if p >= cut.get(t, 0.5)]
+        confidence = min((fused[t] for t in label), default=0.0)
+    else:
+        label = next(iter(fused), "unknown")
+        confidence = fused.get(label, 0.0)
+    agree = next(iter(head)) == next(iter(nbr)) if head and nbr else None
+    return AttributeAnswer(head=_top(head), neighbours=_top(nbr),
+                           fused=Fused(label=label, confidence=round(float(confidence), 4)), agree=agree)
+
+
+def tune_head_weight(head: np.ndarray, neighbours: np.ndarray, y: np.ndarray,
+                     score: Callable[[np.ndarray, np.ndarray], float], grid: np.ndarray = WEIGHT_GRID) -> float:
+    """The head weight w maximising `score(w * head + (1 - w) * neighbours, y)` (rows: probability vectors)."""
+    scores = [score(w * head + (1 - w) * neighbours, y) for w in grid]
+    return round(float(grid[int(np.argmax(scores))]), 3)

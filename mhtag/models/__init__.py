@@ -1,0 +1,1 @@
+"""Models: the backbone registry, the multi-head tagger, its loss and its checkpoints."""

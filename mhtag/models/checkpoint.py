@@ -1,0 +1,77 @@
+"""Checkpoints: the weights with everything needed to rebuild the model (config, schema, preprocessing).
+
+A checkpoint is loaded with `torch.load(weights_only=True)`: it may hold tensors, numbers, strings, lists and
+dicts only, so a model folder from elsewhere cannot run code when it is loaded.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mhtag.core.errors import MhtagError
+from mhtag.core.io import atomic_path
+from mhtag.data.schema import LabelSchema
+from mhtag.models.backbones import create_backbone
+from mhtag.models.tagger import Tagger
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
+    """torch.save through a temporary file and a rename: a checkpoint is never half-written."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def checkpoint_state(model: Tagger, config: dict[str, Any], data_config: dict[str, Any],
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "backbone": model.backbone.name,
+        "config": config,
+        "data_config": data_config,
+        "schema": model.schema.to_dict(),
+        "thresholds": model.thresholds_,
+        "model": model.state_dict(),
+        **(extra or {}),
+    }
+
+
+def tagger_from_checkpoint(state: dict[str, Any]) -> Tagger:
+    """Rebuild the exact model from a checkpoint; no weights are downloaded (they are all in `state`)."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise MhtagError(f"checkpoint format {state.get('format')} is not supported (expected {CHECKPOINT_FORMAT})")
+    cfg = state["config"]
+    backbone = create_backbone(state["backbone"], pretrained=False)
+    backbone.data_config = state["data_config"]
+    model = Tagger(backbone, LabelSchema.from_dict(state["schema"]), cfg["head"], cfg["head_hidden"],
+                   cfg["dropout"])
+    model.load_state_dict(state["model"])
+    model.thresholds_ = {k: list(v) for k, v in state["thresholds"].items()}
+    return model.eval()
+
+
+def checkpoint_file(path: str | Path, name: str = "best.pt") -> Path:
+    path = Path(path)
+    return path / name if path.is_dir() else path
+
+
+def load_checkpoint(path: str | Path, name: str = "best.pt") -> dict[str, Any]:
+    """Read a checkpoint (a run folder's `name`, or a file) without running any code it may carry."""
+    path = checkpoint_file(path, name)
+    if not path.is_file():
+        raise MhtagError(f"no model checkpoint at {path}; train one with `mhtag train`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise MhtagError(f"{path}: refused to load; the checkpoint holds objects other than tensors, numbers, "
+                         f"strings, lists and dicts ({str(exc).splitlines()[0][:200]})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise MhtagError(f"{path}: cannot read checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(state, dict) or "format" not in state:
+        raise MhtagError(f"{path}: not an mhtag checkpoint")
+    return state

@@ -1,0 +1,76 @@
+"""The multi-head loss: the weighted sum of each head's cross-entropy (single-label) or BCE (tag groups)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mhtag.core.errors import MhtagError
+from mhtag.data.schema import Attribute, LabelSchema
+
+
+def class_weights(counts: list[int], scheme: str, cap: float) -> torch.Tensor | None:
+    """Inverse-frequency weights (or their square root), mean 1 over the training rows, capped at `cap`."""
+    if scheme == "none":
+        return None
+    n = torch.tensor(counts, dtype=torch.float64).clamp(min=1)
+    w = n.sum() / (len(n) * n)
+    if scheme == "sqrt":
+        w = w.sqrt()
+    w = w / ((w * n).sum() / n.sum())
+    return w.clamp(max=cap).float()
+
+
+def pos_weights(counts: list[int], total: int, scheme: str, cap: float) -> torch.Tensor | None:
+    """BCE `pos_weight` per tag: negatives / positives (or its square root), capped."""
+    if scheme == "none":
+        return None
+    pos = torch.tensor(counts, dtype=torch.float64).clamp(min=1)
+    w = (total - pos).clamp(min=1) / pos
+    if scheme == "sqrt":
+        w = w.sqrt()
+    return w.clamp(max=cap).float()
+
+
+class MultiHeadLoss(nn.Module):
+    """Total = sum over heads of weight * loss. Rows with a blank or unknown label are left out of that head."""
+
+    def __init__(self, schema: LabelSchema, head_weights: dict[str, float] | None = None,
+                 weighting: str = "sqrt", cap: float = 10.0, label_smoothing: float = 0.0, n_train: int = 0):
+        super().__init__()
+        head_weights = head_weights or {}
+        unknown = set(head_weights) - set(schema.names)
+        if unknown:
+            raise MhtagError(f"head_weights names unknown attribute(s) {sorted(unknown)}; heads are {schema.names}")
+        self.schema = schema
+        self.head_weights = {a.name: float(head_weights.get(a.name, 1.0)) for a in schema.attributes}
+        self.label_smoothing = label_smoothing
+        for a in schema.attributes:
+            w = self._weights(a, weighting, cap, n_train)
+            self.register_buffer(f"w_{a.name}", w if w is not None else torch.empty(0), persistent=False)
+
+    @staticmethod
+    def _weights(a: Attribute, weighting: str, cap: float, n_train: int) -> torch.Tensor | None:
+        if a.multi:
+            return pos_weights(a.counts, n_train, weighting, cap)
+        return class_weights(a.counts, weighting, cap)
+
+    def forward(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        per_head: dict[str, torch.Tensor] = {}
+        for a in self.schema.attributes:
+            out, y = logits[a.name].float(), targets[a.name]
+            w = getattr(self, f"w_{a.name}")
+            w = w if w.numel() else None
+            if a.multi:
+                per_head[a.name] = F.binary_cross_entropy_with_logits(out, y.float(), pos_weight=w)
+                continue
+            valid = y >= 0
+            if valid.any():
+                per_head[a.name] = F.cross_entropy(out[valid], y[valid], weight=w,
+                                                   label_smoothing=self.label_smoothing)
+        if not per_head:
+            raise MhtagError("a batch had no usable label for any head")
+        total = sum(self.head_weights[k] * v for k, v in per_head.items())
+        return total, per_head

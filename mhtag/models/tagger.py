@@ -1,0 +1,51 @@
+"""The tagger: one shared backbone and one independent head per attribute (timm's forward contract)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mhtag.data.schema import LabelSchema
+from mhtag.models.backbones import Backbone
+
+
+def make_head(in_features: int, out_features: int, kind: str = "linear", hidden: int = 512,
+              dropout: float = 0.1) -> nn.Module:
+    if kind == "mlp":
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.GELU(),
+                             nn.Dropout(dropout), nn.Linear(hidden, out_features))
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, out_features))
+
+
+class Tagger(nn.Module):
+    """`forward_features` -> pooled embedding, `forward_heads` -> {attribute: logits}, `forward` -> both."""
+
+    def __init__(self, backbone: Backbone, schema: LabelSchema, head: str = "linear", head_hidden: int = 512,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.schema = schema
+        self.num_features = backbone.num_features
+        self.feature_norm = nn.BatchNorm1d(self.num_features)  # puts any backbone's features on one scale
+        self.heads = nn.ModuleDict({
+            a.name: make_head(self.num_features, a.num_outputs, head, head_hidden, dropout)
+            for a in schema.attributes
+        })
+        self.thresholds_: dict[str, list[float]] = {
+            a.name: [0.5] * a.num_outputs for a in schema.attributes if a.multi
+        }
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward_heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.feature_norm(features.float())
+        return {name: head(f) for name, head in self.heads.items()}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_heads(self.forward_features(x))
+
+    def probabilities(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Softmax for single-label heads, sigmoid for tag groups."""
+        return {a.name: torch.sigmoid(logits[a.name].float()) if a.multi else torch.softmax(logits[a.name].float(), -1)
+                for a in self.schema.attributes}

@@ -1,0 +1,1 @@
+"""Reports: text for the terminal, the run's HTML report and charts, contact sheets."""

@@ -1,0 +1,82 @@
+"""Text for a terminal: metric tables, data health, predictions and search results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mhtag.results import PredictResult, SearchResult
+
+SINGLE_COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece")
+MULTI_COLUMNS = ("micro_f1", "macro_f1", "mAP", "exact_match", "hamming_accuracy")
+
+def metrics_table(heads: dict[str, dict[str, Any]]) -> str:
+    """A fixed-width table, one line per head."""
+    lines = []
+    for kind, cols in (("single", SINGLE_COLUMNS), ("multi", MULTI_COLUMNS)):
+        rows = {k: m for k, m in heads.items() if m.get("kind") == kind}
+        if not rows:
+            continue
+        width = max(len(k) for k in rows) + 2
+        lines.append("head".ljust(width) + "n".rjust(7) + "".join(c.rjust(18) for c in cols))
+        for name, m in rows.items():
+            cells = "".join((f"{m[c]:.4f}" if c in m else "-").rjust(18) for c in cols)
+            lines.append(name.ljust(width) + str(m.get("n", 0)).rjust(7) + cells)
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def health_text(h: dict[str, Any]) -> str:
+    lines = [f"rows: {h['rows']} usable, {len(h['skipped'])} skipped", f"splits: {h['splits']}"]
+    for name, a in h["attributes"].items():
+        top = ", ".join(f"{c}={n}" for c, n in list(a["counts"].items())[:8])
+        more = f" (+{len(a['counts']) - 8} more)" if len(a["counts"]) > 8 else ""
+        lines.append(f"{name} [{a['kind']}]: {len(a['counts'])} classes, imbalance {a['imbalance_ratio']:.1f}x, "
+                     f"missing {a['missing']}: {top}{more}")
+    if h["text_columns"]:
+        lines.append(f"free-text columns (not heads): {', '.join(h['text_columns'])}")
+    sizes = h["images"]
+    lines.append(f"image sizes (w x h): {sizes['sizes']}")
+    lines.append(f"image modes: {sizes['modes']}")
+    lines.append(f"unreadable files: {len(h['unreadable'])}")
+    lines += [f"  {u['path']}: {u['reason']}" for u in h["unreadable"][:20]]
+    lines.append(f"byte-identical duplicate groups: {len(h['duplicates'])} "
+                 f"({h['cross_split_duplicates']} cross splits)")
+    lines += [f"  skipped {s}" for s in h["skipped"][:20]]
+    return "\n".join(lines)
+
+
+def shown(text: str) -> str:
+    """One line per item: control characters in names (a newline in a file name) are shown escaped."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode()
+
+
+def predictions_text(result: PredictResult) -> str:
+    """Human-readable `mhtag predict` output: one block per image, one line per attribute."""
+    lines = []
+    for p in result.predictions:
+        lines.append(shown(p.path))
+        for name, a in p.attributes.items():
+            fused = a.fused.label
+            fused = ", ".join(fused) or "(none)" if isinstance(fused, list) else fused
+            head = " ".join(f"{lab}:{pr:.2f}" for lab, pr in a.head) or "-"
+            nbr = " ".join(f"{lab}:{sh:.2f}" for lab, sh in a.neighbours) or "-"
+            flag = "" if a.agree is not False else "  (head and neighbours disagree)"
+            lines.append(f"  {shown(name):<16} {shown(fused)} ({a.fused.confidence:.2f})   head {shown(head)} | "
+                         f"neighbours {shown(nbr)}{flag}")
+    lines += [f"skipped {shown(f.path)}: {f.reason}" for f in result.failed]
+    return "\n".join(lines)
+
+
+def search_text(result: SearchResult, attributes: list[str]) -> str:
+    lines = [f"{result.matched} row(s) match; showing {len(result.results)}"]
+    for r in result.results:
+        row = r.model_dump()
+        attrs = " ".join(f"{a}={_fmt(row[a])}" for a in attributes if row.get(a))
+        lines.append(f"{r.score:.3f}  {shown(r.path)}  {shown(attrs)}")
+    for name, counts in result.facets.items():
+        lines.append(f"{shown(name)}: " + ", ".join(f"{shown(v)} ({n})" for v, n in list(counts.items())[:12]))
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return "|".join(v) if isinstance(v, list) else str(v)

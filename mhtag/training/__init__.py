@@ -1,0 +1,1 @@
+"""Training: the fit loop, optimiser and schedule, evaluation and metrics."""

@@ -1,0 +1,375 @@
+"""Training: `fit(cfg, labels)` trains one tagger, end to end (`finetune`) or on frozen embeddings (`probe`).
+
+The run folder holds `last.pt` (resumable state), `best.pt` (best mean validation macro-F1), `config.json`,
+`schema.json`, `metrics.json` (per epoch, per head) and `report.html`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mhtag.core.config import RESUMABLE_KEYS, TrainConfig, config_from_dict
+from mhtag.core.errors import MhtagError
+from mhtag.core.io import atomic_write_json, atomic_write_text
+from mhtag.core.runtime import DistInfo, autocast, default_device, init_distributed, progress_bar, seed_everything
+from mhtag.data.datasets import ImageDataset
+from mhtag.data.labels import FILE, LabelTable, Skipped, drop_unreadable, read_labels
+from mhtag.data.schema import LabelSchema
+from mhtag.data.transforms import build_transform, forbidden_augmentations
+from mhtag.inference.encoder import cached_embeddings, loader_kwargs, resolve_data_config
+from mhtag.models.backbones import create_backbone
+from mhtag.models.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
+from mhtag.models.loss import MultiHeadLoss
+from mhtag.models.tagger import Tagger
+from mhtag.report.html import write_run_report
+from mhtag.training.metrics import head_metrics, mean_macro_f1, tune_thresholds
+from mhtag.training.optim import cosine_with_warmup, make_optimizer
+
+_logger = logging.getLogger(__name__)
+PROBE_BATCH = 256
+
+
+@dataclass
+class Run:
+    dir: Path
+    model: Tagger
+    config: TrainConfig
+    data_config: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+    report: Path | None = None  # report.html, when the run finished
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return max(self.history, key=lambda h: h["score"]) if self.history else None
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    head_losses: dict[str, float]
+    probs: dict[str, np.ndarray] = field(default_factory=dict)
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class _Totals:
+    """Running, sample-weighted means of the total and per-head losses."""
+
+    def __init__(self):
+        self.total, self.seen, self.heads = 0.0, 0, defaultdict(float)
+
+    def add(self, loss: torch.Tensor, per_head: dict[str, torch.Tensor], n: int) -> None:
+        self.total += loss.item() * n
+        self.seen += n
+        for k, v in per_head.items():
+            self.heads[k] += v.item() * n
+
+    def result(self, **kw) -> EpochResult:
+        seen = max(self.seen, 1)
+        return EpochResult(self.total / seen, {k: v / seen for k, v in self.heads.items()}, **kw)
+
+
+def _loss(forward: Callable, loss_fn: MultiHeadLoss, x: torch.Tensor, y: dict[str, torch.Tensor],
+          device: torch.device, amp: bool):
+    x = x.to(device, non_blocking=True)
+    y = {k: v.to(device, non_blocking=True) for k, v in y.items()}
+    with autocast(device, amp):
+        logits = forward(x)
+    loss, per_head = loss_fn(logits, y)
+    if not torch.isfinite(loss):
+        bad = [k for k, v in per_head.items() if not torch.isfinite(v)]
+        raise NonFiniteLoss(f"loss became {loss.item()} (head(s): {', '.join(bad)})")
+    return logits, y, loss, per_head
+
+
+class NonFiniteLoss(MhtagError):
+    """Training diverged; the message names the head."""
+
+
+def train_one_epoch(forward: Callable, loader: Iterable, loss_fn: MultiHeadLoss, device: torch.device,
+                    optimizer: torch.optim.Optimizer, scheduler, amp: bool = True, progress: bool = False,
+                    description: str = "", steps: int | None = None) -> EpochResult:
+    totals = _Totals()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    with progress_bar(description, steps, progress) as advance:
+        for x, y in loader:
+            _, _, loss, per_head = _loss(forward, loss_fn, x, y, device, amp)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            optimizer.step()
+            scheduler.step()
+            totals.add(loss, per_head, len(x))
+            advance(1)
+    return totals.result()
+
+
+@torch.no_grad()
+def validate(forward: Callable, tagger: Tagger, loader: Iterable, loss_fn: MultiHeadLoss, device: torch.device,
+             amp: bool = True, progress: bool = False, steps: int | None = None) -> EpochResult:
+    totals, probs, targets = _Totals(), defaultdict(list), defaultdict(list)
+    with progress_bar("validating", steps, progress) as advance:
+        for x, y in loader:
+            logits, y, loss, per_head = _loss(forward, loss_fn, x, y, device, amp)
+            for k, p in tagger.probabilities(logits).items():
+                probs[k].append(p.cpu().numpy())
+                targets[k].append(y[k].cpu().numpy())
+            totals.add(loss, per_head, len(x))
+            advance(1)
+    return totals.result(probs={k: np.concatenate(v) for k, v in probs.items()},
+                         targets={k: np.concatenate(v) for k, v in targets.items()})
+
+
+def evaluate_outputs(tagger: Tagger, result: EpochResult, tune: bool) -> dict[str, Any]:
+    """Per-head metrics; with `tune`, first set the tag thresholds that maximise F1 on these rows."""
+    if tune:
+        for a in tagger.schema.attributes:
+            if a.multi:
+                tagger.thresholds_[a.name] = tune_thresholds(result.probs[a.name], result.targets[a.name]).tolist()
+    thresholds = {k: np.asarray(v) for k, v in tagger.thresholds_.items()}
+    return head_metrics(tagger.schema, result.probs, result.targets, thresholds)
+
+
+# ---------------------------------------------------------------- data
+
+
+def prepare_data(cfg: TrainConfig, labels: str | Path, images: str | Path | None) -> tuple[LabelTable, Any, Any]:
+    table = drop_unreadable(read_labels(labels, images, cfg.multilabel, cfg.ignore))
+    for s in table.skipped[:20]:
+        _logger.warning("skipped %s", s)
+    if table.skipped:
+        _logger.warning("skipped %d row(s) of %s", len(table.skipped), labels)
+    train, val = table.split("train"), table.split("val")
+    if len(train) == 0:
+        raise MhtagError(f"{labels}: no usable training rows")
+    if len(val) == 0:  # no validation split given: hold out every 10th training row
+        val, train = train.iloc[::10].reset_index(drop=True), train.drop(index=train.index[::10]).reset_index(drop=True)
+        _logger.warning("no 'val' rows: holding out %d training rows for validation", len(val))
+    return table, train, val
+
+
+class TensorBatches:
+    """Mini-batches of in-memory feature rows (the probe's data): no per-sample Dataset/DataLoader overhead.
+    Shuffled by a generator the loop re-seeds each epoch, so a resumed run sees the same order."""
+
+    def __init__(self, x: np.ndarray, targets: dict[str, np.ndarray], batch_size: int, shuffle: bool,
+                 generator: torch.Generator | None = None):
+        self.x = torch.from_numpy(x)
+        self.y = {k: torch.from_numpy(v) for k, v in targets.items()}
+        self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
+        self.drop_last = shuffle and len(self.x) > batch_size
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self.x[idx], {k: v[idx] for k, v in self.y.items()}
+
+
+def _loaders(model: Tagger, cfg: TrainConfig, mode: str, train_df, val_df, y_train, y_val, data_config,
+             device: torch.device, dist: DistInfo, generator: torch.Generator, progress: bool):
+    if mode == "probe":
+        def embed(df) -> np.ndarray:
+            return cached_embeddings(model.backbone, df[FILE].tolist(), data_config, cfg.batch_size, device,
+                                     cfg.num_workers, progress=progress)
+
+        return (TensorBatches(embed(train_df), y_train, PROBE_BATCH, True, generator),
+                TensorBatches(embed(val_df), y_val, PROBE_BATCH * 2, False))
+    forbid = forbidden_augmentations(model.schema.names, cfg.aug_forbid)
+    train_ds = ImageDataset(train_df[FILE].tolist(), build_transform(data_config, train=cfg.augment, forbid=forbid),
+                            y_train)
+    val_ds = ImageDataset(val_df[FILE].tolist(), build_transform(data_config), y_val)
+    kw = loader_kwargs(device, cfg.num_workers)
+    sampler = DistributedSampler(train_ds, seed=cfg.seed) if dist.enabled else None
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                              drop_last=len(train_ds) > cfg.batch_size, generator=generator, **kw)
+    return train_loader, DataLoader(val_ds, batch_size=cfg.batch_size * 2, **kw)
+
+
+# ---------------------------------------------------------------- resuming
+
+
+def resumed_config(out: str | Path, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, tuple[Any, Any]]]:
+    """The saved config of the run in `out`, with schedule `overrides` applied (RESUMABLE_KEYS); returns it and
+    {key: (old, new)} for what changed. Anything else (architecture, schema, preprocessing) stays as saved."""
+    state = load_checkpoint(out, "last.pt")
+    saved = config_from_dict(state["config"])
+    fixed = {k: v for k, v in overrides.items() if k not in RESUMABLE_KEYS and v != getattr(saved, k, v)}
+    if fixed:
+        raise MhtagError(f"a resumed run keeps its saved {', '.join(sorted(fixed))}; only "
+                         f"{', '.join(RESUMABLE_KEYS)} can change on --resume (or train a new run with another --out)")
+    changes = {k: (getattr(saved, k), v) for k, v in overrides.items()
+               if k in RESUMABLE_KEYS and getattr(saved, k) != v}
+    return config_from_dict({k: new for k, (_, new) in changes.items()}, saved), changes
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, out: str | Path = "runs/latest",
+        resume: bool = False, progress: bool = False) -> Run:
+    """Train a tagger on the labels CSV; returns the run with the best model loaded.
+
+    With `resume`, training continues from `out/last.pt`: the model (backbone included) comes from the checkpoint
+    before anything is embedded, and `cfg` should come from `resumed_config`."""
+    out = Path(out)
+    state = None
+    if resume:
+        state = load_checkpoint(out, "last.pt")
+        _logger.info("resuming %s after epoch %d", out, state["epoch"] + 1)
+    elif (out / "best.pt").exists():
+        raise MhtagError(f"{out} already holds a trained run; pass --resume to continue it or choose another --out")
+    dist = init_distributed()
+    device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else default_device()
+    mode = state["mode"] if state else cfg.resolved_mode(device.type == "cuda")
+    if mode == "probe" and dist.enabled:
+        raise MhtagError("probe mode trains in one process in seconds; run it without torchrun")
+    seed_everything(cfg.seed)
+
+    table, train_df, val_df = prepare_data(cfg, labels, images)
+    if state is not None:
+        model = tagger_from_checkpoint(state).train()
+        data_config, dropped = state["data_config"], state.get("dropped", {})
+    else:
+        schema, dropped = LabelSchema.fit(train_df, table.attributes, table.multilabel, cfg.min_count)
+        for name, why in dropped.items():
+            _logger.warning("attribute %r is not a head: %s", name, why)
+        if not schema.attributes:
+            raise MhtagError(f"{labels}: no attribute has two or more classes to learn "
+                             f"({'; '.join(dropped.values())})")
+        backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.checkpoint)
+        data_config = resolve_data_config(backbone, cfg.image_size)
+        backbone.data_config = data_config
+        model = Tagger(backbone, schema, cfg.head, cfg.head_hidden, cfg.dropout)
+    schema = model.schema
+    if mode == "probe":
+        model.backbone.requires_grad_(False)
+    (y_train, _), (y_val, _) = schema.encode(train_df), schema.encode(val_df)
+    loss_fn = MultiHeadLoss(schema, cfg.head_weights, cfg.class_weights, cfg.class_weight_cap,
+                            cfg.label_smoothing, n_train=len(train_df)).to(device)
+    epochs = cfg.probe_epochs if mode == "probe" else cfg.epochs
+    generator = torch.Generator()
+    train_loader, val_loader = _loaders(model, cfg, mode, train_df, val_df, y_train, y_val, data_config, device,
+                                        dist, generator, progress)
+    model.to(device)
+    optimizer = make_optimizer(model, cfg, mode)
+    scheduler = cosine_with_warmup(optimizer, epochs * len(train_loader))
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if state is not None:
+        history, start_epoch = _restore(state, optimizer, scheduler)
+    best_score = max((h["score"] for h in history), default=-1.0)
+
+    net = model
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
+                                                        else None)
+    if dist.is_main:
+        atomic_write_text(out / "config.json", json.dumps({**cfg.to_dict(), "resolved_mode": mode}, indent=2))
+        atomic_write_json(out / "schema.json", schema.to_dict())
+    deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    extra = {"dropped": dropped, "mode": mode}
+    interrupted = False
+    show = progress and dist.is_main and mode == "finetune"
+    try:
+        for epoch in range(start_epoch, epochs):
+            generator.manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's order, independent of resumes
+            if dist.enabled:
+                train_loader.sampler.set_epoch(epoch)
+            t0 = time.monotonic()
+            net.train()
+            tr = train_one_epoch(_forward(net, mode), train_loader, loss_fn, device, optimizer, scheduler, cfg.amp,
+                                 show, f"epoch {epoch + 1}/{epochs}", len(train_loader))
+            if dist.is_main:  # validation, checkpoints and logs happen once, on rank 0
+                model.eval()
+                va = validate(_forward(model, mode), model, val_loader, loss_fn, device, cfg.amp, show,
+                              len(val_loader))
+                heads = evaluate_outputs(model, va, tune=True)
+                score = mean_macro_f1(heads)
+                history.append({"epoch": epoch, "train_loss": tr.loss, "train_head_losses": tr.head_losses,
+                                "val_loss": va.loss, "val_head_losses": va.head_losses, "heads": heads,
+                                "score": score, "seconds": time.monotonic() - t0})
+                _log_epoch(history[-1], epochs, mode)
+                if score > best_score:
+                    best_score = score
+                    save_checkpoint(checkpoint_state(model, cfg.to_dict(), data_config, {**extra, "epoch": epoch}),
+                                    out / "best.pt")
+                save_checkpoint({**checkpoint_state(model, cfg.to_dict(), data_config, extra), "epoch": epoch,
+                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "rng": torch.get_rng_state(), "history": history}, out / "last.pt")
+                atomic_write_json(out / "metrics.json", {"mode": mode, "epochs": history})
+            if _rank0_says(time.monotonic() > deadline, dist):
+                _logger.warning("stopping after epoch %d: max_minutes=%s reached (continue with --resume "
+                                "--set max_minutes=...)", epoch + 1, cfg.max_minutes)
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    except NonFiniteLoss as exc:
+        kept = "the best checkpoint so far is kept in " + str(out) if (out / "best.pt").exists() \
+            else "no checkpoint was saved"
+        raise MhtagError(f"{exc}; {kept}. Lower the learning rate or check the inputs") from None
+    if not (out / "best.pt").exists():
+        raise MhtagError("training stopped before the first epoch finished; nothing was saved")
+    best = tagger_from_checkpoint(load_checkpoint(out / "best.pt"))
+    run = Run(out, best, cfg, data_config, history, table.skipped, dropped, interrupted)
+    if dist.is_main and not interrupted:
+        best.to(device)
+        va = validate(_forward(best, mode), best, val_loader, loss_fn, device, cfg.amp)
+        run.report = write_run_report(out, history, evaluate_outputs(best, va, tune=False), va.probs, va.targets,
+                                      best.schema, title=f"mhtag run {out.name} ({mode}, {cfg.backbone})")
+        best.cpu()
+    return run
+
+
+def _restore(state: dict[str, Any], optimizer, scheduler) -> tuple[list[dict[str, Any]], int]:
+    """Optimizer, schedule and RNG from `last.pt`; the learning rates are the (possibly changed) config's."""
+    configured = [g["lr"] for g in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scheduler.base_lrs = configured
+    for group, lr in zip(optimizer.param_groups, configured, strict=True):
+        group["initial_lr"] = lr
+        group["lr"] = lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    torch.set_rng_state(state["rng"])
+    return state["history"], state["epoch"] + 1
+
+
+def _forward(model: torch.nn.Module, mode: str):
+    """The probe trains and validates on cached embeddings, so it calls the heads alone."""
+    return model.forward_heads if mode == "probe" else model
+
+
+def _rank0_says(decision: bool, dist: DistInfo) -> bool:
+    """Every process follows rank 0 (its clock decides when max_minutes is up); also the epoch barrier."""
+    if not dist.enabled:
+        return decision
+    flag = [decision]
+    torch.distributed.broadcast_object_list(flag, src=0)
+    return bool(flag[0])
+
+
+def _log_epoch(h: dict[str, Any], epochs: int, mode: str) -> None:
+    every = 1 if mode == "finetune" else max(1, epochs // 6)
+    if h["epoch"] % every == 0 or h["epoch"] == epochs - 1:
+        accs = ", ".join(f"{k} {m.get('accuracy', 0):.3f}" for k, m in h["heads"].items())
+        _logger.info("epoch %d/%d train %.4f val %.4f macro-F1 %.3f | %s", h["epoch"] + 1, epochs,
+                     h["train_loss"], h["val_loss"], h["score"], accs)
