@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+# Row ids are 64-bit; JSON carries them as strings, since JavaScript numbers keep only 53 bits.
+RowId = Annotated[int, PlainSerializer(str, return_type=str, when_used="json"),
+                  Field(description="row id (a 64-bit integer, as a string in JSON)")]
 
 
 class Failure(BaseModel):
@@ -39,7 +45,7 @@ class SearchHit(BaseModel):
     `<a>_label`, `<a>_pred` and `<a>_confidence` where the index has them."""
 
     model_config = ConfigDict(extra="allow")
-    id: int
+    id: RowId
     path: str
     score: float
 
@@ -64,8 +70,60 @@ class IndexReport(BaseModel):
     seconds: float = 0.0
     has_heads: bool = False
     fusion: dict[str, float] = Field(default_factory=dict)
-    ids: list[int] = Field(default_factory=list)  # row ids written by this run
+    ids: list[RowId] = Field(default_factory=list)  # row ids written by this run
 
     @property
     def images_per_second(self) -> float:
         return (self.added + self.updated) / self.seconds if self.seconds else 0.0
+
+
+class Health(BaseModel):
+    status: str = "ok"
+    rows: int
+    model: str | None
+    backbone: str
+    version: int = Field(description="the table version the answers come from")
+
+
+class ValueCount(BaseModel):
+    value: str
+    count: int
+
+
+class AttributeInfo(BaseModel):
+    name: str
+    kind: str  # single | multi
+    has_head: bool
+    has_labels: bool
+    values: list[ValueCount]
+
+
+class Attributes(BaseModel):
+    attributes: list[AttributeInfo]
+
+
+class RowDetail(BaseModel):
+    id: RowId
+    path: str
+    size: int
+    width: int
+    height: int
+    split: str | None
+    labels: dict[str, str | list[str]] = Field(description="known labels")
+    attributes: dict[str, AttributeAnswer] = Field(description="head, neighbours, fused and agree, per attribute")
+
+
+class Added(BaseModel):
+    ids: list[RowId]
+    added: int
+    unchanged: int
+    failed: list[Failure] = Field(default_factory=list)
+
+
+class Deleted(BaseModel):
+    id: RowId
+    deleted: bool = True
+
+
+class ErrorBody(BaseModel):
+    error: str

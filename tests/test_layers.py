@@ -18,7 +18,7 @@ LAYERS = [
     ("training", ["metrics", "optim", "fit", "evaluate"]),
     ("index", ["columns", "meta", "vectors", "store", "neighbours", "predict", "build", "search"]),
     ("audit", ["health"]),
-    ("server", ["app"]),
+    ("server", ["service", "api", "app"]),
     ("cli", ["app", "backbones", "demo", "evaluate", "index", "inspect", "predict", "search", "serve", "train"]),
 ]
 RANK = {}

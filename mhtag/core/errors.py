@@ -16,3 +16,7 @@ class ImageError(MhtagError):
 
 class NotFoundError(MhtagError):
     """Something asked for by its key (a row id, an index) does not exist."""
+
+
+class BusyError(MhtagError):
+    """Another writer holds the index; try again when it is done."""

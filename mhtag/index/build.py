@@ -9,6 +9,7 @@ rows of deleted files; a killed run resumes with no duplicate and no lost row.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import time
 from contextlib import nullcontext
@@ -19,11 +20,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from lancedb.expr import col
+from PIL import Image
 
-from mhtag.core.errors import MhtagError
+from mhtag.core.errors import MhtagError, NotFoundError
+from mhtag.core.io import atomic_write_bytes
 from mhtag.core.runtime import DistInfo, init_distributed
 from mhtag.data.datasets import FileFacts
-from mhtag.data.images import walk_images
+from mhtag.data.images import decode_image, walk_images
 from mhtag.data.labels import absolute, hash_split, read_csv_frame, read_labels
 from mhtag.data.schema import AttributeKind, check_distinct_columns, encode_tags, is_blank, split_tags
 from mhtag.index.columns import StoredAttribute, arrow_schema, rid_for
@@ -32,7 +35,7 @@ from mhtag.index.neighbours import calibrate_fusion
 from mhtag.index.predict import check_compatible
 from mhtag.index.store import DEFAULT_DB, drop_table, open_table, read_columns, writer_lock
 from mhtag.inference.encoder import DEFAULT_BACKBONE, Batch, Encoder, load_encoder
-from mhtag.results import Failure, IndexReport
+from mhtag.results import Added, Deleted, Failure, IndexReport
 
 _logger = logging.getLogger(__name__)
 
@@ -128,12 +131,15 @@ def _sha1_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def make_plan(table, root: Path, meta: IndexMeta, known: KnownLabels | None, verify: bool = False) -> Plan:
-    """Compare the walk of `root` with the table's rows from `root` (other folders' rows are left alone)."""
+def make_plan(table, root: Path, meta: IndexMeta, known: KnownLabels | None, verify: bool = False,
+              only: set[str] | None = None) -> Plan:
+    """Compare the walk of `root` with the table's rows from `root` (other folders' rows are left alone);
+    with `only`, just those relative paths (and nothing counts as vanished)."""
     walk = walk_images([root])
     for path, reason in walk.problems:
         _logger.warning("%s: %s", path, reason)
-    plan = Plan({f.relative_to(root).as_posix(): f for f in walk.files})
+    files = {f.relative_to(root).as_posix(): f for f in walk.files}
+    plan = Plan(files if only is None else {rel: f for rel, f in files.items() if rel in only})
     label_cols = [a.label for a in meta.attributes if a.has_labels] if known else []
     prefix = str(absolute(root)).rstrip("/") + "/"
     existing = read_columns(table, ["rid", "id", "rel", "path", "size", "mtime_ns", *label_cols]).to_pylist()
@@ -147,7 +153,8 @@ def make_plan(table, root: Path, meta: IndexMeta, known: KnownLabels | None, ver
         else:
             plan.todo.append(rel)
             plan.changed.append(old["rid"])
-    plan.vanished = [r["rid"] for rel, r in by_rel.items() if rel not in plan.files]
+    if only is None:
+        plan.vanished = [r["rid"] for rel, r in by_rel.items() if rel not in plan.files]
     return plan
 
 
@@ -277,7 +284,8 @@ def index_images(root: str | Path, db: str | Path = DEFAULT_DB, model: str | Pat
 
 def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, rebuild: bool = False,
                 prune: bool = False, batch_size: int = 64, commit_every: int = 512, workers: int | None = None,
-                progress: bool = False, verify: bool = False, tune_fusion: bool = True) -> IndexReport:
+                progress: bool = False, verify: bool = False, tune_fusion: bool = True,
+                only: set[str] | None = None) -> IndexReport:
     """Plan, shard, write and report, for an encoder already loaded (the server keeps one)."""
     t0 = time.monotonic()
     dist = init_distributed()
@@ -294,7 +302,7 @@ def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, r
                 drop_table(db)
             write_meta(db, meta)
             table = open_table(db, meta, create=True)
-            plan = make_plan(table, root, meta, known, verify)
+            plan = make_plan(table, root, meta, known, verify, only)
             _delete(table, plan.changed)
             if prune:
                 _delete(table, plan.vanished)
@@ -322,3 +330,69 @@ def _check_label_columns(old: IndexMeta, new: IndexMeta, db: Path) -> None:
     if was and now != was:
         raise MhtagError(f"index {db} holds known labels {was}; these labels have {now}. Use the same label "
                          "columns, or --rebuild")
+
+
+# ---------------------------------------------------------------- the service's writes
+
+UPLOADS = "uploads"  # folder inside the index where uploaded images are kept
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+
+
+def add_images(db: str | Path, images: list[bytes], enc: Encoder,
+               labels: list[dict[str, Any]] | None = None) -> Added:
+    """Store uploaded images under the index's own folder (named by content, so the same image twice is one
+    file and one row) and index them like `index_images` does, with optional known labels per image."""
+    db = Path(db)
+    meta = read_meta(db)
+    if meta is None:
+        raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
+    if labels is not None and len(labels) != len(images):
+        raise MhtagError(f"{len(labels)} label set(s) for {len(images)} image(s)")
+    folder = db / UPLOADS
+    names = [_store_upload(folder, data, i) for i, data in enumerate(images)]
+    known = _upload_labels(meta, names, labels) if labels else None
+    report = build_index(folder, db, enc, known, tune_fusion=False, only=set(names))
+    return Added(ids=[rid_for(str(absolute(folder / n))) for n in names], added=report.added + report.updated,
+                 unchanged=report.unchanged, failed=report.failed)
+
+
+def _store_upload(folder: Path, data: bytes, i: int) -> str:
+    decode_image(data, f"upload {i + 1}")  # refuses what is not a usable image, before anything is written
+    with Image.open(io.BytesIO(data)) as img:
+        ext = _EXTENSIONS.get(img.format or "", "")
+    if not ext:
+        raise MhtagError(f"upload {i + 1}: this image format cannot be stored; send JPEG, PNG or WebP")
+    name = hashlib.sha1(data).hexdigest() + ext
+    if not (folder / name).is_file():
+        atomic_write_bytes(folder / name, data)
+    return name
+
+
+def _upload_labels(meta: IndexMeta, names: list[str], labels: list[dict[str, Any]]) -> KnownLabels:
+    labelled = {a.name: a for a in meta.attributes if a.has_labels}
+    if not labelled:
+        raise MhtagError("this index holds no known labels; it takes images without labels")
+    known = KnownLabels({}, {}, {n: a.kind for n, a in labelled.items()})
+    for name, given in zip(names, labels, strict=True):
+        unknown = sorted(set(given) - set(labelled))
+        if unknown:
+            raise MhtagError(f"unknown label attribute(s) {unknown}; this index has labels for {sorted(labelled)}")
+        cells = {a: "|".join(v) if isinstance(v, list) else v for a, v in given.items()}
+        known.by_rel[name] = {a: stored_label(cells.get(a), kind) for a, kind in known.kinds.items()}
+    return known
+
+
+def delete_row(db: str | Path, rid: int) -> Deleted:
+    """Remove one row (and, for an uploaded image, its file: else the next upload pass would add it back).
+    A catalogue file still on disk comes back with the next `mhtag index` of its folder."""
+    db = Path(db)
+    with writer_lock(db):
+        table = open_table(db)
+        rows = read_columns(table, ["path"], where=f"rid = {int(rid)}").to_pylist()
+        if not rows:
+            raise NotFoundError(f"no row with id {rid} in index {db}")
+        table.delete(f"rid = {int(rid)}")
+        path = Path(rows[0]["path"])
+        if path.parent == absolute(db / UPLOADS):
+            path.unlink(missing_ok=True)
+    return Deleted(id=int(rid))

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mhtag.core.errors import MhtagError
+from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.data.images import walk_images
 from mhtag.data.labels import absolute
+from mhtag.data.schema import decode_tags
 from mhtag.index.columns import StoredAttribute
 from mhtag.index.meta import IndexMeta, read_meta
 from mhtag.index.neighbours import labelled_index
-from mhtag.index.store import DEFAULT_DB
+from mhtag.index.store import DEFAULT_DB, open_table, read_columns, snapshot
 from mhtag.inference.encoder import DEFAULT_BACKBONE, Encoder, load_encoder
 from mhtag.inference.fusion import attribute_answer, head_distribution, neighbour_shares
-from mhtag.results import Failure, ImagePrediction, PredictResult
+from mhtag.results import Failure, ImagePrediction, PredictResult, RowDetail
 
 _logger = logging.getLogger(__name__)
 
@@ -113,6 +114,24 @@ class Predictor:
                 answers[a.name] = attribute_answer(a, head, nbr, weight, th)
             out.append(ImagePrediction(path=name, attributes=answers))
         return out
+
+
+    def row(self, rid: int) -> RowDetail:
+        """An indexed row: its facts, known labels, and per attribute the stored head probabilities, the vote
+        of its labelled neighbours (itself excluded) and their fusion."""
+        snap = snapshot(self.db)
+        pos = snap.position(rid)
+        if pos is None or self.meta is None:
+            raise NotFoundError(f"no row with id {rid} in index {self.db}")
+        columns = ["rid", "path", "size", "width", "height", "split"] + \
+            [f.name for a in self.attributes for f in a.columns()]
+        row = read_columns(open_table(self.db), columns, where=f"rid = {int(rid)}").to_pylist()[0]
+        probs = {a.name: np.asarray([row[a.probs]], dtype=np.float32) for a in self.attributes if a.has_head}
+        answer = self.answer(snap.vectors.vectors[pos:pos + 1], probs, [row["path"]], [row["path"]])[0]
+        labels = {a.name: decode_tags(row[a.label]) if a.multi else row[a.label]
+                  for a in self.attributes if a.has_labels and row[a.label]}
+        return RowDetail(id=int(rid), path=row["path"], size=row["size"], width=row["width"], height=row["height"],
+                         split=row["split"], labels=labels, attributes=answer.attributes)
 
 
 def predict(paths: list[str | Path], db: str | Path = DEFAULT_DB, model: str | Path | None = None,

@@ -21,7 +21,7 @@ from mhtag.index.meta import IndexMeta, require_meta
 from mhtag.index.predict import check_compatible
 from mhtag.index.store import DEFAULT_DB, Snapshot, open_table, snapshot
 from mhtag.inference.encoder import load_encoder
-from mhtag.results import SearchHit, SearchResult
+from mhtag.results import AttributeInfo, Attributes, Health, SearchHit, SearchResult, ValueCount
 
 MAX_FACET_VALUES = 200
 
@@ -271,3 +271,27 @@ def _most_confident(snap: Snapshot, meta: IndexMeta, resolved: dict[str, list[st
         if ranked_by else np.zeros(len(positions))
     order = np.lexsort((positions, -score))[:n]
     return positions[order], score[order]
+
+
+def index_attributes(db: str | Path = DEFAULT_DB) -> Attributes:
+    """Every attribute with its values and their counts over the whole index (label where known, else
+    prediction); values known to the index but on no row are listed with 0."""
+    db = Path(db)
+    meta = require_meta(db)
+    counts = facet_counts(snapshot(db), meta, None)
+    out = []
+    for a in meta.attributes:
+        seen = counts.get(a.name, {})
+        rest = sorted((set(a.classes) | set(a.label_values)) - set(seen))
+        values = [ValueCount(value=v, count=n) for v, n in seen.items()] + \
+            [ValueCount(value=v, count=0) for v in rest if v not in seen]
+        out.append(AttributeInfo(name=a.name, kind=str(a.kind), has_head=a.has_head, has_labels=a.has_labels,
+                                 values=values))
+    return Attributes(attributes=out)
+
+
+def index_health(db: str | Path = DEFAULT_DB) -> Health:
+    db = Path(db)
+    meta = require_meta(db)
+    snap = snapshot(db)
+    return Health(rows=snap.rows.num_rows, model=meta.model_path, backbone=meta.backbone, version=snap.version)

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mhtag.core.errors import MhtagError
+from mhtag.core.errors import BusyError, MhtagError
 from mhtag.index.columns import arrow_schema
 from mhtag.index.meta import IndexMeta, require_meta
 from mhtag.index.vectors import VectorIndex
@@ -35,7 +35,7 @@ def writer_lock(db: str | Path) -> Iterator[None]:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "?"
-            raise MhtagError(f"another `mhtag index` (pid {holder}) is writing to {db}; "
+            raise BusyError(f"another `mhtag index` (pid {holder}) is writing to {db}; "
                              "wait for it to finish") from None
         fh.seek(0)
         fh.truncate()

@@ -1,0 +1,1 @@
+"""The service: a FastAPI app (JSON API + web gallery) over an index, for programs and people."""

@@ -1,0 +1,93 @@
+"""What the app holds between requests: settings, the encoder and predictor (loaded once), thumbnails."""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from mhtag.core.errors import MhtagError
+from mhtag.data.images import decode_image, read_image_bytes
+from mhtag.index.meta import meta_path, require_meta
+from mhtag.index.neighbours import labelled_index
+from mhtag.index.predict import Predictor
+from mhtag.index.store import DEFAULT_DB, snapshot
+
+THUMB_SIDE = 256
+
+
+@dataclass
+class Settings:
+    db: Path = DEFAULT_DB
+    model: Path | None = None  # default: the index's own model
+    api_key_file: Path | None = None  # without one, writes are refused
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_files: int = 32  # images in one request
+    model_threads: int = 2  # concurrent model calls (off the event loop)
+
+
+class Service:
+    """Loads the encoder and the index snapshot once; a write from anywhere (CLI or API) makes a new table
+    version, which the next request sees (the predictor is rebuilt, reusing the encoder, when meta changes)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.db = Path(settings.db)
+        require_meta(self.db)
+        self.api_key = _read_key(settings.api_key_file)
+        self.model_limiter = None  # an anyio.CapacityLimiter, made on first use inside the event loop
+        self._predictor = Predictor(self.db, settings.model)
+        self._meta_stamp = self._stamp()
+        snapshot(self.db)
+        labelled_index(self.db)  # warm: the first request is not slow
+
+    def _stamp(self) -> int:
+        return meta_path(self.db).stat().st_mtime_ns
+
+    @property
+    def predictor(self) -> Predictor:
+        stamp = self._stamp()
+        if stamp != self._meta_stamp:
+            self._predictor = Predictor(self.db, self.settings.model, encoder=self._predictor.encoder)
+            self._meta_stamp = stamp
+        return self._predictor
+
+    def key_ok(self, presented: str | None) -> bool:
+        return self.api_key is not None and presented is not None and hmac.compare_digest(presented, self.api_key)
+
+    def thumbnail(self, path: str, sha1: str) -> bytes:
+        return _thumbnail(path, sha1)
+
+
+def _read_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        raise MhtagError(f"api key file {path}: {exc.strerror}") from exc
+    if len(key) < 16:
+        raise MhtagError(f"api key file {path}: the key must be at least 16 characters")
+    return key
+
+
+@lru_cache(maxsize=4096)
+def _thumbnail(path: str, sha1: str) -> bytes:
+    """JPEG, longest side <= 256; cached per file content (`sha1` is part of the key)."""
+    img = decode_image(read_image_bytes(path), path, draft_size=(THUMB_SIDE, THUMB_SIDE))
+    img.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def parse_json_field(text: str | None, what: str):
+    if text is None or not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MhtagError(f"{what} is not valid JSON ({exc.msg} at character {exc.pos})") from exc

@@ -1,0 +1,86 @@
+"""The gallery in a real browser: headless Chromium (Debian's package, driven by Playwright) against a real
+uvicorn on a free localhost port. Screenshots go to benchmarks/results/gallery-*.png."""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SHOTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+
+
+@pytest.fixture
+def server(indexed):
+    import uvicorn
+
+    from mhtag.server.app import create_app
+    from mhtag.server.service import Settings
+
+    db, _ = indexed
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(Settings(db=db)), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.on("console", lambda m: print("console:", m.text))
+        page.on("pageerror", lambda e: print("pageerror:", e))
+        yield page
+        browser.close()
+
+
+def test_gallery_filters_reranks_and_shows_details(server, page, demo):
+    page.goto(server + "/")
+    page.wait_for_selector(".card")
+    assert page.locator(".card").count() == 40 and "120 matched" in page.inner_text("#matched")
+    page.screenshot(path=str(SHOTS / "gallery-grid.png"))
+
+    page.check("input[data-attribute='colour'][data-value='red']")
+    page.wait_for_function("document.querySelector('#matched').textContent.indexOf('120 matched') < 0")
+    matched = int(page.inner_text("#matched").split()[0])
+    assert 0 < matched < 120 and "colour=red" in page.url
+    cards = page.locator(".card .labels")
+    assert all("red" in cards.nth(i).inner_text() for i in range(cards.count()))
+    page.screenshot(path=str(SHOTS / "gallery-filtered.png"))
+
+    page.set_input_files("#query-file", str(demo.parent / "images" / "00007.png"))
+    page.wait_for_selector("#query:not([hidden])")
+    page.wait_for_function("document.querySelector('.card img').alt === '00007.png' || "
+                           "document.querySelector('.card .labels') !== null")
+    first = page.locator(".card img").first.get_attribute("alt")
+    colour_of_7 = demo.read_text().splitlines()[8].split(",")[2]
+    if colour_of_7 == "red":  # the query image itself passes the filter: it must rank first
+        assert first == "00007.png"
+    assert "similar to this image" in page.inner_text("#query")
+
+    page.locator(".card img").first.click()
+    page.wait_for_selector("#detail:not([hidden]) table.answers")
+    detail = page.inner_text("#detail")
+    assert "head (top 3)" in detail and "neighbours" in detail and "fused" in detail and "colour" in detail
+    page.screenshot(path=str(SHOTS / "gallery-detail.png"))
+
+    page.goto(server + "/?colour=red&shape=circle")  # a bookmarked view restores its filters
+    page.wait_for_selector(".card, #matched:has-text('0 matched')")
+    assert page.is_checked("input[data-attribute='shape'][data-value='circle']")

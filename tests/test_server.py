@@ -1,0 +1,167 @@
+"""The service through FastAPI's TestClient: every endpoint answers what the library answers, and every bad
+request gets a 4xx JSON error while the server keeps serving."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from mhtag.index.predict import predict
+from mhtag.index.search import search
+from mhtag.server.app import create_app
+from mhtag.server.service import Settings
+
+KEY = "k" * 32
+
+
+@pytest.fixture
+def served(indexed, tmp_path):
+    db, _ = indexed
+    key = tmp_path / "key"
+    key.write_text(KEY)
+    client = TestClient(create_app(Settings(db=db, api_key_file=key, max_upload_bytes=200_000)))
+    return client, db
+
+
+def _png(img=None) -> bytes:
+    buf = io.BytesIO()
+    (img or Image.new("RGB", (32, 32), (200, 30, 30))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _error(response, status):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]
+    return body["error"]
+
+
+def test_health_and_attributes(served):
+    client, db = served
+    h = client.get("/api/health").json()
+    assert h["status"] == "ok" and h["rows"] == 120 and h["backbone"] == "tiny_cnn" and h["version"] >= 1
+    attrs = {a["name"]: a for a in client.get("/api/attributes").json()["attributes"]}
+    assert set(attrs) == {"shape", "colour", "size", "background", "marks"} and attrs["marks"]["kind"] == "multi"
+    assert sum(v["count"] for v in attrs["colour"]["values"]) == 120  # every row has one colour
+
+
+def test_search_equals_the_library_and_pages_cover_every_row_once(served):
+    client, db = served
+    body = {"filters": {"colour": ["red", "blue"]}, "source": "label", "limit": 7}
+    first = client.post("/api/search", json=body).json()
+    lib = search(db, {"colour": ["red", "blue"]}, source="label", limit=7, facets=True)
+    assert first == json.loads(lib.model_dump_json())
+    seen = []
+    for offset in range(0, first["matched"] + 7, 7):
+        page = client.post("/api/search", json={**body, "offset": offset}).json()
+        seen += [r["id"] for r in page["results"]]
+    assert len(seen) == len(set(seen)) == first["matched"]
+    assert sum(first["facets"]["colour"].values()) == first["matched"]
+    assert set(first["facets"]["colour"]) <= {"red", "blue"}
+
+
+def test_like_id_and_query_image_rank_by_similarity(served, demo):
+    client, db = served
+    top = client.post("/api/search", json={"limit": 3}).json()["results"][0]
+    near = client.post("/api/search", json={"like_id": top["id"], "limit": 5}).json()
+    assert isinstance(top["id"], str) and near["results"][0]["id"] == top["id"]
+    assert near["results"][0]["score"] == pytest.approx(1, abs=1e-4)
+    own = (demo.parent / "images" / "00007.png").read_bytes()
+    query = json.dumps({"filters": {"background": ["dark", "light"]}, "limit": 4})
+    r = client.post("/api/search/image", files={"image": ("q.png", own, "image/png")}, data={"query": query})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["path"].endswith("00007.png") and len(r.json()["results"]) == 4
+
+
+def test_predict_answers_what_the_library_answers(served, demo, tmp_path):
+    client, db = served
+    img = Image.open(demo.parent / "images" / "00011.png").rotate(90)
+    path = tmp_path / "new.png"
+    img.save(path)
+    r = client.post("/api/predict", files=[("image", ("new.png", path.read_bytes(), "image/png"))])
+    assert r.status_code == 200, r.text
+    api = r.json()["predictions"][0]["attributes"]
+    lib = predict([path], db).model_dump(mode="json")["predictions"][0]["attributes"]
+    for name in lib:
+        assert api[name]["fused"]["label"] == lib[name]["fused"]["label"]
+        assert [x[0] for x in api[name]["head"]] == [x[0] for x in lib[name]["head"]]
+        assert np.allclose([x[1] for x in api[name]["head"]], [x[1] for x in lib[name]["head"]], atol=2e-3)
+
+
+def test_row_detail_and_images(served):
+    client, db = served
+    rid = client.post("/api/search", json={"limit": 1}).json()["results"][0]["id"]
+    row = client.get(f"/api/rows/{rid}").json()
+    assert row["id"] == rid and set(row["attributes"]["colour"]) == {"head", "neighbours", "fused", "agree"}
+    assert row["labels"]["colour"] in {"red", "green", "blue", "yellow"}
+    original = client.get(f"/api/images/{rid}")
+    assert original.status_code == 200 and original.content == open(row["path"], "rb").read()
+    thumb = client.get(f"/api/images/{rid}/thumb")
+    assert thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
+
+
+def test_bad_requests_are_4xx_json_and_the_server_keeps_serving(served, tmp_path):
+    client, db = served
+    up = "/api/predict"
+    assert "not an image" in _error(client.post(up, files={"image": ("x.png", b"hello", "image/png")}), 400)
+    assert "empty" in _error(client.post(up, files={"image": ("e.png", b"", "image/png")}), 400)
+    big = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    assert "upload limit" in _error(client.post(up, files={"image": ("b.png", _png(Image.fromarray(big)))}), 413)
+    bomb = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(bomb, format="PNG")
+    assert "limit" in _error(client.post(up, files={"image": ("bomb.png", bomb.getvalue())}), 413)
+    _error(client.post(up, content=b"--xx\r\nnot multipart", headers={"content-type": "multipart/form-data; "
+                                                                      "boundary=xx"}), 400)
+    _error(client.post(up), 422)  # no image field
+    _error(client.post("/api/search", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    assert "Did you mean 'colour'" in _error(client.post("/api/search", json={"filters": {"color": ["red"]}}), 400)
+    assert "valid values" in _error(client.post("/api/search", json={"filters": {"colour": ["reed"]}}), 400)
+    for bad in ({"limit": 0}, {"limit": -1}, {"limit": 10**9}, {"offset": -1}, {"nope": 1}):
+        _error(client.post("/api/search", json=bad), 422)
+    _error(client.get("/api/rows/12345"), 404)
+    _error(client.post("/api/search", json={"like_id": 12345}), 404)
+    for path in ("/api/images/..%2F..%2Fetc%2Fpasswd", "/api/images/%2Fetc%2Fpasswd/thumb", "/api/images/1e9"):
+        r = client.get(path)
+        assert 400 <= r.status_code < 500 and b"root:" not in r.content
+    assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_writes_need_the_key_and_the_same_image_twice_is_one_row(served):
+    client, db = served
+    files = {"image": ("new.png", _png(), "image/png")}
+    _error(client.post("/api/images", files=files), 401)
+    _error(client.post("/api/images", files=files, headers={"Authorization": "Bearer wrong"}), 401)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    labels = json.dumps({"colour": "red", "shape": "square"})
+    first = client.post("/api/images", files=files, data={"labels": labels}, headers=auth)
+    assert first.status_code == 200, first.text
+    rid = first.json()["ids"][0]
+    again = client.post("/api/images", files=files, data={"labels": labels}, headers=auth).json()
+    assert again["ids"] == [rid] and again["added"] == 0 and again["unchanged"] == 1
+    assert client.get("/api/health").json()["rows"] == 121
+    assert client.get(f"/api/rows/{rid}").json()["labels"] == {"colour": "red", "shape": "square"}
+    hits = client.post("/api/search", json={"filters": {"colour": ["red"]}, "source": "label", "limit": 500})
+    assert rid in [r["id"] for r in hits.json()["results"]]  # the next request sees the write
+    _error(client.delete(f"/api/images/{rid}"), 401)
+    assert client.delete(f"/api/images/{rid}", headers=auth).json() == {"id": rid, "deleted": True}
+    assert client.get("/api/health").json()["rows"] == 120
+    _error(client.delete(f"/api/images/{rid}", headers=auth), 404)
+
+
+def test_without_a_key_file_writes_are_refused(indexed):
+    db, _ = indexed
+    client = TestClient(create_app(Settings(db=db)))
+    assert "disabled" in _error(client.post("/api/images", files={"image": ("a.png", _png())}), 403)
+
+
+def test_gallery_and_docs_are_served(served):
+    client, _ = served
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text and "http" not in page.text.split("<body")[1]
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/docs").status_code == 200
+    assert "/api/search" in client.get("/openapi.json").json()["paths"]
