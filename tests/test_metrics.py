@@ -53,3 +53,37 @@ def test_threshold_tuning_finds_the_separating_threshold():
     assert 0.2 <= th[0] <= 0.25
     assert skm.f1_score(y[:, 0], probs[:, 0] >= th[0]) == 1.0
     assert tune_thresholds(probs, np.zeros_like(y))[0] == 0.5  # no positives: stays at 0.5
+
+
+def test_vectorised_threshold_tuning_matches_a_per_threshold_search():
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from mhtag.training.metrics import tune_thresholds
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((300, 6)) < 0.3).astype(np.float32)
+    y[:, 5] = 0  # a tag with no positive row keeps 0.5
+    probs = np.clip(0.6 * y + 0.5 * rng.random((300, 6)), 0, 1)
+    grid = np.linspace(0.05, 0.95, 19)
+    expect = [grid[int(np.argmax([f1_score(y[:, t], probs[:, t] >= g, zero_division=0) for g in grid]))]
+              for t in range(5)]
+    got = tune_thresholds(probs, y)
+    assert np.allclose(got[:5], expect) and got[5] == 0.5
+
+
+def test_single_label_metrics_equal_scikit_learns():
+    import numpy as np
+    from sklearn import metrics as skm
+
+    from mhtag.training.metrics import single_label_metrics
+
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(7), 500)
+    y = rng.choice([0, 1, 2, 4, 5], 500)  # classes 3 and 6 never true, but some are predicted
+    m = single_label_metrics(probs, y)
+    pred = probs.argmax(1)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
+    assert m["balanced_accuracy"] == pytest.approx(skm.recall_score(y, pred, labels=np.unique(y), average="macro"))
+    assert m["top3_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, probs, k=3, labels=np.arange(7)))

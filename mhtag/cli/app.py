@@ -19,6 +19,7 @@ from mhtag.core.errors import MhtagError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Multi-head image tagging and attribute search.")
 _debug = False  # set by --debug: show full tracebacks for user errors too
+_threads: int | None = None  # set by --threads
 
 
 class Mode(str, Enum):
@@ -54,16 +55,21 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="show full traceba
           threads: Annotated[Optional[int], typer.Option(
               "--threads", min=1, help="CPU threads for torch and FAISS (default: OMP_NUM_THREADS, else all cores)")
           ] = None) -> None:
-    global _debug
-    _debug = debug
+    global _debug, _threads
+    _debug, _threads = debug, threads
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # it logs which SIMD build it loaded
     if not debug:  # the terminal is for progress and results; library warnings are for --debug
         warnings.filterwarnings("ignore")
+
+
+def prepare() -> None:
+    """Process setup before a command computes: threads for torch and FAISS (here, not at import: a usage
+    error should not wait for torch to load)."""
     from mhtag.core.runtime import setup
     from mhtag.index.vectors import setup_faiss
 
-    setup_faiss(setup(threads))
+    setup_faiss(setup(_threads))
 
 
 def is_rank0() -> bool:
@@ -82,13 +88,13 @@ def echo_json(obj) -> None:
 def main() -> None:
     """Entry point: a usage error prints the usage and the reason (exit 2), a user error one line (exit 1),
     Ctrl-C exits 130; `--debug` shows tracebacks."""
-    from mhtag.core.runtime import quiet_threads_env
-
-    quiet_threads_env()
+    # Idle OpenMP threads must sleep, not spin: with spinning threads two processes on a 2-core machine slow
+    # each other several-fold instead of sharing the cores. Read once, when torch loads: set it before that.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import mhtag.cli  # noqa: F401  (registers the commands)
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n here
     except MhtagError as exc:
         if _debug:
             raise
@@ -107,3 +113,5 @@ def main() -> None:
             raise
         exc.show()
         sys.exit(getattr(exc, "exit_code", 2))
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mhtag.cli.app import AsJson, Images, Labels, Split, app, echo_json
+from mhtag.cli.app import AsJson, Images, Labels, Split, app, echo_json, prepare
 
 
 @app.command("eval")
@@ -16,6 +16,7 @@ def eval_(model: Annotated[Path, typer.Option("--model", help="run folder or che
           images: Images = None, split: Annotated[Split, typer.Option(help="which rows")] = Split.test,
           as_json: AsJson = False) -> None:
     """Per-head metrics of a trained model on one split."""
+    prepare()
     from mhtag.report.text import metrics_table
     from mhtag.training.evaluate import evaluate
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, Db, Multilabel, app, echo_json, is_rank0
+from mhtag.cli.app import AsJson, Db, Multilabel, app, echo_json, is_rank0, prepare
 from mhtag.report.text import shown
 
 
@@ -25,6 +25,7 @@ def index(folder: Annotated[Path, typer.Argument(help="folder of images, walked 
           workers: Annotated[Optional[int], typer.Option(min=0, help="decoding processes (default: auto)")] = None,
           as_json: AsJson = False) -> None:
     """Embed and tag every image under FOLDER into a LanceDB index (incremental, resumable)."""
+    prepare()
     from mhtag.index.build import index_images
     from mhtag.index.store import DEFAULT_DB
 

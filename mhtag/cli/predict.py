@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, Db, app, echo_json
+from mhtag.cli.app import AsJson, Db, app, echo_json, prepare
 
 
 @app.command()
@@ -19,6 +19,7 @@ def predict(paths: Annotated[list[Path], typer.Argument(help="images or folders"
             min_similarity: Annotated[float, typer.Option(help="below this, neighbours answer unknown")] = 0.0,
             as_json: AsJson = False) -> None:
     """Head predictions, the vote of labelled neighbours, and their fusion, per attribute."""
+    prepare()
     from mhtag.index.predict import predict as run_predict
     from mhtag.index.store import DEFAULT_DB
     from mhtag.report.text import predictions_text

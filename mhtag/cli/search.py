@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, Db, SourceChoice, app, echo_json
+from mhtag.cli.app import AsJson, Db, SourceChoice, app, echo_json, prepare
 from mhtag.core.errors import MhtagError
 
 
@@ -32,6 +32,7 @@ def search(ctx: typer.Context, db: Db = None,
            sheet: Annotated[Optional[Path], typer.Option(help="write a contact sheet (.jpg/.png) of the results")
                             ] = None) -> None:
     """Find images by any attribute, optionally ranked by similarity to an image."""
+    prepare()
     from mhtag.index.meta import require_meta
     from mhtag.index.search import search as run_search
     from mhtag.index.store import DEFAULT_DB

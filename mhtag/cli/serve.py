@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import Db, app
+from mhtag.cli.app import Db, app, prepare
 
 
 @app.command()
@@ -20,6 +20,7 @@ def serve(db: Db = None,
                                                                     "without one, writes are refused")] = None,
           max_upload_mb: Annotated[float, typer.Option(min=0.001, help="largest accepted upload")] = 20.0) -> None:
     """Serve the JSON API (/api, docs at /docs) and the web gallery (/) over an index."""
+    prepare()
     import uvicorn
 
     from mhtag.index.store import DEFAULT_DB

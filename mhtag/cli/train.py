@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import Ignore, Images, Labels, Mode, Multilabel, app, is_rank0
+from mhtag.cli.app import Ignore, Images, Labels, Mode, Multilabel, app, is_rank0, prepare
 
 
 @app.command()
@@ -29,6 +29,7 @@ def train(labels: Labels, images: Images = None,
                                                     "epochs, lr and max_minutes may change")] = False,
           set_: Annotated[Optional[list[str]], typer.Option("--set", help="any config key=value")] = None) -> None:
     """Train one model with a head per attribute of the labels CSV."""
+    prepare()
     from mhtag.core.config import load_config, parse_overrides, read_preset
     from mhtag.report.text import metrics_table
     from mhtag.training.fit import fit, resumed_config

@@ -12,12 +12,6 @@ import numpy as np
 import torch
 
 
-def quiet_threads_env() -> None:
-    """Make idle OpenMP threads sleep instead of spinning. Must run before torch is imported: with spinning
-    threads, two processes on a 2-core machine slow each other several-fold instead of sharing the cores."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def default_threads() -> int:
     """`OMP_NUM_THREADS` when the user set it, else every core."""
     env = os.environ.get("OMP_NUM_THREADS", "")

@@ -158,8 +158,9 @@ def check_where(where: str) -> str:
 
 
 def _user_where(db: Path, where: str) -> np.ndarray:
-    """Row keys passing the user's own SQL, evaluated by LanceDB (the source of truth)."""
-    q = open_table(db).search().select(["rid"]).limit(None).where(check_where(where), prefilter=True)
+    """Row keys passing the user's own SQL, evaluated by LanceDB (the source of truth). Wrapped in parentheses,
+    so that the parser must consume all of it: bare, trailing text after one expression is silently dropped."""
+    q = open_table(db).search().select(["rid"]).limit(None).where(f"({check_where(where)})", prefilter=True)
     try:
         return q.to_arrow().column("rid").to_numpy()
     except (ValueError, RuntimeError, OSError) as exc:

@@ -19,10 +19,10 @@ def check_sheet_path(path: Path) -> Path:
     """Refuse, before any work, a sheet path that cannot be written: no image extension, a folder, a missing
     or unwritable parent folder (no folders are created)."""
     path = Path(path)
-    if path.suffix.lower() not in SHEET_FORMATS:
-        raise MhtagError(f"--sheet {path}: name it .jpg, .png or .webp")
     if path.is_dir():
         raise MhtagError(f"--sheet {path} is a folder; name an image file")
+    if path.suffix.lower() not in SHEET_FORMATS:
+        raise MhtagError(f"--sheet {path}: name it .jpg, .png or .webp")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise MhtagError(f"--sheet {path}: folder {parent} does not exist")
