@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import signal
@@ -155,3 +156,32 @@ def test_a_folder_of_symlinks_indexes_with_its_labels(demo, tiny_run, tmp_path):
     rows = read_columns(open_table(tmp_path / "db"), ["path", "label_colour"]).to_pylist()
     assert r.rows == 10 and all(x["label_colour"] for x in rows)
     assert all(x["path"].startswith(str(links)) for x in rows)  # the user's paths, not the link targets
+
+
+TORCHRUN_SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    import conftest  # registers tiny_cnn
+    from mhtag.index.build import index_images
+    r = index_images({root!r}, {db!r}, model={model!r}, labels={labels!r}, workers=0, batch_size=16)
+    import os
+    if os.environ["RANK"] == "0":
+        print("REPORT", r.model_dump_json())
+""")
+
+
+@pytest.mark.slow  # three processes that each import torch: about 15 s on 2 cores
+def test_torchrun_shards_and_the_report_counts_every_rank(demo, tiny_run, tmp_path):
+    """Two processes (gloo) index one table: the same rows as one process, and rank 0 reports all ranks' work."""
+    db = tmp_path / "db"
+    (tmp_path / "run.py").write_text(TORCHRUN_SCRIPT.format(tests=os.path.dirname(__file__), root=str(demo.parent),
+                                                            db=str(db), model=str(tiny_run), labels=str(demo)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(tmp_path / "run.py")], capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.split("REPORT ", 1)[1].splitlines()[0])
+    assert (report["added"], report["updated"], report["rows"]) == (120, 0, 120)
+    clean = tmp_path / "clean"
+    index_images(demo.parent, clean, model=tiny_run, labels=demo, workers=0)
+    assert _rows(db) == _rows(clean)
