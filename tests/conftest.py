@@ -69,3 +69,12 @@ def indexed(demo, tiny_run, tmp_path):
     db = tmp_path / "db"
     report = index_images(demo.parent, db, model=tiny_run, labels=demo, workers=0)
     return db, report
+
+
+@pytest.fixture
+def demo_copy(demo, tmp_path) -> Path:
+    """A private copy of the demo data, for tests that change its files (the session's `demo` stays as made)."""
+    import shutil
+
+    shutil.copytree(demo.parent, tmp_path / "demo_copy")
+    return tmp_path / "demo_copy" / "labels.csv"

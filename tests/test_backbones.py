@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from conftest import SHARED
@@ -46,7 +48,8 @@ def test_lite0_backbone_has_the_packages_normalisation():
     assert bb.data_config["std"][0] == pytest.approx(128 / 255)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/datasets/fashion12k")
+@pytest.mark.skipif(not SHARED.is_dir() and not os.environ.get("CI"), reason="needs ../shared/datasets/fashion12k "
+                    "(CI has it, and fails without it)")
 @pytest.mark.parametrize("image,classes", [
     ("8631.jpg", {836, 837}),  # Sunglasses -> 'sunglass' / 'sunglasses, dark glasses'
     ("4665.jpg", {531, 409, 826}),  # Watches -> 'digital watch' / 'analog clock' / 'stopwatch'
@@ -67,14 +70,3 @@ def test_lite0_weight_mapping_classifies_real_photos(image, classes):
     with torch.no_grad():
         logits = torch.nn.functional.linear(bb(x), model.classifier.weight, model.classifier.bias)
     assert torch.allclose(logits, model(x), atol=1e-4)
-
-
-def test_lite0_state_dict_is_the_package_file_in_order():
-    from mhtag.models.backbones import lite0_weights_file
-
-    source = [v for k, v in torch.load(lite0_weights_file(), weights_only=True).items()
-              if not k.endswith("num_batches_tracked")]
-    model = lite0_classifier()
-    target = [v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
-    assert len(source) == len(target) == 247
-    assert all(torch.equal(a, b) for a, b in zip(source, target, strict=True))

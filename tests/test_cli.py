@@ -68,13 +68,11 @@ def test_bad_config_key_is_a_user_error(monkeypatch, capsys, tmp_path):
     assert code == 1 and "unknown config key 'epoch'" in out.err
 
 
-def test_index_and_predict_through_the_cli(demo, tiny_run, tmp_path):
+def test_index_and_predict_through_the_cli(demo_copy, tiny_run, tmp_path):
+    demo = demo_copy
     (demo.parent / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    try:
-        out = invoke("index", demo.parent, "--db", tmp_path / "db", "--model", tiny_run, "--labels", demo,
-                     "--workers", 0)
-    finally:
-        (demo.parent / "images" / "broken.png").unlink()
+    out = invoke("index", demo.parent, "--db", tmp_path / "db", "--model", tiny_run, "--labels", demo,
+                 "--workers", 0)
     assert "120 rows (120 new, 0 re-embedded, 0 unchanged, 0 pruned)" in out
     assert "broken.png" in out and "1 unreadable file(s) skipped" in out
     text = invoke("predict", demo.parent / "images" / "00003.png", "--db", tmp_path / "db")

@@ -37,21 +37,21 @@ def test_index_stores_one_row_per_image_with_predictions_and_known_labels(indexe
     assert set(meta.fusion) == {"shape", "colour", "size", "background"}
 
 
-def test_rerun_is_incremental_changed_files_reembed_and_prune_drops_deleted(indexed, demo, tiny_run):
-    db, _ = indexed
-    again = index_images(demo.parent, db, labels=demo, workers=0)  # model defaults to the index's own
-    assert (again.added, again.updated, again.unchanged) == (0, 0, 120)
-    img = demo.parent / "images" / "00003.png"
-    shutil.copy(demo.parent / "images" / "00004.png", img)
+def test_rerun_is_incremental_changed_files_reembed_and_prune_drops_deleted(demo_copy, tiny_run, tmp_path):
+    root, db = demo_copy.parent, tmp_path / "db"
+    index_images(root, db, model=tiny_run, labels=demo_copy, workers=0)
+    again = index_images(root, db, labels=demo_copy, workers=0)  # model defaults to the index's own
+    assert (again.added, again.updated, again.unchanged, again.vanished) == (0, 0, 120, 0)
+    img = root / "images" / "00003.png"
+    shutil.copy(root / "images" / "00004.png", img)
     os.utime(img, ns=(time.time_ns(), time.time_ns() + 10**9))
-    (demo.parent / "images" / "00005.png").rename(demo.parent / "gone.bak")
-    try:
-        r = index_images(demo.parent, db, labels=demo, workers=0, prune=True)
-        assert (r.updated, r.pruned, r.rows) == (1, 1, 119)
-        rows = {x["rel"]: x["id"] for x in _rows(db)}
-        assert rows["images/00003.png"] == rows["images/00004.png"]  # content hash follows the new bytes
-    finally:
-        (demo.parent / "gone.bak").rename(demo.parent / "images" / "00005.png")
+    (root / "images" / "00005.png").unlink()
+    kept = index_images(root, db, labels=demo_copy, workers=0)
+    assert (kept.updated, kept.vanished, kept.pruned, kept.rows) == (1, 1, 0, 120)
+    r = index_images(root, db, labels=demo_copy, workers=0, prune=True)
+    assert (r.updated, r.pruned, r.rows) == (0, 1, 119)
+    rows = {x["rel"]: x["id"] for x in _rows(db)}
+    assert rows["images/00003.png"] == rows["images/00004.png"]  # content hash follows the new bytes
 
 
 def test_corrupt_files_are_skipped_and_reported(tmp_path, tiny_run):
@@ -185,3 +185,14 @@ def test_torchrun_shards_and_the_report_counts_every_rank(demo, tiny_run, tmp_pa
     clean = tmp_path / "clean"
     index_images(demo.parent, clean, model=tiny_run, labels=demo, workers=0)
     assert _rows(db) == _rows(clean)
+
+
+def test_an_index_of_another_format_or_damaged_meta_is_refused(indexed):
+    db, _ = indexed
+    meta = json.loads((db / "meta.json").read_text())
+    (db / "meta.json").write_text(json.dumps({**meta, "format": 2}))
+    with pytest.raises(MhtagError, match="format 2; this mhtag reads format 1.*--rebuild"):
+        read_meta(db)
+    (db / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "dim"}))
+    with pytest.raises(MhtagError, match="damaged"):
+        read_meta(db)

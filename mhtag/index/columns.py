@@ -15,6 +15,8 @@ import pyarrow as pa
 
 from mhtag.data.schema import AttributeSpec, column_suffix
 
+PROBS = "probs_"  # the widest columns: full head probabilities
+
 
 @dataclass
 class StoredAttribute(AttributeSpec):
@@ -38,7 +40,7 @@ class StoredAttribute(AttributeSpec):
 
     @property
     def probs(self) -> str:
-        return f"probs_{self.column}"
+        return f"{PROBS}{self.column}"
 
     @property
     def label(self) -> str:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mhtag.core.errors import BusyError, MhtagError
-from mhtag.index.columns import arrow_schema
+from mhtag.index.columns import PROBS, arrow_schema
 from mhtag.index.meta import IndexMeta, require_meta
 from mhtag.index.vectors import VectorIndex
 
@@ -127,7 +127,7 @@ def _search_device() -> str | None:
 def _snapshot(db: str, key: tuple[int, int], dim: int) -> Snapshot:
     table = open_table(db)
     version = table.version
-    names = [n for n in table.schema.names if not n.startswith("probs_")]
+    names = [n for n in table.schema.names if not n.startswith(PROBS)]
     arrow = read_columns(table, names)
     index = VectorIndex(vectors_of(arrow, dim), arrow.column("rid").to_numpy(), torch_device=_search_device())
     if index.wants_ivf:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mhtag.data.schema import AttributeKind
 from mhtag.results import PredictResult, SearchResult
 
 SINGLE_COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece")
@@ -12,7 +13,7 @@ MULTI_COLUMNS = ("micro_f1", "macro_f1", "mAP", "exact_match", "hamming_accuracy
 def metrics_table(heads: dict[str, dict[str, Any]]) -> str:
     """A fixed-width table, one line per head."""
     lines = []
-    for kind, cols in (("single", SINGLE_COLUMNS), ("multi", MULTI_COLUMNS)):
+    for kind, cols in ((AttributeKind.SINGLE.value, SINGLE_COLUMNS), (AttributeKind.MULTI.value, MULTI_COLUMNS)):
         rows = {k: m for k, m in heads.items() if m.get("kind") == kind}
         if not rows:
             continue

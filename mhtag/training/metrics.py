@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-from mhtag.data.schema import LabelSchema
+from mhtag.data.schema import AttributeKind, LabelSchema
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -42,14 +42,14 @@ def single_label_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     valid = y >= 0
     probs, y = probs[valid], y[valid]
     if len(y) == 0:
-        return {"kind": "single", "n": 0}
+        return {"kind": AttributeKind.SINGLE.value, "n": 0}
     k = probs.shape[1]
     pred = probs.argmax(1)
     tp, support, predicted = _per_class(y, pred, k)
     present = support > 0
     top3 = np.argpartition(-probs, min(3, k) - 1, axis=1)[:, :3] if k > 3 else None
     return {
-        "kind": "single",
+        "kind": AttributeKind.SINGLE.value,
         "n": int(len(y)),
         "accuracy": float(tp.sum() / len(y)),
         # mean recall over the classes present: a prediction of a class absent from `y` is just an error
@@ -71,7 +71,7 @@ def multi_label_metrics(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray
     y = y.astype(int)
     has_pos = y.sum(0) > 0
     return {
-        "kind": "multi",
+        "kind": AttributeKind.MULTI.value,
         "n": int(len(y)),
         "micro_f1": float(skm.f1_score(y, pred, average="micro", zero_division=0)),
         "macro_f1": float(skm.f1_score(y, pred, average="macro", zero_division=0)),
