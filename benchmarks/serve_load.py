@@ -54,7 +54,8 @@ def build_index(db: Path, rows: int, dim: int = 1280, seed: int = 0) -> None:
         n = min(20_000, rows - start)
         x = centres[rng.integers(0, 2000, n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        batch = {"rid": np.arange(start, start + n, dtype=np.int64), "id": [f"{i:040x}" for i in range(start, start + n)],
+        ids = range(start, start + n)
+        batch = {"rid": np.arange(start, start + n, dtype=np.int64), "id": [f"{i:040x}" for i in ids],
                  "path": [f"/synthetic/{i}.jpg" for i in range(start, start + n)],
                  "rel": [f"{i}.jpg" for i in range(start, start + n)], "size": np.zeros(n, np.int64),
                  "mtime_ns": np.zeros(n, np.int64), "width": np.full(n, 60, np.int32),
@@ -98,8 +99,9 @@ def hammer(url: str, make_request, clients: int, seconds: float) -> dict:
         t.join()
     wall = time.monotonic() - t0
     ms = np.array(latencies) * 1000
-    return {"requests": len(ms), "requests_per_s": round(len(ms) / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1), "errors": len(errors)}
+    return {"requests": len(ms), "requests_per_s": round(len(ms) / wall, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "errors": len(errors)}
 
 
 def main() -> None:
@@ -149,8 +151,8 @@ def main() -> None:
                "index_build_s": round(build_s, 1), "server_rss_mb_before": before,
                "search_two_filters_like_id": hammer(url, search, args.clients, args.seconds),
                "predict_one_80x60_jpeg": hammer(url, predict, args.clients, args.seconds)}
-        single = hammer(url, predict, 1, min(10.0, args.seconds))
-        out["predict_one_client"] = single
+        out["search_one_client"] = hammer(url, search, 1, min(10.0, args.seconds))
+        out["predict_one_client"] = hammer(url, predict, 1, min(10.0, args.seconds))
         out["server_rss_mb_after"] = rss_mb(server.pid)
         out["note"] = "clients and server share the machine's cores (localhost)"
     finally:
