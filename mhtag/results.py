@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
@@ -127,3 +127,35 @@ class Deleted(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str
+
+
+class Suspect(BaseModel):
+    """A label that its two out-of-sample witnesses (the head, the labelled neighbours) doubt."""
+
+    path: str
+    row: int = Field(description="line in the labels CSV")
+    split: str
+    attribute: str
+    given: str | list[str]
+    suggested: str | list[str]
+    score: float = Field(description="how likely the given label is wrong, 0..1 (1 - cleanlab's label quality)")
+    flagged: bool = Field(description="cleanlab's confident learning calls it a label issue")
+    head_given: float
+    head_suggested: float
+    neighbours_given: float
+    neighbours_suggested: float
+    neighbour_paths: list[str] = Field(default_factory=list, description="nearest labelled rows from other folds")
+
+
+class DuplicateGroup(BaseModel):
+    paths: list[str]
+    kind: str = Field(description="identical (same bytes) or near (embedding cosine at least `similarity`)")
+    similarity: float | None = None
+    crosses_splits: bool
+    conflicting: list[str] = Field(description="attributes whose labels differ inside the group")
+
+
+class AuditResult(BaseModel):
+    suspects: list[Suspect]
+    duplicates: list[DuplicateGroup]
+    summary: dict[str, Any]

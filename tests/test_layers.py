@@ -13,13 +13,14 @@ LAYERS = [
     ("results", []),
     ("data", ["images", "schema", "labels", "transforms", "datasets", "synthetic"]),
     ("models", ["backbones", "tagger", "loss", "checkpoint"]),
-    ("report", ["text", "html", "sheets"]),
+    ("report", ["text", "html", "sheets", "audit"]),
     ("inference", ["encoder", "fusion"]),
-    ("training", ["metrics", "optim", "fit", "evaluate"]),
+    ("training", ["metrics", "optim", "fit", "evaluate", "crossfit"]),
     ("index", ["columns", "meta", "vectors", "store", "neighbours", "predict", "build", "search"]),
-    ("audit", ["health"]),
+    ("audit", ["health", "labels"]),
     ("server", ["service", "api", "app"]),
-    ("cli", ["app", "backbones", "demo", "evaluate", "index", "inspect", "predict", "search", "serve", "train"]),
+    ("cli", ["app", "audit", "backbones", "demo", "evaluate", "index", "inspect", "predict", "search", "serve",
+             "train"]),
 ]
 RANK = {}
 for p, (package, modules) in enumerate(LAYERS):

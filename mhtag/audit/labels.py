@@ -1,0 +1,240 @@
+"""`audit_labels(csv)`: which labels to fix first, and the duplicates and split leaks of a labelled image set.
+
+Two independent, out-of-sample witnesses judge every label: linear heads cross-fitted on frozen embeddings
+(K folds; a row's own label never trains the model that judges it) and the similarity-weighted vote of its
+nearest labelled neighbours from the other folds. cleanlab ranks and flags labels on the mean of the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mhtag.core.errors import MhtagError
+from mhtag.core.io import atomic_write_text
+from mhtag.data.labels import FILE, ROW, LabelTable, drop_unreadable, read_labels
+from mhtag.data.schema import Attribute, LabelSchema, split_tags
+from mhtag.index.vectors import VectorIndex
+from mhtag.inference.encoder import DEFAULT_BACKBONE, cached_embeddings, resolve_data_config
+from mhtag.inference.fusion import neighbour_shares
+from mhtag.models.backbones import create_backbone
+from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
+from mhtag.results import AuditResult, DuplicateGroup, Suspect
+from mhtag.training.crossfit import fold_of, out_of_fold_probabilities
+
+_logger = logging.getLogger(__name__)
+NEAR_DUPLICATE = 0.97  # embedding cosine at or above which two images count as near-duplicates
+SHOWN_NEIGHBOURS = 4
+
+
+@dataclass
+class Witnesses:
+    """Per attribute, out-of-fold probabilities from the heads and shares from the neighbours."""
+
+    head: dict[str, np.ndarray]
+    neighbours: dict[str, np.ndarray]
+    nearest: np.ndarray  # (rows, SHOWN_NEIGHBOURS) positions of the nearest labelled rows of other folds
+
+
+def embed_table(table: LabelTable, model: str | Path | None, backbone: str, image_size: list[int] | None,
+                progress: bool = False) -> np.ndarray:
+    """Frozen embeddings of every usable row (cached on disk): a trained run's backbone, or a named one."""
+    if model is not None:
+        bb = tagger_from_checkpoint(load_checkpoint(model)).backbone
+        cfg = bb.data_config
+    else:
+        bb = create_backbone(backbone)
+        cfg = resolve_data_config(bb, image_size)
+        bb.data_config = cfg
+    return cached_embeddings(bb, table.frame[FILE].tolist(), cfg, 64, workers=0, progress=progress)
+
+
+def neighbour_witness(vectors: np.ndarray, labels: dict[str, np.ndarray], schema: LabelSchema, fold: np.ndarray,
+                      k: int = 20) -> Witnesses:
+    """Each row's vote from its k nearest rows of the other folds: its own label never votes for it."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    index = VectorIndex(unit, np.arange(len(unit)))
+    shares = {a.name: np.zeros((len(unit), a.num_outputs), dtype=np.float32) for a in schema.attributes}
+    nearest = np.full((len(unit), SHOWN_NEIGHBOURS), -1, dtype=np.int64)
+    for f in np.unique(fold):
+        held = np.flatnonzero(fold == f)
+        sims, pos = index.search(unit[held], k, rows=fold != f)
+        nearest[held] = pos[:, :SHOWN_NEIGHBOURS]
+        for a in schema.attributes:
+            col = {c: j for j, c in enumerate(a.classes)}
+            for r, i in enumerate(held):
+                keep = pos[r] >= 0
+                for label, share in neighbour_shares(sims[r][keep], labels[a.name][pos[r][keep]], a.multi).items():
+                    if label in col:
+                        shares[a.name][i, col[label]] = share
+    return Witnesses({}, shares, nearest)
+
+
+def _stored_labels(frame, a: Attribute) -> np.ndarray:
+    """Labels in the tag-codec form neighbour_shares reads: `|a|b|` for tags, the class otherwise."""
+    if a.multi:
+        return np.asarray(["|" + "|".join(split_tags(v)) + "|" if split_tags(v) else "" for v in frame[a.name]],
+                          dtype=object)
+    return np.asarray(["" if not isinstance(v, str) else v.strip() for v in frame[a.name]], dtype=object)
+
+
+def score_attribute(a: Attribute, y: np.ndarray, head: np.ndarray, nbr: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(suspicion score, cleanlab's issue flag, suggested) for the rows with a label, from the mean of the
+    two witnesses. `y`: class indices (single) or a 0/1 matrix (tags)."""
+    from cleanlab import filter as cl_filter
+    from cleanlab import rank as cl_rank
+    from cleanlab.multilabel_classification import filter as ml_filter
+    from cleanlab.multilabel_classification import rank as ml_rank
+
+    has_votes = nbr.sum(1, keepdims=True) > 0
+    both = np.where(has_votes, 0.5 * (head + nbr), head)
+    if a.multi:
+        labels = [list(np.flatnonzero(row)) for row in y]
+        quality = ml_rank.get_label_quality_scores(labels, both)
+        flagged = ml_filter.find_label_issues(labels, both)
+        return 1 - quality, flagged, both >= 0.5
+    both = both / np.maximum(both.sum(1, keepdims=True), 1e-12)
+    quality = cl_rank.get_label_quality_scores(y, both)
+    flagged = cl_filter.find_label_issues(y, both)
+    return 1 - quality, flagged, both.argmax(1)
+
+
+def audit_labels(labels: str | Path, images: str | Path | None = None, model: str | Path | None = None,
+                 backbone: str = DEFAULT_BACKBONE, attributes: list[str] | None = None,
+                 multilabel: list[str] | tuple = (), ignore: list[str] | tuple = (), folds: int = 5, k: int = 20,
+                 near: float = NEAR_DUPLICATE, image_size: list[int] | None = None, epochs: int = 40,
+                 seed: int = 0, progress: bool = False) -> AuditResult:
+    """Suspect labels (sorted by score, highest first), duplicate groups (conflicting and split-crossing first)
+    and a summary. See the module docstring."""
+    if folds < 2:
+        raise MhtagError(f"folds must be at least 2, not {folds}")
+    if model is not None:
+        multilabel = sorted(set(multilabel) | {a.name for a in tagger_from_checkpoint(load_checkpoint(model))
+                                                .schema.attributes if a.multi})
+    table = drop_unreadable(read_labels(labels, images, multilabel, ignore))
+    for s in table.skipped[:20]:
+        _logger.warning("skipped %s", s)
+    names = _chosen(table, attributes)
+    frame = table.frame
+    schema, dropped = LabelSchema.fit(frame, names, table.multilabel)
+    for name, why in dropped.items():
+        _logger.warning("attribute %r is not audited: %s", name, why)
+    if not schema.attributes:
+        raise MhtagError(f"{labels}: no attribute with two or more classes to audit")
+    x = embed_table(table, model, backbone, image_size, progress)
+    targets, _ = schema.encode(frame)
+    fold = fold_of(len(frame), folds, seed)
+    witnesses = neighbour_witness(x, {a.name: _stored_labels(frame, a) for a in schema.attributes}, schema, fold, k)
+    witnesses.head = out_of_fold_probabilities(x, targets, schema, fold, epochs, seed)
+    suspects = []
+    for a in schema.attributes:
+        suspects += _suspects(a, frame, targets[a.name], witnesses)
+    suspects.sort(key=lambda s: -s.score)
+    duplicates = find_duplicates(table, x, schema.names, near)
+    summary = {"rows": len(frame), "skipped": len(table.skipped), "folds": folds, "k": k,
+               "near_duplicate_cosine": near, "attributes": schema.names,
+               "flagged": {a.name: sum(1 for s in suspects if s.attribute == a.name and s.flagged)
+                           for a in schema.attributes},
+               "duplicate_groups": len(duplicates),
+               "duplicate_groups_crossing_splits": sum(g.crosses_splits for g in duplicates),
+               "duplicate_groups_conflicting": sum(bool(g.conflicting) for g in duplicates)}
+    return AuditResult(suspects=suspects, duplicates=duplicates, summary=summary)
+
+
+def _chosen(table: LabelTable, attributes: list[str] | None) -> list[str]:
+    if not attributes:
+        return table.attributes
+    unknown = [a for a in attributes if a not in table.attributes]
+    if unknown:
+        raise MhtagError(f"unknown attribute(s) {unknown}; the labels have {', '.join(table.attributes)}")
+    return list(attributes)
+
+
+def _suspects(a: Attribute, frame, y: np.ndarray, w: Witnesses) -> list[Suspect]:
+    head, nbr = w.head[a.name], w.neighbours[a.name]
+    rows = np.flatnonzero(y.sum(1) > 0 if a.multi else y >= 0)
+    score, flagged, suggested = score_attribute(a, y[rows], head[rows], nbr[rows])
+    paths = frame["path"].to_numpy()
+    out = []
+    for j, i in enumerate(rows):
+        if a.multi:
+            given_idx, sugg_idx = np.flatnonzero(y[i]), np.flatnonzero(suggested[j])
+            given = [a.classes[c] for c in given_idx]
+            sugg = [a.classes[c] for c in sugg_idx]
+            hg, hs, ng, ns = _mean_at(head[i], given_idx), _mean_at(head[i], sugg_idx), \
+                _mean_at(nbr[i], given_idx), _mean_at(nbr[i], sugg_idx)
+        else:
+            g, s = int(y[i]), int(suggested[j])
+            given, sugg = a.classes[g], a.classes[s]
+            hg, hs, ng, ns = float(head[i, g]), float(head[i, s]), float(nbr[i, g]), float(nbr[i, s])
+        out.append(Suspect(path=str(paths[i]), row=int(frame[ROW].iat[i]), split=str(frame["split"].iat[i]),
+                           attribute=a.name, given=given, suggested=sugg, score=round(float(score[j]), 5),
+                           flagged=bool(flagged[j]), head_given=round(hg, 4), head_suggested=round(hs, 4),
+                           neighbours_given=round(ng, 4), neighbours_suggested=round(ns, 4),
+                           neighbour_paths=[str(paths[n]) for n in w.nearest[i] if n >= 0]))
+    return out
+
+
+def _mean_at(p: np.ndarray, idx: np.ndarray) -> float:
+    return float(p[idx].mean()) if len(idx) else 0.0
+
+
+def find_duplicates(table: LabelTable, vectors: np.ndarray, attributes: list[str], near: float
+                    ) -> list[DuplicateGroup]:
+    """Byte-identical files, and near-duplicates (embedding cosine >= `near`), grouped; groups whose labels
+    conflict come first, then those crossing splits."""
+    frame = table.frame
+    parent = list(range(len(frame)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        parent[root(i)] = root(j)
+
+    hashes = [hashlib.sha1(Path(f).read_bytes()).hexdigest() for f in frame[FILE]]
+    first: dict[str, int] = {}
+    for i, h in enumerate(hashes):
+        join(i, first.setdefault(h, i))
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    sims, pos = VectorIndex(unit, np.arange(len(unit))).search(unit, 6)
+    for i in range(len(unit)):
+        for s, j in zip(sims[i], pos[i], strict=True):
+            if j >= 0 and j != i and s >= near:
+                join(i, int(j))
+    groups: dict[int, list[int]] = {}
+    for i in range(len(frame)):
+        groups.setdefault(root(i), []).append(i)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        identical = len({hashes[m] for m in members}) == 1
+        conflicting = [a for a in attributes if len({str(frame[a].iat[m]).strip() for m in members}) > 1]
+        out.append(DuplicateGroup(paths=[str(frame["path"].iat[m]) for m in members],
+                                  kind="identical" if identical else "near", similarity=None if identical else near,
+                                  crosses_splits=len({frame["split"].iat[m] for m in members}) > 1,
+                                  conflicting=conflicting))
+    out.sort(key=lambda g: (not g.conflicting, not g.crosses_splits, -len(g.paths)))
+    return out
+
+
+def export_suspects(result: AuditResult, path: str | Path, flagged_only: bool = False) -> Path:
+    """A CSV a person can edit: one row per suspect, `suggested` beside `given`, and an empty `fix` column."""
+    rows = [s for s in result.suspects if s.flagged or not flagged_only]
+    table = pd.DataFrame({"path": [s.path for s in rows], "row": [s.row for s in rows],
+                          "attribute": [s.attribute for s in rows],
+                          "given": ["|".join(s.given) if isinstance(s.given, list) else s.given for s in rows],
+                          "suggested": ["|".join(s.suggested) if isinstance(s.suggested, list) else s.suggested
+                                        for s in rows],
+                          "score": [s.score for s in rows], "flagged": [s.flagged for s in rows],
+                          "fix": [""] * len(rows)})
+    return atomic_write_text(path, table.to_csv(index=False))

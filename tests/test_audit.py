@@ -1,0 +1,98 @@
+"""`mhtag audit` on the synthetic demo data with labels flipped on purpose."""
+
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mhtag import cli
+from mhtag.audit.labels import audit_labels
+from mhtag.core.errors import MhtagError
+from mhtag.data.schema import LabelSchema
+from mhtag.training.crossfit import fold_of, out_of_fold_probabilities
+
+COLOURS = ["red", "green", "blue", "yellow"]
+
+
+def _flip(csv, n, seed=0):
+    lines = csv.read_text().splitlines()
+    col = lines[0].split(",").index("colour")
+    rng, flipped = random.Random(seed), set()
+    for i in rng.sample(range(1, len(lines)), n):
+        parts = lines[i].split(",")
+        parts[col] = rng.choice([c for c in COLOURS if c != parts[col]])
+        lines[i] = ",".join(parts)
+        flipped.add(parts[0])
+    csv.write_text("\n".join(lines) + "\n")
+    return flipped
+
+
+def test_the_audit_finds_flipped_labels(demo_copy):
+    flipped = _flip(demo_copy, 8)
+    result = audit_labels(demo_copy, backbone="tiny_cnn", attributes=["colour"], epochs=30)
+    from sklearn.metrics import roc_auc_score
+
+    colour = [s for s in result.suspects if s.attribute == "colour"]
+    auc = roc_auc_score([s.path in flipped for s in colour], [s.score for s in colour])
+    top = {s.path for s in colour[:8]}
+    assert auc >= 0.85 and len(top & flipped) >= 4, (auc, top, flipped)  # chance: AUC 0.5, 0.5 of 8 in the top 8
+    s = result.suspects[0]
+    assert s.given != s.suggested and s.neighbour_paths and 0 <= s.score <= 1
+    assert [x.score for x in result.suspects] == sorted((x.score for x in result.suspects), reverse=True)
+
+
+def test_out_of_fold_means_a_row_never_judges_itself():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    import pandas as pd
+
+    schema = LabelSchema.fit(pd.DataFrame({"c": [str(v) for v in y]}), ["c"], set())[0]
+    targets = {"c": y.astype(np.int64)}
+    fold = fold_of(60, 5)
+    before = out_of_fold_probabilities(x, targets, schema, fold, epochs=5)["c"]
+    changed = {"c": targets["c"].copy()}
+    changed["c"][7] = (changed["c"][7] + 1) % 3  # row 7's own label changes...
+    after = out_of_fold_probabilities(x, changed, schema, fold, epochs=5)["c"]
+    assert np.array_equal(before[fold == fold[7]], after[fold == fold[7]])  # ...its fold's scores do not
+    assert not np.array_equal(before[fold != fold[7]], after[fold != fold[7]])  # (the others' models saw it)
+
+
+def test_duplicates_across_splits_and_with_conflicting_labels(demo_copy):
+    images = demo_copy.parent / "images"
+    shutil.copy(images / "00003.png", images / "copy.png")
+    lines = demo_copy.read_text().splitlines()
+    row = next(x for x in lines if x.startswith("images/00003.png")).split(",")
+    split = "test" if row[-1] != "test" else "train"
+    row[0], row[-1] = "images/copy.png", split
+    col = lines[0].split(",").index("colour")
+    row[col] = next(c for c in COLOURS if c != row[col])
+    demo_copy.write_text("\n".join(lines + [",".join(row)]) + "\n")
+    # the untrained test backbone sees many demo images as alike: only exact copies count here
+    result = audit_labels(demo_copy, backbone="tiny_cnn", attributes=["colour"], epochs=5, near=0.99999)
+    group = next(g for g in result.duplicates if "images/copy.png" in g.paths)
+    assert group.kind == "identical" and set(group.paths) == {"images/00003.png", "images/copy.png"}
+    assert group.crosses_splits and group.conflicting == ["colour"]
+    assert result.duplicates[0] == group or result.duplicates[0].conflicting  # conflicting groups come first
+
+
+def test_audit_cli_json_html_export_and_bad_input(demo_copy, tmp_path):
+    _flip(demo_copy, 4)
+    runner = CliRunner()
+    r = runner.invoke(cli.app, ["audit", "--labels", str(demo_copy), "--backbone", "tiny_cnn", "--attribute", "colour",
+                                "--json", "--html", str(tmp_path / "a.html"), "--export", str(tmp_path / "s.csv")])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert set(out) == {"suspects", "duplicates", "summary"} and out["suspects"][0]["attribute"] == "colour"
+    assert {"path", "attribute", "given", "suggested", "score"} <= set(out["suspects"][0])
+    page = (tmp_path / "a.html").read_text()
+    assert "data:image/jpeg;base64," in page and "suggested" in page
+    header = (tmp_path / "s.csv").read_text().splitlines()[0]
+    assert header == "path,row,attribute,given,suggested,score,flagged,fix"
+    with pytest.raises(MhtagError, match="does not exist"):
+        audit_labels(tmp_path / "missing.csv", backbone="tiny_cnn")
+    with pytest.raises(MhtagError, match="unknown attribute"):
+        audit_labels(demo_copy, backbone="tiny_cnn", attributes=["nope"])
