@@ -165,3 +165,17 @@ def test_gallery_and_docs_are_served(served):
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/docs").status_code == 200
     assert "/api/search" in client.get("/openapi.json").json()["paths"]
+
+
+def test_disputed_labels_are_the_rows_whose_label_and_prediction_differ(served):
+    client, db = served
+    rows = client.post("/api/search", json={"limit": 500, "facets": False}).json()["results"]
+    def differ(r, a):
+        label, pred = r[f"{a}_label"], r[f"{a}_pred"]
+        return set(label) != set(pred) if isinstance(label, list) else label != pred
+
+    expect = {r["id"] for r in rows if any(differ(r, a) for a in ("shape", "colour", "size", "background", "marks"))}
+    got = client.post("/api/search", json={"limit": 500, "disputed": True}).json()
+    assert {r["id"] for r in got["results"]} == expect and got["matched"] == len(expect)
+    colour = client.post("/api/search", json={"limit": 500, "disputed": True, "filters": {"colour": ["red"]}}).json()
+    assert all(r["colour_label"] != r["colour_pred"] for r in colour["results"])

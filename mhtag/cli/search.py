@@ -28,6 +28,8 @@ def search(ctx: typer.Context, db: Db = None,
            source: Annotated[SourceChoice, typer.Option(help="known labels, predictions, or a label where known "
                                                              "else the prediction")] = SourceChoice.any,
            facets: Annotated[bool, typer.Option(help="count the matched rows per attribute value")] = False,
+           disputed: Annotated[bool, typer.Option(help="only rows whose known label and prediction differ")
+                               ] = False,
            as_json: AsJson = False,
            sheet: Annotated[Optional[Path], typer.Option(help="write a contact sheet (.jpg/.png) of the results")
                             ] = None) -> None:
@@ -44,7 +46,7 @@ def search(ctx: typer.Context, db: Db = None,
     if sheet:
         check_sheet_path(sheet)
     result = run_search(db, pairs, where, like, limit, min_confidence, source.value, offset=offset,
-                        like_id=like_id, facets=facets)
+                        like_id=like_id, facets=facets, disputed=disputed)
     names = [a.name for a in require_meta(db).attributes]
     if as_json:
         echo_json(result)

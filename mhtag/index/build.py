@@ -82,8 +82,8 @@ def _relative_to_root(path: str, from_csv: Path, root: Path) -> str | None:
 
 
 def stored_label(value: Any, kind: AttributeKind) -> str:
-    if kind is AttributeKind.MULTI:
-        return encode_tags(split_tags(value))
+    if kind is AttributeKind.MULTI:  # canonical: sorted, as predictions are, so the two compare as strings
+        return encode_tags(sorted(set(split_tags(value))))
     return "" if is_blank(value) else str(value).strip()
 
 

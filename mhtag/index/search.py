@@ -108,6 +108,18 @@ def attribute_mask(snap: Snapshot, meta: IndexMeta, filters: dict[str, list[str]
     return mask
 
 
+def disputed_mask(snap: Snapshot, meta: IndexMeta, names: list[str] | None = None) -> np.ndarray:
+    """Rows whose known label and head prediction differ on some attribute (of `names`, else any): the labels
+    worth a human look, as `mhtag audit` ranks them."""
+    both = [a for a in meta.attributes if a.has_head and a.has_labels and (not names or a.name in names)]
+    mask = np.zeros(snap.rows.num_rows, dtype=bool)
+    for a in both:
+        label = snap.rows.column(a.label).to_numpy(zero_copy_only=False)
+        pred = snap.rows.column(a.pred).to_numpy(zero_copy_only=False)
+        mask |= (label != "") & (label != pred)
+    return mask
+
+
 def answer_of(row: dict[str, Any], a: StoredAttribute, source: Source = Source.ANY) -> str | list[str]:
     """The attribute's value for a row under `source`: its known label, its prediction, or the first of them."""
     label = row.get(a.label, "") if a.has_labels and source is not Source.PRED else ""
@@ -215,10 +227,11 @@ def _any_codes(snap: Snapshot, a: StoredAttribute) -> tuple[np.ndarray, list[str
 def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: str | None = None,
            like: str | Path | None = None, limit: int = 20, min_confidence: float | None = None,
            source: Source | str = Source.ANY, vector: np.ndarray | None = None, offset: int = 0,
-           like_id: int | None = None, facets: bool = False) -> SearchResult:
+           like_id: int | None = None, facets: bool = False, disputed: bool = False) -> SearchResult:
     """Rows matching every attribute filter (and `where`), ranked by similarity to the image `like`, to the
     indexed row `like_id` or to an embedding `vector` of the index's model if one is given, else by the
-    confidence of the filtered predictions. `offset` skips that many ranked rows (pages)."""
+    confidence of the filtered predictions. `offset` skips that many ranked rows (pages). `disputed` keeps only
+    rows whose known label and prediction differ (on the filtered attributes, else on any)."""
     if limit < 1:
         raise MhtagError(f"limit must be at least 1, not {limit}")
     if offset < 0:
@@ -228,6 +241,9 @@ def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: s
     snap = snapshot(db)
     resolved = resolve_filters(meta, filters)
     mask = attribute_mask(snap, meta, resolved, Source(source), min_confidence)
+    if disputed:
+        doubt = disputed_mask(snap, meta, list(resolved))
+        mask = doubt if mask is None else mask & doubt
     if where:
         passed = np.isin(snap.rows.column("rid").to_numpy(), _user_where(db, where))
         mask = passed if mask is None else mask & passed

@@ -43,6 +43,7 @@ class SearchRequest(BaseModel):
     limit: int = Field(20, ge=1, le=MAX_LIMIT)
     offset: int = Field(0, ge=0)
     facets: bool = True
+    disputed: bool = Field(False, description="only rows whose known label and prediction differ")
 
 
 class Unauthorized(MhtagError):
@@ -110,7 +111,8 @@ def attributes(svc: ServiceDep) -> Attributes:
 @router.post("/search", response_model=SearchResult)
 def search_rows(query: SearchRequest, svc: ServiceDep) -> SearchResult:
     return search(svc.db, query.filters, limit=query.limit, min_confidence=query.min_confidence,
-                  source=query.source, offset=query.offset, like_id=query.like_id, facets=query.facets)
+                  source=query.source, offset=query.offset, like_id=query.like_id, facets=query.facets,
+                  disputed=query.disputed)
 
 
 @router.post("/search/image", response_model=SearchResult)
@@ -123,7 +125,7 @@ async def search_by_image(svc: ServiceDep, image: Annotated[UploadFile, File(des
     vector, _ = await _in_model_thread(svc, enc.encode_images, [decode_image(data, image.filename or "upload")])
     return await anyio.to_thread.run_sync(lambda: search(
         svc.db, body.filters, limit=body.limit, min_confidence=body.min_confidence, source=body.source,
-        offset=body.offset, vector=vector, facets=body.facets))
+        offset=body.offset, vector=vector, facets=body.facets, disputed=body.disputed))
 
 
 @router.post("/predict", response_model=PredictResult)

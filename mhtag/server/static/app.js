@@ -1,9 +1,9 @@
 // mhtag gallery: plain JS over the JSON API. The view's state lives in the URL, so it can be bookmarked.
 "use strict";
 const PAGE = 40;
-const RESERVED = new Set(["source", "minconf", "like"]);
+const RESERVED = new Set(["source", "minconf", "like", "disputed"]);
 const $ = (id) => document.getElementById(id);
-const state = { filters: {}, source: "any", minconf: 0, like: null, queryImage: null, offset: 0,
+const state = { filters: {}, source: "any", minconf: 0, like: null, disputed: false, queryImage: null, offset: 0,
   matched: 0, results: [], attributes: [], loading: false };
 
 async function api(path, options) {
@@ -33,7 +33,8 @@ function readURL() {
   }
   state.source = params.get("source") || "any";
   state.minconf = parseFloat(params.get("minconf") || "0") || 0;
-  state.like = params.get("like") || null;  // row ids are strings: 64-bit integers do not fit a JS number
+  state.like = params.get("like") || null;
+  state.disputed = params.get("disputed") === "1";  // row ids are strings: 64-bit integers do not fit a JS number
 }
 
 function writeURL() {
@@ -42,6 +43,7 @@ function writeURL() {
   if (state.source !== "any") params.set("source", state.source);
   if (state.minconf > 0) params.set("minconf", String(state.minconf));
   if (state.like !== null) params.set("like", String(state.like));
+  if (state.disputed) params.set("disputed", "1");
   const query = params.toString();
   history.replaceState(null, "", query ? `/?${query}` : "/");
 }
@@ -49,7 +51,7 @@ function writeURL() {
 // ------------------------------------------------------------------ searching
 function searchBody(offset) {
   return { filters: state.filters, source: state.source, min_confidence: state.minconf > 0 ? state.minconf : null,
-    like_id: state.queryImage ? null : state.like, limit: PAGE, offset, facets: true };
+    like_id: state.queryImage ? null : state.like, limit: PAGE, offset, facets: true, disputed: state.disputed };
 }
 
 async function runSearch(reset = true) {
@@ -201,6 +203,9 @@ function wire() {
     radio.checked = radio.value === state.source;
     radio.addEventListener("change", () => { state.source = radio.value; writeURL(); runSearch(); });
   }
+  const disputed = $("disputed");
+  disputed.checked = state.disputed;
+  disputed.addEventListener("change", () => { state.disputed = disputed.checked; writeURL(); runSearch(); });
   const slider = $("minconf");
   slider.value = state.minconf;
   $("minconf-value").textContent = state.minconf;
