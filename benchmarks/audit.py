@@ -50,9 +50,10 @@ def scores(suspects, a: str, flipped: set[str]) -> dict:
     rankings = {"combined": [s.score for s in mine], "cleanlab_alone": [1 - s.head_given for s in mine],
                 "neighbours_alone": [1 - s.neighbours_given for s in mine]}
     out = {"flipped": n, "rows": len(mine)}
+    tiebreak = np.random.default_rng(0).random(len(mine))  # ties (e.g. no neighbour votes for the given label)
     for name, score in rankings.items():
         score = np.asarray(score)
-        top = np.argsort(-score, kind="stable")[:n]
+        top = np.lexsort((tiebreak, -score))[:n]
         out[name] = {"precision_at_n": round(float(truth[top].mean()), 4),
                      "recall_at_n": round(float(truth[top].sum() / n), 4),
                      "auprc": round(float(average_precision_score(truth, score)), 4)}

@@ -173,9 +173,9 @@ def _suspects(a: Attribute, frame, y: np.ndarray, w: Witnesses) -> list[Suspect]
             given, sugg = a.classes[g], a.classes[s]
             hg, hs, ng, ns = float(head[i, g]), float(head[i, s]), float(nbr[i, g]), float(nbr[i, s])
         out.append(Suspect(path=str(paths[i]), row=int(frame[ROW].iat[i]), split=str(frame["split"].iat[i]),
-                           attribute=a.name, given=given, suggested=sugg, score=round(float(score[j]), 5),
-                           flagged=bool(flagged[j]), head_given=round(hg, 4), head_suggested=round(hs, 4),
-                           neighbours_given=round(ng, 4), neighbours_suggested=round(ns, 4),
+                           attribute=a.name, given=given, suggested=sugg, score=float(score[j]),
+                           flagged=bool(flagged[j]), head_given=hg, head_suggested=hs,
+                           neighbours_given=ng, neighbours_suggested=ns,
                            neighbour_paths=[str(paths[n]) for n in w.nearest[i] if n >= 0]))
     return out
 
