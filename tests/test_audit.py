@@ -5,11 +5,12 @@ import random
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from mhtag import cli
-from mhtag.audit.labels import audit_labels
+from mhtag.audit.labels import audit_labels, export_suspects
 from mhtag.core.errors import MhtagError
 from mhtag.data.schema import LabelSchema
 from mhtag.training.crossfit import fold_of, out_of_fold_probabilities
@@ -96,3 +97,18 @@ def test_audit_cli_json_html_export_and_bad_input(demo_copy, tmp_path):
         audit_labels(tmp_path / "missing.csv", backbone="tiny_cnn")
     with pytest.raises(MhtagError, match="unknown attribute"):
         audit_labels(demo_copy, backbone="tiny_cnn", attributes=["nope"])
+
+
+def test_an_edited_export_feeds_back_into_the_labels(demo_copy, tmp_path):
+    flipped = _flip(demo_copy, 4)
+    result = audit_labels(demo_copy, backbone="tiny_cnn", attributes=["colour"], epochs=5)
+    export_suspects(result, tmp_path / "s.csv")
+    edited = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False)
+    edited.loc[edited["path"].isin(flipped), "fix"] = "red"
+    edited.to_csv(tmp_path / "s.csv", index=False)
+    r = CliRunner().invoke(cli.app, ["apply-fixes", "--labels", str(demo_copy), "--fixes", str(tmp_path / "s.csv"),
+                                     "--out", str(tmp_path / "fixed.csv")])
+    assert r.exit_code == 0 and "4 label(s) fixed" in r.output
+    fixed = pd.read_csv(tmp_path / "fixed.csv", dtype=str)
+    assert set(fixed.loc[fixed["path"].isin(flipped), "colour"]) == {"red"}
+    assert len(fixed) == len(pd.read_csv(demo_copy))

@@ -17,7 +17,7 @@ import pandas as pd
 
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_write_text
-from mhtag.data.labels import FILE, ROW, LabelTable, drop_unreadable, read_labels
+from mhtag.data.labels import FILE, ROW, LabelTable, drop_unreadable, read_csv_frame, read_labels
 from mhtag.data.schema import Attribute, LabelSchema, split_tags
 from mhtag.index.vectors import VectorIndex
 from mhtag.inference.encoder import DEFAULT_BACKBONE, cached_embeddings, resolve_data_config
@@ -238,3 +238,25 @@ def export_suspects(result: AuditResult, path: str | Path, flagged_only: bool = 
                           "score": [s.score for s in rows], "flagged": [s.flagged for s in rows],
                           "fix": [""] * len(rows)})
     return atomic_write_text(path, table.to_csv(index=False))
+
+
+def apply_fixes(labels: str | Path, fixes: str | Path, out: str | Path) -> int:
+    """Feed an edited export back: every row of `fixes` with a `fix` sets that attribute of that CSV row (the
+    path must still match). Writes the corrected labels to `out` (atomically); returns how many changed."""
+    frame = read_csv_frame(labels)
+    edits = read_csv_frame(fixes) if Path(fixes).is_file() else None
+    if edits is None or not {"row", "attribute", "fix"} <= set(edits.columns):
+        raise MhtagError(f"{fixes}: not an export of `mhtag audit --export` (needs path, row, attribute, fix)")
+    changed = 0
+    for n, e in enumerate(edits.itertuples(index=False), start=2):
+        if not isinstance(e.fix, str) or not e.fix.strip():
+            continue
+        i = int(e.row) - 2 if str(e.row).isdigit() else -1
+        if not 0 <= i < len(frame) or str(frame.at[i, "path"]).strip() != str(e.path).strip():
+            raise MhtagError(f"{fixes} row {n}: row {e.row} of {labels} is not {e.path!r}; export again")
+        if e.attribute not in frame.columns:
+            raise MhtagError(f"{fixes} row {n}: {labels} has no column {e.attribute!r}")
+        frame.at[i, e.attribute] = e.fix.strip()
+        changed += 1
+    atomic_write_text(out, frame.to_csv(index=False))
+    return changed

@@ -62,3 +62,15 @@ def _size(text: str | None) -> list[int] | None:
     if not sep or not h.isdigit() or not w.isdigit():
         raise MhtagError(f"--image-size {text!r} must look like 160x120 (height x width)")
     return [int(h), int(w)]
+
+
+@app.command("apply-fixes")
+def apply_fixes_command(labels: Labels,
+                        fixes: Annotated[Path, typer.Option(help="the edited CSV from `mhtag audit --export`")],
+                        out: Annotated[Path, typer.Option(help="where to write the corrected labels CSV")]) -> None:
+    """Write a copy of the labels CSV with the `fix` column of an edited audit export applied."""
+    from mhtag.audit.labels import apply_fixes
+
+    if out.resolve() == labels.resolve():
+        raise MhtagError("--out must differ from --labels: the original labels are kept")
+    typer.echo(f"{apply_fixes(labels, fixes, out)} label(s) fixed; wrote {out}")
