@@ -34,11 +34,13 @@ class VectorIndex:
                  exact_max_matches: int = EXACT_MAX_MATCHES, torch_device: str | None = None):
         import faiss
 
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.rids = np.asarray(rids, dtype=np.int64)
-        self.dim = self.vectors.shape[1]
+        self.dim = vectors.shape[1]
         self.flat = faiss.IndexFlatIP(self.dim)
-        self.flat.add(self.vectors)
+        self.flat.add(vectors)
+        # a view of FAISS's own copy: the vectors are held once, not twice
+        self.vectors = faiss.rev_swig_ptr(self.flat.get_xb(), vectors.size).reshape(vectors.shape)
         self.ivf = None
         self.exact_max_rows = exact_max_rows
         self.exact_max_matches = exact_max_matches

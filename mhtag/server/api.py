@@ -108,11 +108,16 @@ def attributes(svc: ServiceDep) -> Attributes:
     return index_attributes(svc.db)
 
 
+def _json(result: BaseModel) -> Response:
+    """A typed result serialised once (FastAPI would validate it again against the response model)."""
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
 @router.post("/search", response_model=SearchResult)
-def search_rows(query: SearchRequest, svc: ServiceDep) -> SearchResult:
-    return search(svc.db, query.filters, limit=query.limit, min_confidence=query.min_confidence,
-                  source=query.source, offset=query.offset, like_id=query.like_id, facets=query.facets,
-                  disputed=query.disputed)
+def search_rows(query: SearchRequest, svc: ServiceDep) -> Response:
+    return _json(search(svc.db, query.filters, limit=query.limit, min_confidence=query.min_confidence,
+                        source=query.source, offset=query.offset, like_id=query.like_id, facets=query.facets,
+                        disputed=query.disputed))
 
 
 @router.post("/search/image", response_model=SearchResult)
