@@ -55,6 +55,7 @@ def test_gallery_filters_reranks_and_shows_details(server, page, demo):
     page.goto(server + "/")
     page.wait_for_selector(".card")
     assert page.locator(".card").count() == 40 and "120 matched" in page.inner_text("#matched")
+    page.wait_for_load_state("networkidle")  # the thumbnails, before the screenshot
     page.screenshot(path=str(SHOTS / "gallery-grid.png"))
 
     page.check("input[data-attribute='colour'][data-value='red']")
@@ -63,6 +64,7 @@ def test_gallery_filters_reranks_and_shows_details(server, page, demo):
     assert 0 < matched < 120 and "colour=red" in page.url
     cards = page.locator(".card .labels")
     assert all("red" in cards.nth(i).inner_text() for i in range(cards.count()))
+    page.wait_for_load_state("networkidle")
     page.screenshot(path=str(SHOTS / "gallery-filtered.png"))
 
     page.set_input_files("#query-file", str(demo.parent / "images" / "00007.png"))
