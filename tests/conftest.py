@@ -47,7 +47,8 @@ def tiny_cfg():
     from mhtag.core.config import load_config
 
     return load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "probe_epochs": 5,
-                                  "epochs": 2, "batch_size": 16, "num_workers": 0, "mode": "probe"})
+                                  "epochs": 2, "batch_size": 16, "num_workers": 0, "mode": "probe",
+                                  "report": False})
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +58,7 @@ def tiny_run(demo, tmp_path_factory):
     from mhtag.training.fit import fit
 
     cfg = load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "probe_epochs": 5,
-                                 "num_workers": 0, "mode": "probe"})
+                                 "num_workers": 0, "mode": "probe", "report": False})
     return fit(cfg, demo, out=tmp_path_factory.mktemp("run") / "run").dir
 
 

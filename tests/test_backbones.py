@@ -5,7 +5,7 @@ import torch
 from conftest import SHARED
 
 from mhtag.core.errors import MhtagError
-from mhtag.models.backbones import create_backbone, list_backbones, lite0_classifier, register_backbone
+from mhtag.models.backbones import create_backbone, list_backbones, lite_classifier, register_backbone
 
 
 def test_registry_round_trip_and_uniform_api():
@@ -48,25 +48,28 @@ def test_lite0_backbone_has_the_packages_normalisation():
     assert bb.data_config["std"][0] == pytest.approx(128 / 255)
 
 
+SUNGLASSES = ("8631.jpg", {836, 837})  # 'sunglass' / 'sunglasses, dark glasses'
+WATCH = ("4665.jpg", {531, 409, 826})  # 'digital watch' / 'analog clock' / 'stopwatch'
+
+
 @pytest.mark.skipif(not SHARED.is_dir() and not os.environ.get("CI"), reason="needs ../shared/datasets/fashion12k "
                     "(CI has it, and fails without it)")
-@pytest.mark.parametrize("image,classes", [
-    ("8631.jpg", {836, 837}),  # Sunglasses -> 'sunglass' / 'sunglasses, dark glasses'
-    ("4665.jpg", {531, 409, 826}),  # Watches -> 'digital watch' / 'analog clock' / 'stopwatch'
-])
-def test_lite0_weight_mapping_classifies_real_photos(image, classes):
-    """Tensor-by-tensor mapping onto timm's tf_efficientnet_lite0 gives a working ImageNet classifier."""
+@pytest.mark.parametrize("variant,photo", [(0, SUNGLASSES), (0, WATCH), (1, WATCH), (2, SUNGLASSES)])
+def test_lite_weight_mapping_classifies_real_photos(variant, photo):
+    """Tensor-by-tensor mapping onto timm's tf_efficientnet_lite<N> gives a working ImageNet classifier."""
     import numpy as np
     from PIL import Image
 
-    model = lite0_classifier().eval()
-    img = Image.open(SHARED / "images" / image).convert("RGB").resize((168, 224))
+    image, classes = photo
+    model = lite_classifier(variant).eval()
+    side = (224, 240, 260)[variant]
+    img = Image.open(SHARED / "images" / image).convert("RGB").resize((side * 3 // 4, side))
     x = (torch.tensor(np.asarray(img)).permute(2, 0, 1).float()[None] - 127) / 128
     with torch.no_grad():
         top = model(x).softmax(-1)[0].topk(3).indices.tolist()
     assert top[0] in classes, top
     # the same logits as the backbone + the original classifier weights
-    bb = create_backbone("efficientnet_lite0").eval()
+    bb = create_backbone(f"efficientnet_lite{variant}").eval()
     with torch.no_grad():
         logits = torch.nn.functional.linear(bb(x), model.classifier.weight, model.classifier.bias)
     assert torch.allclose(logits, model(x), atol=1e-4)

@@ -111,7 +111,7 @@ KILL_SCRIPT = textwrap.dedent("""
     real = Encoder.encode_files
     def slow(*a, **kw):
         for batch in real(*a, **kw):
-            time.sleep(0.15)
+            time.sleep(0.1)
             yield batch
     Encoder.encode_files = slow
     index_images({root!r}, {db!r}, model={model!r}, labels={labels!r}, batch_size=8, commit_every=16, workers=0)

@@ -12,7 +12,8 @@ from mhtag.training.fit import fit, resumed_config
 
 
 def test_probe_run_writes_checkpoint_metrics_and_report(demo, tiny_cfg, tmp_path):
-    run = fit(config_from_dict({"probe_epochs": 40, "probe_lr": 0.01}, tiny_cfg), demo, out=tmp_path / "run")
+    run = fit(config_from_dict({"probe_epochs": 40, "probe_lr": 0.01, "report": True}, tiny_cfg), demo,
+              out=tmp_path / "run")
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"best.pt", "last.pt", "metrics.json", "report.html", "config.json", "schema.json"} <= files
     assert not [f for f in files if f.endswith(".tmp")]

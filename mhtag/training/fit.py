@@ -331,7 +331,7 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
         raise MhtagError("training stopped before the first epoch finished; nothing was saved")
     best = tagger_from_checkpoint(load_checkpoint(out / "best.pt"))
     run = Run(out, best, cfg, data_config, history, table.skipped, dropped, interrupted)
-    if dist.is_main and not interrupted:
+    if dist.is_main and not interrupted and cfg.report:
         best.to(device)
         va = validate(_forward(best, mode), best, val_loader, loss_fn, device, cfg.amp)
         run.report = write_run_report(out, history, evaluate_outputs(best, va, tune=False), va.probs, va.targets,
