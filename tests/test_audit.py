@@ -112,3 +112,9 @@ def test_an_edited_export_feeds_back_into_the_labels(demo_copy, tmp_path):
     fixed = pd.read_csv(tmp_path / "fixed.csv", dtype=str)
     assert set(fixed.loc[fixed["path"].isin(flipped), "colour"]) == {"red"}
     assert len(fixed) == len(pd.read_csv(demo_copy))
+
+
+def test_the_audit_can_embed_with_a_trained_runs_backbone(demo_copy, tiny_run):
+    result = audit_labels(demo_copy, model=tiny_run, attributes=["colour", "marks"], epochs=3, folds=3)
+    kinds = {s.attribute: isinstance(s.given, list) for s in result.suspects}
+    assert kinds == {"colour": False, "marks": True}  # the run's tag group is read as tags

@@ -22,7 +22,7 @@ from mhtag.data.schema import Attribute, LabelSchema, split_tags
 from mhtag.index.vectors import VectorIndex
 from mhtag.inference.encoder import DEFAULT_BACKBONE, cached_embeddings, resolve_data_config
 from mhtag.inference.fusion import neighbour_shares
-from mhtag.models.backbones import create_backbone
+from mhtag.models.backbones import Backbone, create_backbone
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
 from mhtag.results import AuditResult, DuplicateGroup, Suspect
 from mhtag.training.crossfit import fold_of, out_of_fold_probabilities
@@ -41,17 +41,20 @@ class Witnesses:
     nearest: np.ndarray  # (rows, SHOWN_NEIGHBOURS) positions of the nearest labelled rows of other folds
 
 
-def embed_table(table: LabelTable, model: str | Path | None, backbone: str, image_size: list[int] | None,
-                progress: bool = False) -> np.ndarray:
-    """Frozen embeddings of every usable row (cached on disk): a trained run's backbone, or a named one."""
+def embed_table(table: LabelTable, backbone: Backbone, progress: bool = False) -> np.ndarray:
+    """Frozen embeddings of every usable row, cached on disk."""
+    return cached_embeddings(backbone, table.frame[FILE].tolist(), backbone.data_config, 64, workers=0,
+                             progress=progress)
+
+
+def _backbone(model: str | Path | None, name: str, image_size: list[int] | None) -> tuple[Backbone, set[str]]:
+    """A trained run's backbone (with its tag groups), or the named pretrained one at `image_size`."""
     if model is not None:
-        bb = tagger_from_checkpoint(load_checkpoint(model)).backbone
-        cfg = bb.data_config
-    else:
-        bb = create_backbone(backbone)
-        cfg = resolve_data_config(bb, image_size)
-        bb.data_config = cfg
-    return cached_embeddings(bb, table.frame[FILE].tolist(), cfg, 64, workers=0, progress=progress)
+        tagger = tagger_from_checkpoint(load_checkpoint(model))
+        return tagger.backbone, {a.name for a in tagger.schema.attributes if a.multi}
+    bb = create_backbone(name)
+    bb.data_config = resolve_data_config(bb, image_size)
+    return bb, set()
 
 
 def neighbour_witness(vectors: np.ndarray, labels: dict[str, np.ndarray], schema: LabelSchema, fold: np.ndarray,
@@ -113,10 +116,8 @@ def audit_labels(labels: str | Path, images: str | Path | None = None, model: st
     and a summary. See the module docstring."""
     if folds < 2:
         raise MhtagError(f"folds must be at least 2, not {folds}")
-    if model is not None:
-        multilabel = sorted(set(multilabel) | {a.name for a in tagger_from_checkpoint(load_checkpoint(model))
-                                                .schema.attributes if a.multi})
-    table = drop_unreadable(read_labels(labels, images, multilabel, ignore))
+    bb, tag_groups = _backbone(model, backbone, image_size)
+    table = drop_unreadable(read_labels(labels, images, sorted(set(multilabel) | tag_groups), ignore))
     for s in table.skipped[:20]:
         _logger.warning("skipped %s", s)
     names = _chosen(table, attributes)
@@ -126,7 +127,7 @@ def audit_labels(labels: str | Path, images: str | Path | None = None, model: st
         _logger.warning("attribute %r is not audited: %s", name, why)
     if not schema.attributes:
         raise MhtagError(f"{labels}: no attribute with two or more classes to audit")
-    x = embed_table(table, model, backbone, image_size, progress)
+    x = embed_table(table, bb, progress)
     targets, _ = schema.encode(frame)
     fold = fold_of(len(frame), folds, seed)
     witnesses = neighbour_witness(x, {a.name: _stored_labels(frame, a) for a in schema.attributes}, schema, fold, k)
