@@ -1,1 +1,1 @@
-"""Audits of a labelled image set: data health (`mhtag inspect`)."""
+"""Audits of a labelled image set: data health (`mhtag inspect`) and label noise, duplicates, leaks (`mhtag audit`)."""
