@@ -1,1 +1,2 @@
-"""Audits of a labelled image set: data health (`mhtag inspect`) and label noise, duplicates, leaks (`mhtag audit`)."""
+"""Audits of a labelled image set: data health (`mhtag inspect`); wrong labels, duplicates and split leaks
+(`mhtag audit`)."""
