@@ -62,7 +62,7 @@ def test_bad_config_values_are_refused_before_a_run_folder_exists(monkeypatch, c
 def test_epochs_and_lr_flags_mean_the_same_in_probe_mode(demo, tmp_path):
     r = CliRunner().invoke(cli.app, ["train", "--labels", str(demo), "--backbone", "tiny_cnn", "--mode", "probe",
                                      "--multilabel", "marks", "--epochs", "3", "--lr", "0.02", "--set",
-                                     "num_workers=0", "--out", str(tmp_path / "run")])
+                                     "num_workers=0", "--set", "report=false", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]) == 3

@@ -24,7 +24,7 @@ def test_demo_inspect_train_eval_through_the_cli(tmp_path):
     assert health["rows"] == 80 and health["attributes"]["marks"]["kind"] == "multi"
     assert (tmp_path / "demo" / "classes.png").stat().st_size > 1000
     invoke("train", "--labels", labels, "--multilabel", "marks", "--backbone", "tiny_cnn", "--mode", "probe",
-           "--set", "probe_epochs=3", "--set", "num_workers=0", "--out", tmp_path / "run")
+           "--set", "probe_epochs=3", "--set", "num_workers=0", "--set", "report=false", "--out", tmp_path / "run")
     result = json.loads(invoke("eval", "--model", tmp_path / "run", "--labels", labels, "--json"))
     assert set(result) >= {"heads", "n"} and result["n"] == 16
     assert result["heads"]["shape"]["kind"] == "single" and result["heads"]["marks"]["kind"] == "multi"
