@@ -36,6 +36,7 @@ def checkpoint_state(model: Tagger, config: dict[str, Any], data_config: dict[st
         "data_config": data_config,
         "schema": model.schema.to_dict(),
         "thresholds": model.thresholds_,
+        "temperatures": model.temperatures_,
         "model": model.state_dict(),
         **(extra or {}),
     }
@@ -52,6 +53,7 @@ def tagger_from_checkpoint(state: dict[str, Any]) -> Tagger:
                    cfg["dropout"])
     model.load_state_dict(state["model"])
     model.thresholds_ = {k: list(v) for k, v in state["thresholds"].items()}
+    model.temperatures_ = {k: float(v) for k, v in state.get("temperatures", {}).items()}
     return model.eval()
 
 

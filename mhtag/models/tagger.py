@@ -31,6 +31,7 @@ class Tagger(nn.Module):
             a.name: make_head(self.num_features, a.num_outputs, head, head_hidden, dropout)
             for a in schema.attributes
         })
+        self.temperatures_: dict[str, float] = {}  # per single-label head, fitted on val after training
         self.thresholds_: dict[str, list[float]] = {
             a.name: [0.5] * a.num_outputs for a in schema.attributes if a.multi
         }
@@ -46,6 +47,7 @@ class Tagger(nn.Module):
         return self.forward_heads(self.forward_features(x))
 
     def probabilities(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Softmax for single-label heads, sigmoid for tag groups."""
-        return {a.name: torch.sigmoid(logits[a.name].float()) if a.multi else torch.softmax(logits[a.name].float(), -1)
+        """Softmax (over logits / the head's temperature) for single-label heads, sigmoid for tag groups."""
+        return {a.name: torch.sigmoid(logits[a.name].float()) if a.multi
+                else torch.softmax(logits[a.name].float() / self.temperatures_.get(a.name, 1.0), -1)
                 for a in self.schema.attributes}

@@ -34,7 +34,8 @@ from mhtag.models.checkpoint import checkpoint_state, load_checkpoint, save_chec
 from mhtag.models.loss import MultiHeadLoss
 from mhtag.models.tagger import Tagger
 from mhtag.report.html import write_run_report
-from mhtag.training.metrics import head_metrics, mean_macro_f1, tune_thresholds
+from mhtag.training.calibration import apply_temperature, fit_temperatures
+from mhtag.training.metrics import expected_calibration_error, head_metrics, mean_macro_f1, tune_thresholds
 from mhtag.training.optim import cosine_with_warmup, make_optimizer
 
 _logger = logging.getLogger(__name__)
@@ -331,13 +332,33 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
         raise MhtagError("training stopped before the first epoch finished; nothing was saved")
     best = tagger_from_checkpoint(load_checkpoint(out / "best.pt"))
     run = Run(out, best, cfg, data_config, history, table.skipped, dropped, interrupted)
-    if dist.is_main and not interrupted and cfg.report:
+    if dist.is_main and not interrupted:
         best.to(device)
         va = validate(_forward(best, mode), best, val_loader, loss_fn, device, cfg.amp)
-        run.report = write_run_report(out, history, evaluate_outputs(best, va, tune=False), va.probs, va.targets,
-                                      best.schema, title=f"mhtag run {out.name} ({mode}, {cfg.backbone})")
+        _calibrate(best, va, out, cfg, data_config, extra)
+        if cfg.report:
+            run.report = write_run_report(out, history, evaluate_outputs(best, va, tune=False), va.probs,
+                                          va.targets, best.schema,
+                                          title=f"mhtag run {out.name} ({mode}, {cfg.backbone})")
         best.cpu()
     return run
+
+
+def _calibrate(best: Tagger, va: EpochResult, out: Path, cfg: TrainConfig, data_config: dict[str, Any],
+               extra: dict[str, Any]) -> None:
+    """Temperatures fitted on the validation rows, stored in best.pt; `va` becomes the calibrated outputs."""
+    def ece(name: str) -> float:
+        keep = va.targets[name] >= 0
+        return expected_calibration_error(va.probs[name][keep], va.targets[name][keep]) if keep.any() else 0.0
+
+    before = {a.name: ece(a.name) for a in best.schema.attributes if not a.multi}
+    best.temperatures_ = fit_temperatures(best.schema, va.probs, va.targets)
+    for name, t in best.temperatures_.items():
+        va.probs[name] = apply_temperature(va.probs[name], t)
+        _logger.info("%s: temperature %.3f, val ECE %.3f -> %.3f", name, t, before[name], ece(name))
+    state = load_checkpoint(out / "best.pt")
+    save_checkpoint({**checkpoint_state(best, cfg.to_dict(), data_config, {**extra, "epoch": state.get("epoch")}),
+                     "ece_before_calibration": before}, out / "best.pt")
 
 
 def _restore(state: dict[str, Any], optimizer, scheduler) -> tuple[list[dict[str, Any]], int]:
