@@ -13,7 +13,7 @@ from mhtag.core.errors import ImageError, MhtagError, NotFoundError
 from mhtag.data.images import decode_image
 from mhtag.index.build import add_images, delete_row
 from mhtag.index.search import Source, index_attributes, index_health, search
-from mhtag.index.store import open_table, read_columns
+from mhtag.index.store import snapshot
 from mhtag.results import (
     Added,
     Attributes,
@@ -148,11 +148,12 @@ def row(rid: int, svc: ServiceDep) -> RowDetail:
 
 
 def _stored_file(svc: Service, rid: int) -> dict:
-    """The path the index holds for a row id: the only way a file is ever opened."""
-    rows = read_columns(open_table(svc.db), ["path", "id"], where=f"rid = {int(rid)}").to_pylist()
-    if not rows:
+    """The path the index holds for a row id (from the in-memory snapshot): the only way a file is opened."""
+    snap = snapshot(svc.db)
+    pos = snap.position(rid)
+    if pos is None:
         raise NotFoundError(f"no row with id {rid}")
-    return rows[0]
+    return {"path": snap.rows.column("path")[pos].as_py(), "id": snap.rows.column("id")[pos].as_py()}
 
 
 @router.get("/images/{rid}", response_class=FileResponse)
