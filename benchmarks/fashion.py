@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import torch
-from mhtag.config import load_config, parse_overrides
-from mhtag.evaluate import evaluate
-from mhtag.train import fit
+
+from mhtag.core.config import load_config, parse_overrides
+from mhtag.training.evaluate import evaluate
+from mhtag.training.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "fashion12k"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from mhtag.predict import predict
 from sklearn.metrics import accuracy_score, f1_score
 
-from mhtag.index import index_images
+from mhtag.index.build import index_images
+from mhtag.index.predict import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "fashion12k"

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import torch
-from mhtag.predict import load_encoder
-from mhtag.runtime import auto_workers
 
-from mhtag.index import index_images
+from mhtag.core.runtime import auto_workers
+from mhtag.index.build import index_images
+from mhtag.inference.encoder import load_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "fashion12k"

@@ -20,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from mhtag.search import search
-from mhtag.store import IndexMeta, StoredAttribute, arrow_schema, open_table, snapshot, write_meta
+
+from mhtag.index.columns import StoredAttribute, arrow_schema
+from mhtag.index.meta import IndexMeta, write_meta
+from mhtag.index.search import search
+from mhtag.index.store import open_table, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 FILTERS = {"half": ("v0", 2), "twenty": ("v0", 20), "thousand": ("v0", 1000)}  # value, number of values

@@ -17,8 +17,16 @@ def test_unknown_key_is_refused_with_the_valid_keys(tmp_path):
         load_config(overrides={"epoch": 3})
 
 
+def test_exponent_floats_are_read_although_yaml_1_1_leaves_them_strings(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("lr: 1e-4\n")
+    assert load_config(preset, parse_overrides(["probe_lr=3e-3"])).lr == 1e-4
+    assert load_config(overrides=parse_overrides(["probe_lr=3e-3"])).probe_lr == 3e-3
+
+
 @pytest.mark.parametrize("key,value", [("epochs", "three"), ("epochs", 2.5), ("multilabel", "tags"),
-                                       ("mode", "train"), ("aug_forbid", {"colour": ["blur"]})])
+                                       ("mode", "train"), ("aug_forbid", {"colour": ["blur"]}), ("lr", "fast"),
+                                       ("keep", "probe"), ("patience", 0)])
 def test_wrong_types_and_values_are_refused(key, value):
     with pytest.raises(MhtagError):
         load_config(overrides={key: value})

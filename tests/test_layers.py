@@ -15,7 +15,7 @@ LAYERS = [
     ("models", ["backbones", "tagger", "loss", "checkpoint"]),
     ("report", ["text", "html", "sheets", "audit"]),
     ("inference", ["encoder", "fusion"]),
-    ("training", ["metrics", "calibration", "optim", "fit", "evaluate", "crossfit"]),
+    ("training", ["metrics", "calibration", "optim", "batches", "fit", "evaluate", "crossfit"]),
     ("index", ["columns", "meta", "vectors", "store", "neighbours", "predict", "build", "search"]),
     ("audit", ["health", "labels"]),
     ("server", ["service", "api", "app"]),

@@ -31,7 +31,7 @@ def train(labels: Labels, images: Images = None,
     """Train one model with a head per attribute of the labels CSV."""
     prepare()
     from mhtag.core.config import load_config, parse_overrides, read_preset
-    from mhtag.report.text import metrics_table
+    from mhtag.report.text import comparison_lines, metrics_table
     from mhtag.training.fit import fit, resumed_config
 
     flags = {"mode": mode.value if mode else None, "backbone": backbone, "epochs": epochs,
@@ -55,8 +55,11 @@ def train(labels: Labels, images: Images = None,
     if best:
         typer.echo(f"best epoch {best['epoch'] + 1}: mean val macro-F1 {best['score']:.4f}")
         typer.echo(metrics_table(best["heads"]))
+    for line in comparison_lines(run.comparison, run.kept, cfg.keep):
+        typer.echo(line)
     if run.interrupted:
-        typer.echo(f"interrupted: {run.dir / 'best.pt'} (best so far) and {run.dir / 'last.pt'} are kept; "
-                   f"continue with `mhtag train --labels {labels} --out {run.dir} --resume`", err=True)
+        kept = ", ".join(str(p) for p in sorted(run.dir.rglob("*.pt")))
+        typer.echo(f"interrupted: kept {kept}; continue with `mhtag train --labels {labels} --out {run.dir} "
+                   "--resume`", err=True)
         raise typer.Exit(130)
     typer.echo(f"run saved in {run.dir}" + (f" (report: {run.report})" if run.report else ""))

@@ -19,9 +19,10 @@ import yaml
 from mhtag.core.errors import MhtagError
 
 MODES = ("auto", "probe", "finetune")
+KEEP = ("best-of", "finetune")
 AUG_OPS = ("hflip", "hue", "saturation")
 # What `train --resume` may change: the schedule. Architecture, schema and preprocessing stay as saved.
-RESUMABLE_KEYS = ("epochs", "probe_epochs", "max_minutes", "lr", "probe_lr")
+RESUMABLE_KEYS = ("epochs", "probe_epochs", "max_minutes", "lr", "probe_lr", "patience")
 
 
 @dataclass
@@ -58,6 +59,10 @@ class TrainConfig:
     num_workers: int = -1  # decoding processes; -1 = auto (see runtime.auto_workers)
     seed: int = 0
     max_minutes: float | None = None  # stop finetuning after this long, keeping the best checkpoint
+    patience: int | None = None  # stop after this many epochs without a better val macro-F1; None = off
+    # finetune only: heads first trained on frozen features (the probe), then the whole network from them (LP-FT)
+    lp_ft: bool = True
+    keep: str = "best-of"  # best-of: ship the probe if its val macro-F1 beats the fine-tune's | finetune
     report: bool = True  # write report.html (confusion matrices, curves) at the end
 
     def resolved_mode(self, cuda: bool) -> str:
@@ -91,6 +96,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
 def _validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.mode not in MODES:
         raise MhtagError(f"mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
+    if cfg.keep not in KEEP:
+        raise MhtagError(f"keep must be one of {', '.join(KEEP)}, not {cfg.keep!r}")
     if cfg.head not in ("linear", "mlp"):
         raise MhtagError(f"head must be 'linear' or 'mlp', not {cfg.head!r}")
     if cfg.class_weights not in ("none", "sqrt", "inverse"):
@@ -111,7 +118,7 @@ _RANGES = {
     "head_hidden": (1, True, None), "min_count": (0, True, None), "lr": (0, False, None),
     "probe_lr": (0, False, None), "backbone_lr_mult": (0, True, None), "weight_decay": (0, True, None),
     "dropout": (0, True, 1), "label_smoothing": (0, True, 1), "class_weight_cap": (0, False, None),
-    "max_minutes": (0, False, None),
+    "max_minutes": (0, False, None), "patience": (1, True, None),
 }
 
 
@@ -127,6 +134,18 @@ def _check_ranges(cfg: TrainConfig) -> None:
             raise MhtagError(f"config key {key!r} must be {bound}, not {value}")
 
 
+def _as_float(value: Any) -> Any:
+    """Ints, and strings such as "1e-4" that YAML 1.1 leaves unparsed (it wants "1.0e-4"), as floats."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     """Apply `values` over `base` (or the defaults), refusing unknown keys and wrong types."""
     hints = typing.get_type_hints(TrainConfig)
@@ -134,8 +153,8 @@ def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) ->
     for key, value in values.items():
         if key not in hints:
             raise MhtagError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(hints))}")
-        if isinstance(value, int) and not isinstance(value, bool) and hints[key] in (float, float | None):
-            value = float(value)
+        if hints[key] in (float, float | None):
+            value = _as_float(value)
         if not _type_ok(value, hints[key]):
             raise MhtagError(f"config key {key!r} expects {hints[key]}, got {value!r}")
         merged[key] = value

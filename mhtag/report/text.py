@@ -26,6 +26,22 @@ def metrics_table(heads: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def comparison_lines(comparison: list, kept: str, keep: str) -> list[str]:
+    """The end of a fine-tune: one line per head where it lost to the probe on validation, then which model the
+    run ships. `comparison` holds objects with `name`, `probe` and `finetune` (validation macro-F1)."""
+    lines = [f"fine-tune below the probe on {c.name}: val macro-F1 {c.finetune:.4f} < {c.probe:.4f}"
+             for c in comparison if c.finetune < c.probe]
+    if not comparison:
+        return lines
+    if kept == "probe":
+        lines.append("kept the probe (better mean val macro-F1): best.pt holds the frozen backbone and the probe's "
+                     "heads")
+    elif lines:
+        lines.append("kept the fine-tune" + (" (keep=finetune)" if keep == "finetune"
+                                             else " (better mean val macro-F1)"))
+    return lines
+
+
 def health_text(h: dict[str, Any]) -> str:
     lines = [f"rows: {h['rows']} usable, {len(h['skipped'])} skipped", f"splits: {h['splits']}"]
     for name, a in h["attributes"].items():

@@ -10,7 +10,7 @@ from torch import nn
 from mhtag.data.schema import LabelSchema
 from mhtag.models.loss import MultiHeadLoss
 from mhtag.models.tagger import make_head
-from mhtag.training.fit import TensorBatches
+from mhtag.training.batches import TensorBatches
 from mhtag.training.optim import cosine_with_warmup
 
 

@@ -2,6 +2,11 @@
 
 The run folder holds `last.pt` (resumable state), `best.pt` (best mean validation macro-F1), `config.json`,
 `schema.json`, `metrics.json` (per epoch, per head) and `report.html`.
+
+A fine-tune is LP-FT: the probe trains first (in `probe/`, seconds on cached embeddings), then the whole network
+trains from the probe's heads (`lp_ft`), so random heads never push their gradients into the pretrained features.
+The probe is also the baseline every fine-tune is compared with, per head, at its end; with `keep: best-of` a
+fine-tune that ends below it on validation ships the probe instead.
 """
 
 from __future__ import annotations
@@ -9,37 +14,45 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 
 from mhtag.core.config import RESUMABLE_KEYS, TrainConfig, config_from_dict
 from mhtag.core.errors import MhtagError
-from mhtag.core.io import atomic_write_json, atomic_write_text
+from mhtag.core.io import atomic_path, atomic_write_json, atomic_write_text
 from mhtag.core.runtime import DistInfo, autocast, default_device, init_distributed, progress_bar, seed_everything
-from mhtag.data.datasets import ImageDataset
-from mhtag.data.labels import FILE, LabelTable, Skipped, drop_unreadable, read_labels
+from mhtag.data.labels import Skipped
 from mhtag.data.schema import LabelSchema
-from mhtag.data.transforms import build_transform, forbidden_augmentations
-from mhtag.inference.encoder import cached_embeddings, loader_kwargs, resolve_data_config
+from mhtag.inference.encoder import resolve_data_config
 from mhtag.models.backbones import create_backbone
 from mhtag.models.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
 from mhtag.models.loss import MultiHeadLoss
 from mhtag.models.tagger import Tagger
 from mhtag.report.html import write_run_report
+from mhtag.training.batches import make_loaders, prepare_data
 from mhtag.training.calibration import apply_temperature, fit_temperatures
 from mhtag.training.metrics import expected_calibration_error, head_metrics, mean_macro_f1, tune_thresholds
 from mhtag.training.optim import cosine_with_warmup, make_optimizer
 
 _logger = logging.getLogger(__name__)
-PROBE_BATCH = 256
+PROBE_DIR = "probe"  # a fine-tune's phase one, inside its run folder
+
+
+@dataclass
+class HeadComparison:
+    """One head's best validation macro-F1 under the probe and under the fine-tune."""
+
+    name: str
+    probe: float
+    finetune: float
 
 
 @dataclass
@@ -53,6 +66,8 @@ class Run:
     dropped: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
     report: Path | None = None  # report.html, when the run finished
+    kept: str = ""  # which model best.pt holds: "probe" or "finetune"
+    comparison: list[HeadComparison] = field(default_factory=list)  # fine-tunes: per head, vs the probe
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -145,75 +160,13 @@ def evaluate_outputs(tagger: Tagger, result: EpochResult, tune: bool) -> dict[st
     return head_metrics(tagger.schema, result.probs, result.targets, thresholds)
 
 
-# ---------------------------------------------------------------- data
-
-
-def prepare_data(cfg: TrainConfig, labels: str | Path, images: str | Path | None) -> tuple[LabelTable, Any, Any]:
-    table = drop_unreadable(read_labels(labels, images, cfg.multilabel, cfg.ignore))
-    for s in table.skipped[:20]:
-        _logger.warning("skipped %s", s)
-    if table.skipped:
-        _logger.warning("skipped %d row(s) of %s", len(table.skipped), labels)
-    train, val = table.split("train"), table.split("val")
-    if len(train) == 0:
-        raise MhtagError(f"{labels}: no usable training rows")
-    if len(val) == 0:  # no validation split given: hold out every 10th training row
-        val, train = train.iloc[::10].reset_index(drop=True), train.drop(index=train.index[::10]).reset_index(drop=True)
-        _logger.warning("no 'val' rows: holding out %d training rows for validation", len(val))
-    return table, train, val
-
-
-class TensorBatches:
-    """Mini-batches of in-memory feature rows (the probe's data): no per-sample Dataset/DataLoader overhead.
-    Shuffled by a generator the loop re-seeds each epoch, so a resumed run sees the same order."""
-
-    def __init__(self, x: np.ndarray, targets: dict[str, np.ndarray], batch_size: int, shuffle: bool,
-                 generator: torch.Generator | None = None):
-        self.x = torch.from_numpy(x)
-        self.y = {k: torch.from_numpy(v) for k, v in targets.items()}
-        self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
-        self.drop_last = shuffle and len(self.x) > batch_size
-
-    def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self):
-        n = len(self.x)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self.x[idx], {k: v[idx] for k, v in self.y.items()}
-
-
-def _loaders(model: Tagger, cfg: TrainConfig, mode: str, train_df, val_df, y_train, y_val, data_config,
-             device: torch.device, dist: DistInfo, generator: torch.Generator, progress: bool):
-    if mode == "probe":
-        def embed(df) -> np.ndarray:
-            return cached_embeddings(model.backbone, df[FILE].tolist(), data_config, cfg.batch_size, device,
-                                     cfg.num_workers, progress=progress)
-
-        return (TensorBatches(embed(train_df), y_train, PROBE_BATCH, True, generator),
-                TensorBatches(embed(val_df), y_val, PROBE_BATCH * 2, False))
-    forbid = forbidden_augmentations(model.schema.names, cfg.aug_forbid)
-    train_ds = ImageDataset(train_df[FILE].tolist(), build_transform(data_config, train=cfg.augment, forbid=forbid),
-                            y_train)
-    val_ds = ImageDataset(val_df[FILE].tolist(), build_transform(data_config), y_val)
-    kw = loader_kwargs(device, cfg.num_workers)
-    sampler = DistributedSampler(train_ds, seed=cfg.seed) if dist.enabled else None
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                              drop_last=len(train_ds) > cfg.batch_size, generator=generator, **kw)
-    return train_loader, DataLoader(val_ds, batch_size=cfg.batch_size * 2, **kw)
-
-
 # ---------------------------------------------------------------- resuming
 
 
 def resumed_config(out: str | Path, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, tuple[Any, Any]]]:
     """The saved config of the run in `out`, with schedule `overrides` applied (RESUMABLE_KEYS); returns it and
     {key: (old, new)} for what changed. Anything else (architecture, schema, preprocessing) stays as saved."""
-    state = load_checkpoint(out, "last.pt")
-    saved = config_from_dict(state["config"])
+    saved = _saved_config(Path(out))
     fixed = {k: v for k, v in overrides.items() if k not in RESUMABLE_KEYS and v != getattr(saved, k, v)}
     if fixed:
         raise MhtagError(f"a resumed run keeps its saved {', '.join(sorted(fixed))}; only "
@@ -221,6 +174,27 @@ def resumed_config(out: str | Path, overrides: dict[str, Any]) -> tuple[TrainCon
     changes = {k: (getattr(saved, k), v) for k, v in overrides.items()
                if k in RESUMABLE_KEYS and getattr(saved, k) != v}
     return config_from_dict({k: new for k, (_, new) in changes.items()}, saved), changes
+
+
+def _saved_config(out: Path) -> TrainConfig:
+    if not (out / "last.pt").exists() and (out / PROBE_DIR).is_dir() and (out / "config.json").is_file():
+        saved = json.loads((out / "config.json").read_text())  # a fine-tune stopped in its probe phase
+        saved.pop("resolved_mode", None)
+        return config_from_dict(saved)
+    return config_from_dict(load_checkpoint(out, "last.pt")["config"])
+
+
+def _resume_state(out: Path, resume: bool) -> dict[str, Any] | None:
+    if not resume:
+        if (out / "best.pt").exists() or (out / PROBE_DIR / "best.pt").exists():
+            raise MhtagError(f"{out} already holds a trained run; pass --resume to continue it or choose another "
+                             "--out")
+        return None
+    if not (out / "last.pt").exists() and (out / PROBE_DIR).is_dir():
+        return None  # stopped during the probe phase: the fine-tune starts fresh after it
+    state = load_checkpoint(out, "last.pt")
+    _logger.info("resuming %s after epoch %d", out, state["epoch"] + 1)
+    return state
 
 
 # ---------------------------------------------------------------- the loop
@@ -233,19 +207,72 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
     With `resume`, training continues from `out/last.pt`: the model (backbone included) comes from the checkpoint
     before anything is embedded, and `cfg` should come from `resumed_config`."""
     out = Path(out)
-    state = None
-    if resume:
-        state = load_checkpoint(out, "last.pt")
-        _logger.info("resuming %s after epoch %d", out, state["epoch"] + 1)
-    elif (out / "best.pt").exists():
-        raise MhtagError(f"{out} already holds a trained run; pass --resume to continue it or choose another --out")
+    state = _resume_state(out, resume)
     dist = init_distributed()
     device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else default_device()
     mode = state["mode"] if state else cfg.resolved_mode(device.type == "cuda")
-    if mode == "probe" and dist.enabled:
-        raise MhtagError("probe mode trains in one process in seconds; run it without torchrun")
-    seed_everything(cfg.seed)
+    if mode == "probe":
+        if dist.enabled:
+            raise MhtagError("probe mode trains in one process in seconds; run it without torchrun")
+        return _train(cfg, labels, images, out, state, dist, device, "probe", progress)
+    if dist.is_main:
+        atomic_write_text(out / "config.json", json.dumps({**cfg.to_dict(), "resolved_mode": mode}, indent=2))
+    probe = _probe_phase(cfg, labels, images, out, resume, dist, device, progress)
+    if probe.interrupted:
+        return probe
+    start = probe.model if cfg.lp_ft and state is None else None
+    run = _train(cfg, labels, images, out, state, dist, device, "finetune", progress, start)
+    if not run.interrupted:
+        _keep_better(run, probe, cfg, dist)
+    return run
 
+
+def _probe_phase(cfg: TrainConfig, labels, images, out: Path, resume: bool, dist: DistInfo, device: torch.device,
+                 progress: bool) -> Run:
+    """The fine-tune's phase one, run once in `out/probe` (by rank 0; the other ranks wait for it)."""
+    folder = out / PROBE_DIR
+    probe_cfg = config_from_dict({"mode": "probe", "report": False}, cfg)
+    if dist.is_main and not _finished(folder):
+        state = load_checkpoint(folder, "last.pt") if resume and (folder / "last.pt").exists() else None
+        _logger.info("phase 1/2: heads on frozen features (%d epochs)", cfg.probe_epochs)
+        run = _train(probe_cfg, labels, images, folder, state, DistInfo(), device, "probe", progress)
+        if run.interrupted:
+            return replace(run, dir=out)
+    _rank0_value(None, dist)  # a barrier
+    state = load_checkpoint(folder)
+    history = json.loads((folder / "metrics.json").read_text())["epochs"]
+    return Run(folder, tagger_from_checkpoint(state), probe_cfg, state["data_config"], history, kept="probe")
+
+
+def _finished(folder: Path) -> bool:
+    """A run that got to its end: its best.pt carries the calibration written last."""
+    return (folder / "best.pt").exists() and "ece_before_calibration" in load_checkpoint(folder)
+
+
+def _keep_better(run: Run, probe: Run, cfg: TrainConfig, dist: DistInfo) -> None:
+    """Compare the fine-tune with the probe per head on validation; with `keep: best-of`, best.pt becomes the
+    better of the two by mean macro-F1."""
+    tuned, frozen = run.best, probe.best
+    run.comparison = [HeadComparison(name, frozen["heads"][name]["macro_f1"], m["macro_f1"])
+                      for name, m in tuned["heads"].items() if "macro_f1" in m]
+    run.kept = "finetune"
+    if cfg.keep == "best-of" and frozen["score"] > tuned["score"]:
+        run.kept, run.model = "probe", probe.model
+        if dist.is_main:
+            with atomic_path(run.dir / "best.pt") as tmp:
+                shutil.copyfile(probe.dir / "best.pt", tmp)
+    if dist.is_main:
+        metrics = json.loads((run.dir / "metrics.json").read_text())
+        atomic_write_json(run.dir / "metrics.json", {**metrics, "kept": run.kept, "probe_score": frozen["score"],
+                                                     "comparison": [asdict(c) for c in run.comparison]})
+    _rank0_value(None, dist)
+
+
+def _train(cfg: TrainConfig, labels, images, out: Path, state: dict[str, Any] | None, dist: DistInfo,
+           device: torch.device, mode: str, progress: bool, start: Tagger | None = None) -> Run:
+    """One training phase: `mode`'s epochs, checkpoints, calibration and report. A fresh fine-tune starts from the
+    heads of `start` (the probe) when given."""
+    seed_everything(cfg.seed)
     table, train_df, val_df = prepare_data(cfg, labels, images)
     if state is not None:
         model = tagger_from_checkpoint(state).train()
@@ -262,6 +289,8 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
         backbone.data_config = data_config
         model = Tagger(backbone, schema, cfg.head, cfg.head_hidden, cfg.dropout)
     schema = model.schema
+    if start is not None:
+        _copy_heads(start, model)
     if mode == "probe":
         model.backbone.requires_grad_(False)
     (y_train, _), (y_val, _) = schema.encode(train_df), schema.encode(val_df)
@@ -269,8 +298,8 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
                             cfg.label_smoothing, n_train=len(train_df)).to(device)
     epochs = cfg.probe_epochs if mode == "probe" else cfg.epochs
     generator = torch.Generator()
-    train_loader, val_loader = _loaders(model, cfg, mode, train_df, val_df, y_train, y_val, data_config, device,
-                                        dist, generator, progress)
+    train_loader, val_loader = make_loaders(model, cfg, mode, train_df, val_df, y_train, y_val, data_config,
+                                            device, dist, generator, progress)
     model.to(device)
     optimizer = make_optimizer(model, cfg, mode)
     scheduler = cosine_with_warmup(optimizer, epochs * len(train_loader))
@@ -318,9 +347,9 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                  "rng": torch.get_rng_state(), "history": history}, out / "last.pt")
                 atomic_write_json(out / "metrics.json", {"mode": mode, "epochs": history})
-            if _rank0_says(time.monotonic() > deadline, dist):
-                _logger.warning("stopping after epoch %d: max_minutes=%s reached (continue with --resume "
-                                "--set max_minutes=...)", epoch + 1, cfg.max_minutes)
+            stop = _rank0_value(_stop_reason(cfg, history, deadline) if dist.is_main else None, dist)
+            if stop:
+                _logger.warning("stopping after epoch %d: %s", epoch + 1, stop)
                 break
     except KeyboardInterrupt:
         interrupted = True
@@ -331,7 +360,7 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
     if not (out / "best.pt").exists():
         raise MhtagError("training stopped before the first epoch finished; nothing was saved")
     best = tagger_from_checkpoint(load_checkpoint(out / "best.pt"))
-    run = Run(out, best, cfg, data_config, history, table.skipped, dropped, interrupted)
+    run = Run(out, best, cfg, data_config, history, table.skipped, dropped, interrupted, kept=mode)
     if dist.is_main and not interrupted:
         best.to(device)
         va = validate(_forward(best, mode), best, val_loader, loss_fn, device, cfg.amp)
@@ -379,13 +408,29 @@ def _forward(model: torch.nn.Module, mode: str):
     return model.forward_heads if mode == "probe" else model
 
 
-def _rank0_says(decision: bool, dist: DistInfo) -> bool:
-    """Every process follows rank 0 (its clock decides when max_minutes is up); also the epoch barrier."""
+def _stop_reason(cfg: TrainConfig, history: list[dict[str, Any]], deadline: float) -> str | None:
+    if cfg.patience and history:
+        best = max(history, key=lambda h: h["score"])["epoch"]
+        if history[-1]["epoch"] - best >= cfg.patience:
+            return f"no better validation macro-F1 in {cfg.patience} epoch(s) (patience)"
+    if time.monotonic() > deadline:
+        return f"max_minutes={cfg.max_minutes} reached (continue with --resume --set max_minutes=...)"
+    return None
+
+
+def _rank0_value(value: Any, dist: DistInfo) -> Any:
+    """Every process follows rank 0 (its clock and its validation decide when to stop); also a barrier."""
     if not dist.enabled:
-        return decision
-    flag = [decision]
-    torch.distributed.broadcast_object_list(flag, src=0)
-    return bool(flag[0])
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _copy_heads(source: Tagger, target: Tagger) -> None:
+    target.heads.load_state_dict(source.heads.state_dict())
+    target.feature_norm.load_state_dict(source.feature_norm.state_dict())
+    target.thresholds_ = {k: list(v) for k, v in source.thresholds_.items()}
 
 
 def _log_epoch(h: dict[str, Any], epochs: int, mode: str) -> None:
