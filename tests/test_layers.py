@@ -16,11 +16,13 @@ LAYERS = [
     ("report", ["text", "html", "sheets", "audit"]),
     ("inference", ["encoder", "fusion"]),
     ("training", ["metrics", "calibration", "optim", "batches", "fit", "evaluate", "crossfit"]),
-    ("index", ["columns", "meta", "vectors", "store", "neighbours", "predict", "build", "search"]),
+    ("index", ["columns", "filters", "meta", "vectors", "store", "neighbours", "predict", "rows", "raydata", "build",
+               "synthetic", "ann", "search"]),
     ("audit", ["health", "labels"]),
     ("server", ["service", "api", "app"]),
     ("cli", ["app", "audit", "backbones", "demo", "evaluate", "index", "inspect", "predict", "search", "serve",
              "train"]),
+    ("__main__", []),
 ]
 RANK = {}
 for p, (package, modules) in enumerate(LAYERS):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +11,11 @@ import typer
 
 from mhtag.cli.app import AsJson, Db, Multilabel, app, echo_json, is_rank0, prepare
 from mhtag.report.text import shown
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 @app.command()
@@ -22,7 +28,15 @@ def index(folder: Annotated[Path, typer.Argument(help="folder of images, walked 
           verify: Annotated[bool, typer.Option(help="also compare content hashes of files whose size and mtime "
                                                     "are unchanged (reads every file)")] = False,
           batch_size: Annotated[int, typer.Option(min=1)] = 64,
+          commit_every: Annotated[int, typer.Option(min=1, help="rows per atomic commit (what a killed run can "
+                                                               "lose and redo)")] = 512,
           workers: Annotated[Optional[int], typer.Option(min=0, help="decoding processes (default: auto)")] = None,
+          engine: Annotated[Engine, typer.Option(help="local: this process (or one shard per torchrun process); "
+                                                      "ray: Ray Data, on RAY_ADDRESS's cluster or a local Ray "
+                                                      "(pip install -e '.[ray]')")] = Engine.local,
+          build_ann: Annotated[bool, typer.Option(help="then build LanceDB's vector (IVF_PQ) and scalar indexes "
+                                                       "for `search --engine lance` (refresh after bulk appends)")
+                               ] = False,
           as_json: AsJson = False) -> None:
     """Embed and tag every image under FOLDER into a LanceDB index (incremental, resumable)."""
     prepare()
@@ -30,9 +44,16 @@ def index(folder: Annotated[Path, typer.Argument(help="folder of images, walked 
     from mhtag.index.store import DEFAULT_DB
 
     r = index_images(folder, db or DEFAULT_DB, model, labels, multilabel or [], rebuild, prune, batch_size,
-                     workers=workers, progress=sys.stderr.isatty(), verify=verify)
+                     commit_every, workers=workers, progress=sys.stderr.isatty(), verify=verify, engine=engine.value)
     if not is_rank0():
         return
+    if build_ann:
+        from mhtag.index.ann import build_ann as build
+        from mhtag.index.meta import require_meta
+
+        ann = build(r.db, require_meta(r.db))
+        typer.echo(f"ANN: vector index {ann.vector_index}, scalar indexes on {len(ann.scalar_indexes)} columns, "
+                   f"{ann.seconds:.1f}s", err=as_json)
     if as_json:
         echo_json(r.model_copy(update={"ids": []}))
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,6 +10,12 @@ import typer
 
 from mhtag.cli.app import AsJson, Db, SourceChoice, app, echo_json, prepare
 from mhtag.core.errors import MhtagError
+
+
+class SearchEngine(str, Enum):
+    auto = "auto"
+    memory = "memory"
+    lance = "lance"
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
@@ -30,6 +37,10 @@ def search(ctx: typer.Context, db: Db = None,
            facets: Annotated[bool, typer.Option(help="count the matched rows per attribute value")] = False,
            disputed: Annotated[bool, typer.Option(help="only rows whose known label and prediction differ")
                                ] = False,
+           engine: Annotated[SearchEngine, typer.Option(help="memory: the table in RAM (FAISS); lance: LanceDB's own "
+                                                              "indexes (see `mhtag index --build-ann`), for tables "
+                                                              "larger than RAM; auto: lance past the memory budget")
+                             ] = SearchEngine.auto,
            as_json: AsJson = False,
            sheet: Annotated[Optional[Path], typer.Option(help="write a contact sheet (.jpg/.png) of the results")
                             ] = None) -> None:
@@ -46,7 +57,7 @@ def search(ctx: typer.Context, db: Db = None,
     if sheet:
         check_sheet_path(sheet)
     result = run_search(db, pairs, where, like, limit, min_confidence, source.value, offset=offset,
-                        like_id=like_id, facets=facets, disputed=disputed)
+                        like_id=like_id, facets=facets, disputed=disputed, engine=engine.value)
     names = [a.name for a in require_meta(db).attributes]
     if as_json:
         echo_json(result)

@@ -13,11 +13,9 @@ import io
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from lancedb.expr import col
 from PIL import Image
@@ -25,29 +23,20 @@ from PIL import Image
 from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.core.io import atomic_write_bytes
 from mhtag.core.runtime import DistInfo, init_distributed
-from mhtag.data.datasets import FileFacts
 from mhtag.data.images import decode_image, walk_images
-from mhtag.data.labels import absolute, hash_split, read_csv_frame, read_labels
+from mhtag.data.labels import absolute, read_csv_frame, read_labels
 from mhtag.data.schema import AttributeKind, check_distinct_columns, encode_tags, is_blank, split_tags
 from mhtag.index.columns import StoredAttribute, arrow_schema, rid_for
 from mhtag.index.meta import IndexMeta, read_meta, write_meta
 from mhtag.index.neighbours import calibrate_fusion
 from mhtag.index.predict import check_compatible
+from mhtag.index.rows import KnownLabels, Plan, Written, row_of
 from mhtag.index.store import DEFAULT_DB, drop_table, open_table, read_columns, writer_lock
 from mhtag.inference.encoder import DEFAULT_BACKBONE, Batch, Encoder, load_encoder
 from mhtag.results import Added, Deleted, Failure, IndexReport
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass
-class KnownLabels:
-    """Known labels, keyed by the image's path relative to the indexed folder."""
-
-    by_rel: dict[str, dict[str, str]]  # stored form: tags as |a|b|
-    splits: dict[str, str]
-    kinds: dict[str, AttributeKind]
-    unmatched: int = 0  # label rows that match no file under the folder
+ENGINES = ("local", "ray")
 
 
 def read_known_labels(labels: str | Path, root: Path, multilabel: list[str], enc: Encoder) -> KnownLabels:
@@ -112,17 +101,6 @@ def _build_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, 
 # ---------------------------------------------------------------- plan
 
 
-@dataclass
-class Plan:
-    """What a run must do, from the files under `root` and the rows already indexed from there."""
-
-    files: dict[str, Path]  # rel -> file
-    todo: list[str] = field(default_factory=list)  # rel paths to embed (new or changed)
-    changed: list[int] = field(default_factory=list)  # rids to delete before their re-embedded rows land
-    vanished: list[int] = field(default_factory=list)  # rids whose file is gone
-    unchanged: int = 0
-
-
 def _sha1_file(path: Path) -> str:
     h = hashlib.sha1()
     with path.open("rb") as fh:
@@ -174,38 +152,6 @@ def _delete(table, rids: list[int], chunk: int = 2000) -> None:
 
 
 # ---------------------------------------------------------------- write
-
-
-def row_of(rel: str, path: Path, facts: FileFacts, vec: np.ndarray, probs: dict[str, np.ndarray], r: int,
-           meta: IndexMeta, thresholds: dict[str, list[float]], known: KnownLabels | None) -> dict[str, Any]:
-    """One table row, from what the encoder saw of the file (its hash and upright size from the same read)."""
-    out: dict[str, Any] = {"rid": rid_for(str(absolute(path))), "id": facts.sha1, "path": str(absolute(path)),
-                           "rel": rel, "size": facts.size, "mtime_ns": path.stat().st_mtime_ns,
-                           "width": facts.width, "height": facts.height, "vector": vec,
-                           "split": (known.splits.get(rel) if known else None) or hash_split(rel)}
-    labels = known.by_rel.get(rel, {}) if known else {}
-    for a in meta.attributes:
-        if a.has_head:
-            p = probs[a.name][r]
-            if a.multi:
-                over = p >= np.asarray(thresholds[a.name])
-                out[a.pred] = encode_tags([c for c, o in zip(a.classes, over, strict=True) if o])
-                out[a.conf] = float(p[over].min()) if over.any() else 0.0
-            else:
-                top = int(p.argmax())
-                out[a.pred], out[a.conf] = a.classes[top], float(p[top])
-            out[a.probs] = p.astype(np.float32)
-        if a.has_labels:
-            out[a.label] = labels.get(a.name, "")
-    return out
-
-
-@dataclass
-class Written:
-    new: int = 0
-    changed: int = 0
-    failed: list[Failure] = field(default_factory=list)
-    rids: list[int] = field(default_factory=list)
 
 
 def write_shard(table, plan: Plan, todo: list[str], meta: IndexMeta, enc: Encoder, known: KnownLabels | None,
@@ -265,8 +211,9 @@ def _broadcast(plan: Plan | None) -> Plan:
 def index_images(root: str | Path, db: str | Path = DEFAULT_DB, model: str | Path | None = None,
                  labels: str | Path | None = None, multilabel: list[str] | tuple = (), rebuild: bool = False,
                  prune: bool = False, batch_size: int = 64, commit_every: int = 512, workers: int | None = None,
-                 progress: bool = False, verify: bool = False) -> IndexReport:
-    """Index every image under `root` into the LanceDB table at `db` (see the module docstring)."""
+                 progress: bool = False, verify: bool = False, engine: str = "local") -> IndexReport:
+    """Index every image under `root` into the LanceDB table at `db` (see the module docstring). `engine`:
+    "local" (this process, or one shard per torchrun process) or "ray" (Ray Data; see `index.raydata`)."""
     root, db = Path(root), Path(db)
     if not root.is_dir():
         raise MhtagError(f"{root} is not a folder of images")
@@ -276,7 +223,8 @@ def index_images(root: str | Path, db: str | Path = DEFAULT_DB, model: str | Pat
     enc = load_encoder(model, old.backbone if old and not rebuild and not model else DEFAULT_BACKBONE)
     known = read_known_labels(labels, root, list(multilabel), enc) if labels else None
     report = build_index(root, db, enc, known, rebuild=rebuild, prune=prune, batch_size=batch_size,
-                         commit_every=commit_every, workers=workers, progress=progress, verify=verify)
+                         commit_every=commit_every, workers=workers, progress=progress, verify=verify,
+                         engine=engine)
     if known is not None and known.unmatched:
         _logger.warning("%d row(s) of %s match no image under %s", known.unmatched, labels, root)
     return report
@@ -285,10 +233,14 @@ def index_images(root: str | Path, db: str | Path = DEFAULT_DB, model: str | Pat
 def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, rebuild: bool = False,
                 prune: bool = False, batch_size: int = 64, commit_every: int = 512, workers: int | None = None,
                 progress: bool = False, verify: bool = False, tune_fusion: bool = True,
-                only: set[str] | None = None) -> IndexReport:
+                only: set[str] | None = None, engine: str = "local") -> IndexReport:
     """Plan, shard, write and report, for an encoder already loaded (the server keeps one)."""
     t0 = time.monotonic()
+    if engine not in ENGINES:
+        raise MhtagError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     dist = init_distributed()
+    if engine == "ray" and dist.enabled:
+        raise MhtagError("--engine ray spreads the work itself; run it without torchrun")
     old = None if rebuild else read_meta(db)
     meta = _build_meta(enc, known, old, root)
     report = IndexReport(db=str(db), has_heads=enc.tagger is not None,
@@ -309,9 +261,14 @@ def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, r
         if dist.enabled:  # every process takes its shard of rank 0's plan
             plan = _broadcast(plan if dist.is_main else None)
             table = table if dist.is_main else open_table(db)
-        written = write_shard(table, plan, plan.todo[dist.rank::dist.world_size], meta, enc, known, batch_size,
-                              commit_every, workers, progress and dist.is_main)
-        written = _gather(written, dist)
+        if engine == "ray":
+            from mhtag.index.raydata import write_with_ray
+
+            written = write_with_ray(db, plan, meta, known, batch_size, commit_every, progress=progress)
+        else:
+            written = write_shard(table, plan, plan.todo[dist.rank::dist.world_size], meta, enc, known, batch_size,
+                                  commit_every, workers, progress and dist.is_main)
+            written = _gather(written, dist)
     report.added, report.updated, report.failed, report.ids = written.new, written.changed, written.failed, \
         written.rids
     report.unchanged = plan.unchanged

@@ -7,7 +7,7 @@ rows that passed, so `limit` rows come back whenever at least that many match.""
 from __future__ import annotations
 
 import difflib
-from enum import Enum
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +16,17 @@ import pyarrow as pa
 
 from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.data.schema import decode_tags
+from mhtag.index import ann
 from mhtag.index.columns import StoredAttribute
+from mhtag.index.filters import Source, source_term
 from mhtag.index.meta import IndexMeta, require_meta
 from mhtag.index.predict import check_compatible
-from mhtag.index.store import DEFAULT_DB, Snapshot, open_table, snapshot
+from mhtag.index.store import DEFAULT_DB, Snapshot, open_table, snapshot, table_rows
 from mhtag.inference.encoder import load_encoder
 from mhtag.results import AttributeInfo, Attributes, Health, SearchHit, SearchResult, ValueCount
 
 MAX_FACET_VALUES = 200
-
-
-class Source(str, Enum):
-    LABEL = "label"  # known labels only
-    PRED = "pred"  # predictions only
-    ANY = "any"  # the known label where there is one, else the prediction
+SEARCH_ENGINES = ("auto", "memory", "lance")
 
 
 Filters = dict[str, list[str]] | list[tuple[str, str]]
@@ -84,26 +81,17 @@ def attribute_mask(snap: Snapshot, meta: IndexMeta, filters: dict[str, list[str]
                    min_confidence: float | None = None) -> np.ndarray | None:
     """Rows passing the filters: AND over attributes, OR over one attribute's values (see `Source`).
     Values are compared as values: nothing is ever pasted into a query string."""
-    source = Source(source)
     mask: np.ndarray | None = None
     for name, values in filters.items():
         a = meta.attribute(name)
-        by_label = _matches(snap, a.label, a, values) if a.has_labels else None
-        by_pred = _matches(snap, a.pred, a, values) if a.has_head else None
-        if by_pred is not None and min_confidence is not None:
-            by_pred &= snap.rows.column(a.conf).to_numpy() >= float(min_confidence)
-        if source is Source.LABEL:
-            if by_label is None:
-                raise MhtagError(f"{a.name} has no known labels in this index; use source pred or any")
-            term = by_label
-        elif source is Source.PRED:
-            if by_pred is None:
-                raise MhtagError(f"{a.name} has no predictions in this index (no head); use source label or any")
-            term = by_pred
-        elif by_label is not None and by_pred is not None:
-            term = by_label | (snap.values_in(a.label, lambda cell: cell == "") & by_pred)
-        else:
-            term = by_label if by_label is not None else by_pred
+
+        def by_pred(a=a, values=values) -> np.ndarray:
+            hit = _matches(snap, a.pred, a, values)
+            return hit if min_confidence is None else hit & (snap.rows.column(a.conf).to_numpy() >= min_confidence)
+
+        term = source_term(a, source, lambda a=a, values=values: _matches(snap, a.label, a, values), by_pred,
+                           lambda a=a: snap.values_in(a.label, lambda cell: cell == ""), np.logical_or,
+                           np.logical_and)
         mask = term if mask is None else mask & term
     return mask
 
@@ -227,19 +215,27 @@ def _any_codes(snap: Snapshot, a: StoredAttribute) -> tuple[np.ndarray, list[str
 def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: str | None = None,
            like: str | Path | None = None, limit: int = 20, min_confidence: float | None = None,
            source: Source | str = Source.ANY, vector: np.ndarray | None = None, offset: int = 0,
-           like_id: int | None = None, facets: bool = False, disputed: bool = False) -> SearchResult:
+           like_id: int | None = None, facets: bool = False, disputed: bool = False,
+           engine: str = "auto") -> SearchResult:
     """Rows matching every attribute filter (and `where`), ranked by similarity to the image `like`, to the
     indexed row `like_id` or to an embedding `vector` of the index's model if one is given, else by the
     confidence of the filtered predictions. `offset` skips that many ranked rows (pages). `disputed` keeps only
-    rows whose known label and prediction differ (on the filtered attributes, else on any)."""
+    rows whose known label and prediction differ (on the filtered attributes, else on any).
+
+    `engine`: "memory" searches the in-memory snapshot (FAISS), "lance" LanceDB's own indexes without loading
+    the table (see `index.ann`), "auto" the snapshot unless its vectors would take more than
+    `memory_budget()` bytes."""
     if limit < 1:
         raise MhtagError(f"limit must be at least 1, not {limit}")
     if offset < 0:
         raise MhtagError(f"offset must be 0 or more, not {offset}")
     db = Path(db)
     meta = require_meta(db)
-    snap = snapshot(db)
     resolved = resolve_filters(meta, filters)
+    if choose_engine(db, meta, engine) == "lance":
+        return _search_lance(db, meta, resolved, where, like, like_id, vector, limit, offset, min_confidence,
+                             Source(source), facets, disputed)
+    snap = snapshot(db)
     mask = attribute_mask(snap, meta, resolved, Source(source), min_confidence)
     if disputed:
         doubt = disputed_mask(snap, meta, list(resolved))
@@ -268,12 +264,64 @@ def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: s
     return result
 
 
-def _nearest(snap: Snapshot, meta: IndexMeta, db: Path, vector: np.ndarray, n: int, mask: np.ndarray | None
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _search_lance(db: Path, meta: IndexMeta, resolved: dict[str, list[str]], where: str | None, like, like_id,
+                  vector, limit: int, offset: int, min_confidence: float | None, source: Source, facets: bool,
+                  disputed: bool) -> SearchResult:
+    sql = ann.all_of(ann.filter_sql(meta, resolved, source, min_confidence, disputed),
+                     check_where(where) if where else None)
+    try:
+        matched = ann.count(db, sql)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise MhtagError(f"--where {where!r} could not be evaluated: {str(exc).splitlines()[0][:300]}") from exc
+    result = SearchResult(matched=matched, facets=ann.facets(db, meta, sql, MAX_FACET_VALUES) if facets else {})
+    if matched <= offset:
+        return result
+    if like is not None:
+        vector = embed_query(meta, db, like)
+    elif like_id is not None:
+        vector = ann.vector_of(db, like_id)
+        if vector is None:
+            raise NotFoundError(f"no row with id {like_id} in index {db}")
+    if vector is not None:
+        rows, scores = ann.nearest(db, _query_vector(meta, db, vector), offset + limit, sql, matched)
+    else:
+        rows, scores = ann.most_confident(db, [a.conf for a in _ranking_heads(meta, resolved)], offset + limit, sql)
+    result.results = [row_view(r, meta, s) for r, s in zip(rows[offset:], scores[offset:], strict=True)]
+    return result
+
+
+def memory_budget() -> int:
+    """Bytes of vectors the in-memory engine may hold: MHTAG_MEMORY_ENGINE_BYTES, else a quarter of the RAM."""
+    configured = os.environ.get("MHTAG_MEMORY_ENGINE_BYTES")
+    if configured:
+        return int(configured)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def choose_engine(db: Path, meta: IndexMeta, engine: str = "auto") -> str:
+    if engine not in SEARCH_ENGINES:
+        raise MhtagError(f"engine must be one of {', '.join(SEARCH_ENGINES)}, not {engine!r}")
+    if engine != "auto":
+        return engine
+    return "lance" if table_rows(db) * meta.dim * 4 > memory_budget() else "memory"
+
+
+def _query_vector(meta: IndexMeta, db: Path, vector: np.ndarray) -> np.ndarray:
     vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
     if vector.shape[1] != meta.dim:
         raise MhtagError(f"query vector has {vector.shape[1]} dimensions; index {db} has {meta.dim}")
-    scores, pos = snap.vectors.search(vector, n, mask)
+    return vector
+
+
+def _ranking_heads(meta: IndexMeta, resolved: dict[str, list[str]]) -> list[StoredAttribute]:
+    """Rows without a query image rank by the mean confidence of the filtered heads (or of every head)."""
+    return [meta.attribute(k) for k in resolved if meta.attribute(k).has_head] or \
+        [a for a in meta.attributes if a.has_head]
+
+
+def _nearest(snap: Snapshot, meta: IndexMeta, db: Path, vector: np.ndarray, n: int, mask: np.ndarray | None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    scores, pos = snap.vectors.search(_query_vector(meta, db, vector), n, mask)
     keep = pos[0] >= 0
     return pos[0][keep], scores[0][keep]
 
@@ -281,8 +329,7 @@ def _nearest(snap: Snapshot, meta: IndexMeta, db: Path, vector: np.ndarray, n: i
 def _most_confident(snap: Snapshot, meta: IndexMeta, resolved: dict[str, list[str]], mask: np.ndarray | None,
                     n: int) -> tuple[np.ndarray, np.ndarray]:
     """By the mean confidence of the filtered heads (or of every head), ties in table order."""
-    ranked_by = [meta.attribute(k) for k in resolved if meta.attribute(k).has_head] or \
-        [a for a in meta.attributes if a.has_head]
+    ranked_by = _ranking_heads(meta, resolved)
     positions = np.arange(snap.rows.num_rows) if mask is None else np.flatnonzero(mask)
     score = np.mean([snap.rows.column(a.conf).to_numpy()[positions] for a in ranked_by], axis=0) \
         if ranked_by else np.zeros(len(positions))

@@ -53,6 +53,11 @@ def connect(db: str | Path):
     return lancedb.connect(str(db))
 
 
+def table_uri(db: str | Path) -> str:
+    """The Lance dataset under the LanceDB table (what Lance's own writers and readers open)."""
+    return str(Path(db).resolve() / f"{TABLE}.lance")
+
+
 def _has_table(conn) -> bool:
     return TABLE in conn.list_tables().tables
 
@@ -154,6 +159,16 @@ def _version_key(db: str | Path) -> tuple[int, int]:
     if not versions.is_dir():
         raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
     return versions.stat().st_mtime_ns, len(os.listdir(versions))
+
+
+@lru_cache(maxsize=8)
+def _rows(db: str, key: tuple[int, int]) -> int:
+    return open_table(db).count_rows()
+
+
+def table_rows(db: str | Path) -> int:
+    """The table's row count, read once per table version."""
+    return _rows(str(db), _version_key(db))
 
 
 def snapshot(db: str | Path) -> Snapshot:

@@ -231,7 +231,7 @@ def _probe_phase(cfg: TrainConfig, labels, images, out: Path, resume: bool, dist
                  progress: bool) -> Run:
     """The fine-tune's phase one, run once in `out/probe` (by rank 0; the other ranks wait for it)."""
     folder = out / PROBE_DIR
-    probe_cfg = config_from_dict({"mode": "probe", "report": False}, cfg)
+    probe_cfg = config_from_dict({"mode": "probe", "report": False, "patience": None}, cfg)  # probe epochs are cheap
     if dist.is_main and not _finished(folder):
         state = load_checkpoint(folder, "last.pt") if resume and (folder / "last.pt").exists() else None
         _logger.info("phase 1/2: heads on frozen features (%d epochs)", cfg.probe_epochs)

@@ -1,0 +1,69 @@
+"""One table row per image, and the plan of a run: shared by the local and the Ray engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mhtag.data.datasets import FileFacts
+from mhtag.data.labels import absolute, hash_split
+from mhtag.data.schema import AttributeKind, encode_tags
+from mhtag.index.columns import rid_for
+from mhtag.index.meta import IndexMeta
+from mhtag.results import Failure
+
+
+@dataclass
+class KnownLabels:
+    """Known labels, keyed by the image's path relative to the indexed folder."""
+
+    by_rel: dict[str, dict[str, str]]  # stored form: tags as |a|b|
+    splits: dict[str, str]
+    kinds: dict[str, AttributeKind]
+    unmatched: int = 0  # label rows that match no file under the folder
+
+
+@dataclass
+class Plan:
+    """What a run must do, from the files under `root` and the rows already indexed from there."""
+
+    files: dict[str, Path]  # rel -> file
+    todo: list[str] = field(default_factory=list)  # rel paths to embed (new or changed)
+    changed: list[int] = field(default_factory=list)  # rids to delete before their re-embedded rows land
+    vanished: list[int] = field(default_factory=list)  # rids whose file is gone
+    unchanged: int = 0
+
+
+def row_of(rel: str, path: Path, facts: FileFacts, vec: np.ndarray, probs: dict[str, np.ndarray], r: int,
+           meta: IndexMeta, thresholds: dict[str, list[float]], known: KnownLabels | None) -> dict[str, Any]:
+    """One table row, from what the encoder saw of the file (its hash and upright size from the same read)."""
+    out: dict[str, Any] = {"rid": rid_for(str(absolute(path))), "id": facts.sha1, "path": str(absolute(path)),
+                           "rel": rel, "size": facts.size, "mtime_ns": path.stat().st_mtime_ns,
+                           "width": facts.width, "height": facts.height, "vector": vec,
+                           "split": (known.splits.get(rel) if known else None) or hash_split(rel)}
+    labels = known.by_rel.get(rel, {}) if known else {}
+    for a in meta.attributes:
+        if a.has_head:
+            p = probs[a.name][r]
+            if a.multi:
+                over = p >= np.asarray(thresholds[a.name])
+                out[a.pred] = encode_tags([c for c, o in zip(a.classes, over, strict=True) if o])
+                out[a.conf] = float(p[over].min()) if over.any() else 0.0
+            else:
+                top = int(p.argmax())
+                out[a.pred], out[a.conf] = a.classes[top], float(p[top])
+            out[a.probs] = p.astype(np.float32)
+        if a.has_labels:
+            out[a.label] = labels.get(a.name, "")
+    return out
+
+
+@dataclass
+class Written:
+    new: int = 0
+    changed: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    rids: list[int] = field(default_factory=list)
