@@ -62,20 +62,22 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "pokemon")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--name", default="pokemon")
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     setup()
     base = load_config(ROOT / "configs" / "pokemon.yaml", parse_overrides(args.set))
     tag = "-".join(s.replace("=", "") for s in args.set)
-    rows: dict[str, list[dict]] = {"probe": [], "finetune": [], "lpft": []}
-    runs: dict[str, list[dict]] = {"finetune": [], "lpft": []}
+    rows: dict[str, list[dict]] = {"probe": []} | {m: [] for m in args.methods}
+    runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     for seed in args.seeds:
-        for method, keys in METHODS.items():
+        for method in args.methods:
+            keys = METHODS[method]
             cfg = config_from_dict({**keys, "seed": seed, "keep": "finetune", "report": False}, base)
             out = args.runs / f"{method}{'-' + tag if tag else ''}-s{seed}"
             runs[method].append({"seed": seed, **train(cfg, out)})
             rows[method].append(figures(out, args.split))
-            if method == "lpft":
+            if method == args.methods[-1]:  # every fine-tune trains the same probe first: count it once
                 rows["probe"].append(figures(out / "probe", args.split))
     report = {"benchmark": "pokemon", "split": args.split, "seeds": args.seeds, "config": base.to_dict(),
               "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",

@@ -32,38 +32,13 @@ SEASONS = ["Summer", "Winter", "Fall", "Spring"]
 
 
 def build_index(db: Path, rows: int, dim: int = 1280, seed: int = 0) -> None:
-    import pyarrow as pa
-
-    from mhtag.data.schema import AttributeKind
-    from mhtag.index.columns import StoredAttribute, arrow_schema
-    from mhtag.index.meta import IndexMeta, write_meta
-    from mhtag.index.store import open_table
+    from mhtag.index.synthetic import write_synthetic_index
     from mhtag.inference.encoder import load_encoder
 
     enc = load_encoder(None)
-    attrs = [StoredAttribute(n, AttributeKind.SINGLE, has_labels=True, label_values=sorted(v))
-             for n, v in (("type", TYPES), ("colour", COLOURS), ("season", SEASONS))]
-    meta = IndexMeta(enc.model_id, None, enc.backbone, enc.dim, enc.data_config, None, attrs, str(db))
     assert enc.dim == dim
-    write_meta(db, meta)
-    table = open_table(db, meta, create=True)
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(2000, dim)).astype(np.float32)
-    schema = arrow_schema(dim, attrs)
-    for start in range(0, rows, 20_000):
-        n = min(20_000, rows - start)
-        x = centres[rng.integers(0, 2000, n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        ids = range(start, start + n)
-        batch = {"rid": np.arange(start, start + n, dtype=np.int64), "id": [f"{i:040x}" for i in ids],
-                 "path": [f"/synthetic/{i}.jpg" for i in range(start, start + n)],
-                 "rel": [f"{i}.jpg" for i in range(start, start + n)], "size": np.zeros(n, np.int64),
-                 "mtime_ns": np.zeros(n, np.int64), "width": np.full(n, 60, np.int32),
-                 "height": np.full(n, 80, np.int32), "split": ["train"] * n,
-                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim),
-                 "label_type": rng.choice(TYPES, n).tolist(), "label_colour": rng.choice(COLOURS, n).tolist(),
-                 "label_season": rng.choice(SEASONS, n).tolist()}
-        table.add(pa.Table.from_pydict(batch, schema=schema))
+    write_synthetic_index(db, rows, dim, {"type": TYPES, "colour": COLOURS, "season": SEASONS}, seed,
+                          enc.model_id, enc.backbone, enc.data_config)
 
 
 def rss_mb(pid: int) -> float:

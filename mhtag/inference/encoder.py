@@ -47,6 +47,11 @@ def loader_kwargs(device: torch.device, workers: int | None) -> dict[str, Any]:
     return kw
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on a GPU (its convolutions run faster in NHWC with bf16), the default layout elsewhere."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 @dataclass
 class Batch:
     """One batch of encoded files: rows in the order of `ok` (indices into the input files)."""
@@ -66,12 +71,13 @@ def embed_batches(forward, files: list[str], data_config: dict[str, Any], batch_
     device = device or default_device()
     ds = SafeImageDataset(files, build_transform(data_config))
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate_safe, **loader_kwargs(device, workers))
+    layout = memory_format(device)
     with progress_bar(description, len(files), progress) as advance:
         for xs, ok, facts, bad in loader:
             out = None
             if xs is not None:
                 with autocast(device):
-                    out = forward(xs.to(device, non_blocking=True))
+                    out = forward(xs.to(device, non_blocking=True, memory_format=layout))
             yield out, ok, facts, bad
             advance(len(ok) + len(bad))
 
@@ -106,7 +112,7 @@ class Encoder:
     def encode_files(self, files: list[str], batch_size: int = 64, workers: int | None = None,
                      progress: bool = False, description: str = "embedding") -> Iterator[Batch]:
         device = default_device()
-        self.module.to(device).eval()
+        self.module.to(device, memory_format=memory_format(device)).eval()
         for out, ok, facts, bad in embed_batches(self.forward, files, self.data_config, batch_size, device,
                                                  workers, progress, description):
             if out is None:

@@ -327,6 +327,8 @@ def _train(cfg: TrainConfig, labels, images, out: Path, state: dict[str, Any] | 
                 train_loader.sampler.set_epoch(epoch)
             t0 = time.monotonic()
             net.train()
+            if cfg.freeze_bn and mode == "finetune":
+                _freeze_batchnorm(model.backbone)
             tr = train_one_epoch(_forward(net, mode), train_loader, loss_fn, device, optimizer, scheduler, cfg.amp,
                                  show, f"epoch {epoch + 1}/{epochs}", len(train_loader))
             if dist.is_main:  # validation, checkpoints and logs happen once, on rank 0
@@ -425,6 +427,13 @@ def _rank0_value(value: Any, dist: DistInfo) -> Any:
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _freeze_batchnorm(module: torch.nn.Module) -> None:
+    """Normalise with the pretrained running statistics (eval mode); the affine weights still train."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def _copy_heads(source: Tagger, target: Tagger) -> None:
