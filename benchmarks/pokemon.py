@@ -79,6 +79,9 @@ def main() -> None:
             rows[method].append(figures(out, args.split))
             if method == args.methods[-1]:  # every fine-tune trains the same probe first: count it once
                 rows["probe"].append(figures(out / "probe", args.split))
+    if "lpft" in runs:  # what `keep: best-of` ships per seed: LP-FT, or the probe where it was better on val
+        rows["lpft_best_of"] = [ft if run["best_of_keeps"] == "finetune" else probe
+                                for ft, probe, run in zip(rows["lpft"], rows["probe"], runs["lpft"], strict=True)]
     report = {"benchmark": "pokemon", "split": args.split, "seeds": args.seeds, "config": base.to_dict(),
               "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
               "runs": runs, "summary": {m: summary(r) for m, r in rows.items()},

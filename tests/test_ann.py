@@ -10,7 +10,8 @@ from mhtag.index.synthetic import synthetic_vectors, write_synthetic_index
 
 QUERIES = [
     dict(filters={"colour": ["red", "blue"]}),
-    dict(filters={"colour": ["red", "blue", "green"], "shape": ["circle", "square"]}, source="pred", min_confidence=0.2),
+    dict(filters={"colour": ["red", "blue", "green"], "shape": ["circle", "square"]}, source="pred",
+         min_confidence=0.2),
     dict(filters={"marks": ["dot"]}, source="label"),
     dict(filters={"size": ["large"]}, disputed=True),
     dict(where="width = 32", filters={"background": ["light"]}),

@@ -94,3 +94,35 @@ def test_a_fine_tune_stopped_in_its_probe_phase_resumes_to_the_uninterrupted_res
     assert not run.interrupted and run.kept == clean.kept
     assert run.history[-1]["score"] == pytest.approx(clean.history[-1]["score"], abs=1e-6)
     assert run.history[-1]["val_loss"] == pytest.approx(clean.history[-1]["val_loss"], rel=1e-5)
+
+
+TORCHRUN_TRAIN = """
+import sys
+sys.path.insert(0, {tests!r})
+import conftest  # registers tiny_cnn
+from mhtag.core.config import load_config
+from mhtag.training.fit import fit
+cfg = load_config(overrides={{"backbone": "tiny_cnn", "multilabel": ["marks"], "mode": "finetune", "epochs": 2,
+                             "probe_epochs": 5, "batch_size": 16, "num_workers": 0, "report": False}})
+run = fit(cfg, {labels!r}, out={out!r})
+print("KEPT", run.kept, len(run.comparison))
+"""
+
+
+@pytest.mark.slow  # three processes that each import torch
+def test_lp_ft_under_torchrun_trains_the_probe_once_then_every_rank_fine_tunes(demo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(TORCHRUN_TRAIN.format(tests=os.path.dirname(__file__), labels=str(demo),
+                                            out=str(tmp_path / "run")))
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("KEPT") == 2  # every rank returns the same run
+    assert "KEPT finetune 5" in out.stdout or "KEPT probe 5" in out.stdout
+    assert load_checkpoint(tmp_path / "run" / "probe")["mode"] == "probe"
+    assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]) == 2

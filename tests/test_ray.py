@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
+pytestmark = pytest.mark.slow  # a local Ray cluster and its worker processes: in `pytest -m slow`
 
 from mhtag.index.build import index_images  # noqa: E402
 from mhtag.index.store import open_table  # noqa: E402

@@ -62,7 +62,7 @@ class TrainConfig:
     patience: int | None = None  # stop after this many epochs without a better val macro-F1; None = off
     # finetune only: heads first trained on frozen features (the probe), then the whole network from them (LP-FT)
     lp_ft: bool = True
-    freeze_bn: bool = False  # finetune: keep the backbone's BatchNorm statistics as pretrained (small batches)
+    freeze_bn: bool = True  # finetune: keep the backbone's BatchNorm statistics as pretrained (LP-FT: measured)
     keep: str = "best-of"  # best-of: ship the probe if its val macro-F1 beats the fine-tune's | finetune
     report: bool = True  # write report.html (confusion matrices, curves) at the end
 

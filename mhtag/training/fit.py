@@ -251,21 +251,24 @@ def _finished(folder: Path) -> bool:
 
 def _keep_better(run: Run, probe: Run, cfg: TrainConfig, dist: DistInfo) -> None:
     """Compare the fine-tune with the probe per head on validation; with `keep: best-of`, best.pt becomes the
-    better of the two by mean macro-F1."""
-    tuned, frozen = run.best, probe.best
-    run.comparison = [HeadComparison(name, frozen["heads"][name]["macro_f1"], m["macro_f1"])
+    better of the two by mean macro-F1. Rank 0 decides (it alone validated); every rank follows."""
+    decision = None
+    if dist.is_main:
+        tuned, frozen = run.best, probe.best
+        comparison = [HeadComparison(name, frozen["heads"][name]["macro_f1"], m["macro_f1"])
                       for name, m in tuned["heads"].items() if "macro_f1" in m]
-    run.kept = "finetune"
-    if cfg.keep == "best-of" and frozen["score"] > tuned["score"]:
-        run.kept, run.model = "probe", probe.model
-        if dist.is_main:
+        kept = "probe" if cfg.keep == "best-of" and frozen["score"] > tuned["score"] else "finetune"
+        if kept == "probe":
             with atomic_path(run.dir / "best.pt") as tmp:
                 shutil.copyfile(probe.dir / "best.pt", tmp)
-    if dist.is_main:
         metrics = json.loads((run.dir / "metrics.json").read_text())
-        atomic_write_json(run.dir / "metrics.json", {**metrics, "kept": run.kept, "probe_score": frozen["score"],
-                                                     "comparison": [asdict(c) for c in run.comparison]})
-    _rank0_value(None, dist)
+        atomic_write_json(run.dir / "metrics.json", {**metrics, "kept": kept, "probe_score": frozen["score"],
+                                                     "comparison": [asdict(c) for c in comparison]})
+        decision = (kept, [asdict(c) for c in comparison])
+    run.kept, comparison = _rank0_value(decision, dist)
+    run.comparison = [HeadComparison(**c) for c in comparison]
+    if run.kept == "probe":
+        run.model = probe.model
 
 
 def _train(cfg: TrainConfig, labels, images, out: Path, state: dict[str, Any] | None, dist: DistInfo,
