@@ -87,3 +87,19 @@ def test_single_label_metrics_equal_scikit_learns():
     assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
     assert m["balanced_accuracy"] == pytest.approx(skm.recall_score(y, pred, labels=np.unique(y), average="macro"))
     assert m["top3_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, probs, k=3, labels=np.arange(7)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_multi_label_metrics_equal_scikit_learns_with_ties_and_empty_tags(seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((200, 7)) < 0.3).astype(int)
+    y[:, 6] = 0  # a tag with no positive row
+    probs = np.round(rng.random((200, 7)), 1)  # coarse scores: many ties
+    th = rng.uniform(0.2, 0.8, 7)
+    m = multi_label_metrics(probs, y, th)
+    pred = (probs >= th).astype(int)
+    assert m["micro_f1"] == pytest.approx(skm.f1_score(y, pred, average="micro", zero_division=0))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
+    assert m["exact_match"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["hamming_accuracy"] == pytest.approx(1 - skm.hamming_loss(y, pred))
+    assert m["mAP"] == pytest.approx(skm.average_precision_score(y[:, :6], probs[:, :6], average="macro"))

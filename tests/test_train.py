@@ -43,7 +43,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(demo, tiny_cfg, tmp_path)
 
 def test_resume_applies_schedule_overrides_and_keeps_the_architecture(demo, tmp_path):
     cfg = load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "mode": "finetune", "epochs": 2,
-                                 "batch_size": 16, "num_workers": 0, "lr": 0.01})
+                                 "probe_epochs": 5, "batch_size": 16, "num_workers": 0, "lr": 0.01})
     fit(cfg, demo, out=tmp_path / "run")
     with pytest.raises(MhtagError, match="--resume"):
         fit(cfg, demo, out=tmp_path / "run")

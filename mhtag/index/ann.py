@@ -3,9 +3,10 @@
 `build_ann(db)` (`mhtag index --build-ann`) builds an IVF_PQ vector index (cosine) and scalar indexes on the
 attribute columns: BITMAP on single-label label/prediction columns (few distinct values), BTREE on confidences and
 `rid`. A query is one LanceDB prefiltered vector search (the filter runs first, on the scalar indexes; the IVF
-partitions are probed for the rows that pass) with the PQ distances re-ranked on the full vectors. If the probed
-partitions hold fewer than `limit` passing rows, the same query runs again as an exact scan of the filtered rows,
-so `limit` rows come back whenever that many match, as with the in-memory engine.
+partitions are probed for the rows that pass) with the PQ distances re-ranked on the full vectors. A selective
+filter (at most EXACT_MAX_MATCHES rows) is answered by an exact scan of the rows that pass; and if the probed
+partitions hold fewer than `limit` passing rows, the query runs again that way, so `limit` rows come back
+whenever that many match, as with the in-memory engine.
 
 Filter values reach SQL only after `resolve_filters` mapped them onto the index's own vocabulary, and they are
 quoted as SQL strings (a `'` doubled), so a user's text is never SQL.
@@ -29,8 +30,12 @@ from mhtag.index.meta import IndexMeta
 from mhtag.index.store import open_table
 
 MIN_ANN_ROWS = 4096  # below this a flat scan is as fast, and PQ training has too few rows
-NPROBES = 32
-REFINE_FACTOR = 10  # re-rank 10x `limit` PQ candidates on their full vectors
+# Measured on 1M x 512 clustered vectors: nprobes 32 with 10x re-ranking gave recall@10 .37, 64 with 50x .995
+NPROBES = 64
+REFINE_FACTOR = 50  # re-rank 50x `limit` PQ candidates on their full vectors
+# A filter passing at most this many rows is answered exactly (their vectors read through the scalar indexes):
+# on 1M rows a 1,000-row filter through IVF_PQ reached recall@10 .80 only, its rows sitting in unprobed lists
+EXACT_MAX_MATCHES = 20_000
 
 
 @dataclass
@@ -97,8 +102,9 @@ def nearest(db: Path, vector: np.ndarray, n: int, where: str | None, matched: in
         q = q.bypass_vector_index() if exact else q.nprobes(nprobes).refine_factor(REFINE_FACTOR)
         return q.to_arrow()
 
-    got = run(exact=False)
-    if got.num_rows < min(n, matched):  # the probed partitions held too few passing rows
+    exact = matched <= EXACT_MAX_MATCHES
+    got = run(exact)
+    if not exact and got.num_rows < min(n, matched):  # the probed partitions held too few passing rows
         got = run(exact=True)
     return got.drop_columns(["_distance"]).to_pylist(), 1.0 - got.column("_distance").to_numpy()
 

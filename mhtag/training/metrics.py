@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 from mhtag.data.schema import AttributeKind, LabelSchema
 
@@ -66,20 +65,38 @@ def macro_f1_of(probs: np.ndarray, y: np.ndarray) -> float:
     return _macro_f1(*_per_class(y, probs.argmax(1), probs.shape[1])) if len(y) else 0.0
 
 
+def average_precision(scores: np.ndarray, y: np.ndarray) -> float:
+    """scikit-learn's average precision, sum over distinct thresholds of (R_n - R_n-1) * P_n, for one tag."""
+    order = np.argsort(-scores, kind="mergesort")
+    s, hit = scores[order], y[order].astype(bool)
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last row of each run of equal scores
+    tp = np.cumsum(hit)[last]
+    precision = tp / (last + 1)
+    recall = tp / max(int(hit.sum()), 1)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def multi_label_metrics(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray) -> dict[str, Any]:
-    pred = (probs >= thresholds).astype(int)
-    y = y.astype(int)
-    has_pos = y.sum(0) > 0
+    """Micro/macro-F1 (zero when a tag has nothing to count), mAP over tags with a positive row, exact match
+    and Hamming accuracy: the same numbers as scikit-learn's functions, without their per-call checks."""
+    pred = probs >= thresholds
+    y = y.astype(bool)
+    tp, fp, fn = (pred & y).sum(0), (pred & ~y).sum(0), (~pred & y).sum(0)
+    denom = 2 * tp + fp + fn
+    per_tag = np.divide(2 * tp, denom, out=np.zeros(len(tp)), where=denom > 0)
+    micro_denom = int(denom.sum())
+    has_pos = y.any(0)
+    hamming = float((pred == y).mean()) if y.size else 0.0
     return {
         "kind": AttributeKind.MULTI.value,
         "n": int(len(y)),
-        "micro_f1": float(skm.f1_score(y, pred, average="micro", zero_division=0)),
-        "macro_f1": float(skm.f1_score(y, pred, average="macro", zero_division=0)),
-        "mAP": float(skm.average_precision_score(y[:, has_pos], probs[:, has_pos], average="macro"))
+        "micro_f1": 2 * int(tp.sum()) / micro_denom if micro_denom else 0.0,
+        "macro_f1": float(per_tag.mean()) if len(per_tag) else 0.0,
+        "mAP": float(np.mean([average_precision(probs[:, t], y[:, t]) for t in np.flatnonzero(has_pos)]))
         if has_pos.any() else 0.0,
-        "exact_match": float(skm.accuracy_score(y, pred)),
-        "hamming_accuracy": float(1 - skm.hamming_loss(y, pred)),
-        "accuracy": float(1 - skm.hamming_loss(y, pred)),
+        "exact_match": float((pred == y).all(1).mean()) if len(y) else 0.0,
+        "hamming_accuracy": hamming,
+        "accuracy": hamming,
         "thresholds": [round(float(t), 4) for t in np.broadcast_to(thresholds, (y.shape[1],))],
     }
 
