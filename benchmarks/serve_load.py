@@ -38,7 +38,7 @@ def build_index(db: Path, rows: int, dim: int = 1280, seed: int = 0) -> None:
     enc = load_encoder(None)
     assert enc.dim == dim
     write_synthetic_index(db, rows, dim, {"type": TYPES, "colour": COLOURS, "season": SEASONS}, seed,
-                          enc.model_id, enc.backbone, enc.data_config)
+                          enc.model_id, enc.backbone, enc.data_config, random_labels=True)
 
 
 def rss_mb(pid: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -164,6 +165,7 @@ class LabelSchema:
         return targets, unknown
 
 
+@functools.lru_cache(maxsize=4096)  # asked for on every stored column name of every search hit
 def column_suffix(attribute: str) -> str:
     """A lower-case, SQL-safe column suffix for any attribute name (`baseColour` -> `basecolour`)."""
     s = re.sub(r"[^0-9a-z]+", "_", attribute.lower()).strip("_") or "attr"

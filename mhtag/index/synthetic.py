@@ -1,6 +1,7 @@
 """Synthetic indexes for benchmarks and tests: clustered unit vectors and label columns, any size, no images.
 
-Row i carries value `values[i % len(values)]` of every attribute, so a filter's exact membership is known."""
+Row i carries value `values[i % len(values)]` of every attribute, so a filter's exact membership is known, or,
+with `random_labels`, a value drawn at random (independent attributes, as in a real catalogue)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def synthetic_vectors(n: int, dim: int, seed: int = 0, centres: int = 2000, spre
 
 def write_synthetic_index(db: str | Path, rows: int, dim: int, attributes: dict[str, list[str]], seed: int = 0,
                           model_id: str = "synthetic", backbone: str = "synthetic",
-                          data_config: dict | None = None) -> IndexMeta:
+                          data_config: dict | None = None, random_labels: bool = False) -> IndexMeta:
     """A table of `rows` synthetic rows with known labels for `attributes` ({name: values}) at `db`."""
     attrs = [StoredAttribute(name, AttributeKind.SINGLE, has_labels=True, label_values=sorted(values))
              for name, values in attributes.items()]
@@ -37,6 +38,7 @@ def write_synthetic_index(db: str | Path, rows: int, dim: int, attributes: dict[
     write_meta(db, meta)
     table = open_table(db, meta, create=True)
     schema = arrow_schema(dim, attrs)
+    rng = np.random.default_rng(seed + 1)
     for start, x in synthetic_vectors(rows, dim, seed):
         ids = np.arange(start, start + len(x))
         cols = {"rid": pa.array(ids, pa.int64()), "id": [f"{i:040x}" for i in ids],
@@ -45,6 +47,7 @@ def write_synthetic_index(db: str | Path, rows: int, dim: int, attributes: dict[
                 "width": np.full(len(x), 60, np.int32), "height": np.full(len(x), 80, np.int32),
                 "split": ["train"] * len(x), "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim)}
         for a, values in zip(attrs, attributes.values(), strict=True):
-            cols[a.label] = [values[i % len(values)] for i in ids]
+            cols[a.label] = rng.choice(values, len(ids)).tolist() if random_labels \
+                else [values[i % len(values)] for i in ids]
         table.add(pa.Table.from_pydict(cols, schema=schema))
     return meta
