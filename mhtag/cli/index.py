@@ -13,6 +13,15 @@ from mhtag.cli.app import AsJson, Db, Multilabel, app, echo_json, is_rank0, prep
 from mhtag.report.text import shown
 
 
+def _build_ann(db: str) -> str:
+    from mhtag.index.ann import build_ann
+    from mhtag.index.meta import require_meta
+
+    ann = build_ann(db, require_meta(db))
+    return (f"ANN: vector index {ann.vector_index}; scalar indexes on {len(ann.scalar_indexes)} columns "
+            f"({ann.seconds:.1f}s)")
+
+
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
@@ -47,18 +56,16 @@ def index(folder: Annotated[Path, typer.Argument(help="folder of images, walked 
                      commit_every, workers=workers, progress=sys.stderr.isatty(), verify=verify, engine=engine.value)
     if not is_rank0():
         return
-    if build_ann:
-        from mhtag.index.ann import build_ann as build
-        from mhtag.index.meta import require_meta
-
-        ann = build(r.db, require_meta(r.db))
-        typer.echo(f"ANN: vector index {ann.vector_index}, scalar indexes on {len(ann.scalar_indexes)} columns, "
-                   f"{ann.seconds:.1f}s", err=as_json)
+    ann_line = _build_ann(r.db) if build_ann else None
     if as_json:
         echo_json(r.model_copy(update={"ids": []}))
+        if ann_line:
+            typer.echo(ann_line, err=True)
         return
     typer.echo(f"{r.db}: {r.rows} rows ({r.added} new, {r.updated} re-embedded, {r.unchanged} unchanged, "
                f"{r.pruned} pruned) in {r.seconds:.1f}s, {r.images_per_second:.1f} images/s")
+    if ann_line:
+        typer.echo(ann_line)
     if not r.has_heads:
         typer.echo("no --model: embeddings only (similarity search and known labels work; heads are absent)")
     if r.fusion:

@@ -116,14 +116,14 @@ def vector_of(db: Path, rid: int) -> np.ndarray | None:
 
 def most_confident(db: Path, conf_columns: list[str], n: int, where: str | None
                    ) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """The `n` passing rows with the highest mean confidence over `conf_columns` (ties by rid)."""
+    """The `n` passing rows with the highest mean confidence over `conf_columns` (ties in table order)."""
     table = open_table(db)
     q = table.search().select(["rid", *conf_columns]).limit(None)
     scan = (q.where(where) if where else q).to_arrow()
     rids = scan.column("rid").to_numpy()
     score = np.mean([scan.column(c).to_numpy() for c in conf_columns], axis=0) if conf_columns \
         else np.zeros(len(rids))
-    order = np.lexsort((rids, -score))[:n]
+    order = np.lexsort((np.arange(len(rids)), -score))[:n]  # ties in table order, as the memory engine
     if not len(order):
         return [], np.zeros(0)
     chosen = rids[order]
