@@ -29,7 +29,7 @@ from mhtag.core.config import RESUMABLE_KEYS, TrainConfig, config_from_dict
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_path, atomic_write_json, atomic_write_text
 from mhtag.core.runtime import DistInfo, autocast, default_device, init_distributed, progress_bar, seed_everything
-from mhtag.data.labels import Skipped
+from mhtag.data.labels import LabelTable, Skipped
 from mhtag.data.schema import LabelSchema
 from mhtag.inference.encoder import resolve_data_config
 from mhtag.models.backbones import create_backbone
@@ -44,6 +44,7 @@ from mhtag.training.optim import cosine_with_warmup, make_optimizer
 
 _logger = logging.getLogger(__name__)
 PROBE_DIR = "probe"  # a fine-tune's phase one, inside its run folder
+Data = tuple[LabelTable, Any, Any]  # prepare_data's labels table, train rows, val rows
 
 
 @dataclass
@@ -214,20 +215,21 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
     if mode == "probe":
         if dist.enabled:
             raise MhtagError("probe mode trains in one process in seconds; run it without torchrun")
-        return _train(cfg, labels, images, out, state, dist, device, "probe", progress)
+        return _train(cfg, labels, prepare_data(cfg, labels, images), out, state, dist, device, "probe", progress)
     if dist.is_main:
         atomic_write_text(out / "config.json", json.dumps({**cfg.to_dict(), "resolved_mode": mode}, indent=2))
-    probe = _probe_phase(cfg, labels, images, out, resume, dist, device, progress)
+    data = prepare_data(cfg, labels, images)  # decodes every image once: both phases share it
+    probe = _probe_phase(cfg, labels, data, out, resume, dist, device, progress)
     if probe.interrupted:
         return probe
     start = probe.model if cfg.lp_ft and state is None else None
-    run = _train(cfg, labels, images, out, state, dist, device, "finetune", progress, start)
+    run = _train(cfg, labels, data, out, state, dist, device, "finetune", progress, start)
     if not run.interrupted:
         _keep_better(run, probe, cfg, dist)
     return run
 
 
-def _probe_phase(cfg: TrainConfig, labels, images, out: Path, resume: bool, dist: DistInfo, device: torch.device,
+def _probe_phase(cfg: TrainConfig, labels, data: Data, out: Path, resume: bool, dist: DistInfo, device: torch.device,
                  progress: bool) -> Run:
     """The fine-tune's phase one, run once in `out/probe` (by rank 0; the other ranks wait for it)."""
     folder = out / PROBE_DIR
@@ -235,7 +237,7 @@ def _probe_phase(cfg: TrainConfig, labels, images, out: Path, resume: bool, dist
     if dist.is_main and not _finished(folder):
         state = load_checkpoint(folder, "last.pt") if resume and (folder / "last.pt").exists() else None
         _logger.info("phase 1/2: heads on frozen features (%d epochs)", cfg.probe_epochs)
-        run = _train(probe_cfg, labels, images, folder, state, DistInfo(), device, "probe", progress)
+        run = _train(probe_cfg, labels, data, folder, state, DistInfo(), device, "probe", progress)
         if run.interrupted:
             return replace(run, dir=out)
     _rank0_value(None, dist)  # a barrier
@@ -271,12 +273,12 @@ def _keep_better(run: Run, probe: Run, cfg: TrainConfig, dist: DistInfo) -> None
         run.model = probe.model
 
 
-def _train(cfg: TrainConfig, labels, images, out: Path, state: dict[str, Any] | None, dist: DistInfo,
+def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any] | None, dist: DistInfo,
            device: torch.device, mode: str, progress: bool, start: Tagger | None = None) -> Run:
     """One training phase: `mode`'s epochs, checkpoints, calibration and report. A fresh fine-tune starts from the
     heads of `start` (the probe) when given."""
     seed_everything(cfg.seed)
-    table, train_df, val_df = prepare_data(cfg, labels, images)
+    table, train_df, val_df = data
     if state is not None:
         model = tagger_from_checkpoint(state).train()
         data_config, dropped = state["data_config"], state.get("dropped", {})
