@@ -15,7 +15,7 @@ from mhtag.training.fit import fit, resumed_config
 
 @pytest.fixture
 def finetune_cfg(tiny_cfg):
-    return config_from_dict({"mode": "finetune", "epochs": 1, "probe_epochs": 20, "probe_lr": 0.01}, tiny_cfg)
+    return config_from_dict({"mode": "finetune", "epochs": 1, "probe_epochs": 10, "probe_lr": 0.01}, tiny_cfg)
 
 
 def _heads(state: dict) -> dict[str, torch.Tensor]:
