@@ -28,6 +28,7 @@ from mhtag.index.columns import arrow_schema, rid_for
 from mhtag.index.meta import IndexMeta
 from mhtag.index.rows import KnownLabels, Plan, Written, row_of
 from mhtag.index.store import table_uri
+from mhtag.inference.encoder import load_encoder
 from mhtag.results import Failure
 
 _logger = logging.getLogger(__name__)
@@ -64,9 +65,6 @@ class EmbedAndWrite:
     def __init__(self, meta: dict[str, Any], known: KnownLabels | None, uri: str, storage_version: str,
                  threads: int):
         import torch
-
-        from mhtag.index.meta import IndexMeta
-        from mhtag.inference.encoder import load_encoder
 
         torch.set_num_threads(max(1, threads))
         self.meta = IndexMeta.from_dict(meta)
