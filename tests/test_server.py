@@ -111,6 +111,11 @@ def test_bad_requests_are_4xx_json_and_the_server_keeps_serving(served, tmp_path
     assert "empty" in _error(client.post(up, files={"image": ("e.png", b"", "image/png")}), 400)
     big = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
     assert "upload limit" in _error(client.post(up, files={"image": ("b.png", _png(Image.fromarray(big)))}), 413)
+    whole = b"x" * (200_000 * 32 + (1 << 20) + 1)  # over the limit on a whole request, declared or streamed
+    assert "byte limit" in _error(client.post(up, content=whole, headers={"content-type": "image/png"}), 413)
+    streamed = iter([whole[:1 << 20]] * 8)
+    assert "byte limit" in _error(client.post("/api/search", content=streamed,
+                                              headers={"content-type": "application/json"}), 413)
     bomb = io.BytesIO()
     Image.new("1", (9000, 9000)).save(bomb, format="PNG")
     assert "limit" in _error(client.post(up, files={"image": ("bomb.png", bomb.getvalue())}), 413)
@@ -179,3 +184,62 @@ def test_disputed_labels_are_the_rows_whose_label_and_prediction_differ(served):
     assert {r["id"] for r in got["results"]} == expect and got["matched"] == len(expect)
     colour = client.post("/api/search", json={"limit": 500, "disputed": True, "filters": {"colour": ["red"]}}).json()
     assert all(r["colour_label"] != r["colour_pred"] for r in colour["results"])
+
+
+def test_worker_processes_build_the_same_app_from_the_environment(indexed, tmp_path, monkeypatch):
+    """`mhtag serve --workers N` hands its settings to uvicorn's workers through the environment."""
+    from mhtag.server.app import create_app_from_env
+
+    db, _ = indexed
+    key = tmp_path / "key"
+    key.write_text(KEY)
+    settings = Settings(db=db, api_key_file=key, max_upload_bytes=123_456, threads=1)
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings.from_env() == settings
+    client = TestClient(create_app_from_env())
+    rid = search(db, limit=1).results[0].id
+    body = {"filters": {"colour": ["red"]}, "like_id": rid, "limit": 5, "facets": False}
+    assert client.post("/api/search", json=body).json() == \
+        json.loads(search(db, {"colour": ["red"]}, like_id=rid, limit=5).model_dump_json())
+    assert client.app.state.service.api_key == KEY
+
+
+@pytest.mark.slow  # two server processes, each loading torch and the index
+def test_serve_with_two_workers_answers_like_the_library(indexed):
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    db, _ = indexed
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(db).parent / "serve.py"  # registers the tests' tiny backbone, in the workers too (spawned)
+    script.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nimport conftest  # noqa\n"
+                      "from mhtag.cli import main\nif __name__ == '__main__':\n    main()\n")
+    server = subprocess.Popen([sys.executable, str(script), "-q", "serve", "--db", str(db), "--port", str(port),
+                               "--workers", "2"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        rid = search(db, limit=1).results[0].id
+        expected = json.loads(search(db, {"shape": ["circle"]}, like_id=rid, limit=7).model_dump_json())
+        for _ in range(20):  # several connections: both workers answer some of them
+            got = httpx.post(url + "/api/search", json={"filters": {"shape": ["circle"]}, "like_id": rid,
+                                                         "limit": 7, "facets": False}, timeout=30)
+            assert got.json() == expected
+        assert httpx.post(url + "/api/search", json={"limit": 0}).status_code == 422
+    finally:
+        server.terminate()
+        server.wait(20)

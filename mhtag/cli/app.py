@@ -72,6 +72,11 @@ def prepare() -> None:
     setup_faiss(setup(_threads))
 
 
+def threads_option() -> int | None:
+    """`mhtag --threads`, for work that runs in other processes (the server's workers)."""
+    return _threads
+
+
 def is_rank0() -> bool:
     """Under torchrun every process runs the command; only the first reports."""
     return os.environ.get("RANK", "0") == "0"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import Db, app, prepare
+from mhtag.cli.app import Db, app, prepare, threads_option
 
 
 @app.command()
@@ -18,16 +19,25 @@ def serve(db: Db = None,
           port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
           api_key_file: Annotated[Optional[Path], typer.Option(help="file holding the key that writes need; "
                                                                     "without one, writes are refused")] = None,
-          max_upload_mb: Annotated[float, typer.Option(min=0.001, help="largest accepted upload")] = 20.0) -> None:
+          max_upload_mb: Annotated[float, typer.Option(min=0.001, help="largest accepted upload")] = 20.0,
+          workers: Annotated[int, typer.Option(min=1, help="server processes, each with its own copy of the "
+                                                          "index in memory: up to one per core")] = 1) -> None:
     """Serve the JSON API (/api, docs at /docs) and the web gallery (/) over an index."""
     prepare()
     import uvicorn
 
     from mhtag.index.store import DEFAULT_DB
     from mhtag.server.app import Settings, create_app
+    from mhtag.server.service import check_settings
 
     settings = Settings(db=db or DEFAULT_DB, model=model, api_key_file=api_key_file,
-                        max_upload_bytes=int(max_upload_mb * 1024 * 1024))
-    api = create_app(settings)
-    typer.echo(f"serving {settings.db} at http://{host}:{port}/ (API docs: /docs)", err=True)
-    uvicorn.run(api, host=host, port=port, log_level="warning")
+                        max_upload_bytes=int(max_upload_mb * 1024 * 1024), threads=threads_option())
+    check_settings(settings)  # a bad index or key file fails here, in one line, before any worker starts
+    typer.echo(f"serving {settings.db} at http://{host}:{port}/ with {workers} worker(s) (API docs: /docs)",
+               err=True)
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        return
+    os.environ.update(settings.to_env())
+    uvicorn.run("mhtag.server.app:create_app_from_env", factory=True, workers=workers, host=host, port=port,
+                log_level="warning")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,21 @@ def require_meta(db: str | Path) -> IndexMeta:
     if meta is None:
         raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
     return meta
+
+
+def current_meta(db: str | Path) -> IndexMeta:
+    """`require_meta` for readers that only look (searches, the server): parsed once per version of the file.
+    The object is shared between callers: never modify it."""
+    try:
+        st = os.stat(meta_path(db))
+    except OSError:
+        return require_meta(db)  # the same clear error
+    return _parsed_meta(str(db), (st.st_mtime_ns, st.st_size, st.st_ino))
+
+
+@lru_cache(maxsize=16)
+def _parsed_meta(db: str, stamp: tuple[int, int, int]) -> IndexMeta:
+    return require_meta(db)
 
 
 def write_meta(db: str | Path, meta: IndexMeta) -> None:

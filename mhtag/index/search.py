@@ -19,9 +19,9 @@ from mhtag.data.schema import decode_tags
 from mhtag.index import ann
 from mhtag.index.columns import StoredAttribute
 from mhtag.index.filters import Source, source_term
-from mhtag.index.meta import IndexMeta, require_meta
+from mhtag.index.meta import IndexMeta, current_meta
 from mhtag.index.predict import check_compatible
-from mhtag.index.store import DEFAULT_DB, Snapshot, open_table, snapshot, table_rows
+from mhtag.index.store import DEFAULT_DB, Snapshot, coded_mask, open_table, snapshot, table_rows
 from mhtag.inference.encoder import load_encoder
 from mhtag.results import AttributeInfo, Attributes, Health, SearchHit, SearchResult, ValueCount
 
@@ -69,12 +69,17 @@ def resolve_filters(meta: IndexMeta, filters: Filters | None) -> dict[str, list[
     return out
 
 
-def _matches(snap: Snapshot, column: str, a: StoredAttribute, values: list[str]) -> np.ndarray:
-    if a.multi:  # tags are stored as |a|b|
+def _accepts(a: StoredAttribute, values: list[str]):
+    """The test of one stored cell against the filter's values (tags are stored as |a|b|)."""
+    if a.multi:
         wanted = [f"|{v}|" for v in values]
-        return snap.values_in(column, lambda cell: any(w in cell for w in wanted))
+        return lambda cell: any(w in cell for w in wanted)
     allowed = set(values)
-    return snap.values_in(column, lambda cell: cell in allowed)
+    return lambda cell: cell in allowed
+
+
+def _matches(snap: Snapshot, column: str, a: StoredAttribute, values: list[str]) -> np.ndarray:
+    return snap.values_in(column, _accepts(a, values))
 
 
 def attribute_mask(snap: Snapshot, meta: IndexMeta, filters: dict[str, list[str]], source: Source = Source.ANY,
@@ -84,6 +89,11 @@ def attribute_mask(snap: Snapshot, meta: IndexMeta, filters: dict[str, list[str]
     mask: np.ndarray | None = None
     for name, values in filters.items():
         a = meta.attribute(name)
+        if source is Source.ANY and min_confidence is None and a.has_labels and a.has_head:
+            # the same rows as the label-or-prediction term below, in one pass over the answers' codes
+            term = coded_mask(*_any_codes(snap, a), _accepts(a, values))
+            mask = term if mask is None else mask & term
+            continue
 
         def by_pred(a=a, values=values) -> np.ndarray:
             hit = _matches(snap, a.pred, a, values)
@@ -108,24 +118,27 @@ def disputed_mask(snap: Snapshot, meta: IndexMeta, names: list[str] | None = Non
     return mask
 
 
-def answer_of(row: dict[str, Any], a: StoredAttribute, source: Source = Source.ANY) -> str | list[str]:
-    """The attribute's value for a row under `source`: its known label, its prediction, or the first of them."""
-    label = row.get(a.label, "") if a.has_labels and source is not Source.PRED else ""
-    pred = row.get(a.pred, "") if a.has_head and source is not Source.LABEL else ""
-    value = label or pred or ""
-    return decode_tags(value) if a.multi else value
-
-
-def row_view(row: dict[str, Any], meta: IndexMeta, score: float) -> SearchHit:
-    out: dict[str, Any] = {"id": int(row["rid"]), "path": row["path"], "score": round(float(score), 4)}
-    for a in meta.attributes:
-        if a.has_head:
-            out[f"{a.name}_pred"] = decode_tags(row[a.pred]) if a.multi else row[a.pred]
-            out[f"{a.name}_confidence"] = round(float(row[a.conf]), 4)
-        if a.has_labels:
-            out[f"{a.name}_label"] = decode_tags(row[a.label]) if a.multi else row[a.label]
-        out[a.name] = answer_of(row, a)
-    return SearchHit.model_construct(**out)  # built from the table's own typed columns: no validation needed
+def hits_of(rows: list[dict[str, Any]], scores, meta: IndexMeta) -> list[SearchHit]:
+    """Search hits from table rows: per attribute the prediction and its confidence, the known label, and
+    the answer (label where known, else prediction). Column names are resolved once, not per row."""
+    views = [(a.name, a.pred if a.has_head else None, a.conf, a.label if a.has_labels else None, a.multi)
+             for a in meta.attributes]
+    hits = []
+    for row, score in zip(rows, scores, strict=True):
+        out: dict[str, Any] = {"id": int(row["rid"]), "path": row["path"], "score": round(float(score), 4)}
+        for name, pred, conf, label, multi in views:
+            known = predicted = ""
+            if pred:
+                predicted = row[pred]
+                out[f"{name}_pred"] = decode_tags(predicted) if multi else predicted
+                out[f"{name}_confidence"] = round(float(row[conf]), 4)
+            if label:
+                known = row[label]
+                out[f"{name}_label"] = decode_tags(known) if multi else known
+            answer = known or predicted or ""
+            out[name] = decode_tags(answer) if multi else answer
+        hits.append(SearchHit.model_construct(**out))  # from the table's own typed columns: no validation needed
+    return hits
 
 
 def check_where(where: str) -> str:
@@ -177,16 +190,18 @@ def embed_query(meta: IndexMeta, db: Path, image: str | Path) -> np.ndarray:
     return batch.embeddings
 
 
-def facet_counts(snap: Snapshot, meta: IndexMeta, mask: np.ndarray | None) -> dict[str, dict[str, int]]:
-    """Per attribute, matched rows per value (the known label where there is one, else the prediction)."""
+def facet_counts(snap: Snapshot, meta: IndexMeta, rows: np.ndarray | None) -> dict[str, dict[str, int]]:
+    """Per attribute, matched rows (a mask or positions; None: all) per value (the known label where there is
+    one, else the prediction)."""
     out: dict[str, dict[str, int]] = {}
+    positions = rows if rows is None or rows.dtype != bool else np.flatnonzero(rows)
     for a in meta.attributes:
         counts = np.zeros(0, dtype=np.int64)
         vocab: list[str] = []
         codes = _any_codes(snap, a)
         if codes is not None:
             codes, vocab = codes
-            chosen = codes if mask is None else codes[mask]
+            chosen = codes if positions is None else codes[positions]
             counts = np.bincount(chosen, minlength=len(vocab))
         tallies: dict[str, int] = {}
         for value, n in zip(vocab, counts.tolist(), strict=True):
@@ -230,7 +245,7 @@ def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: s
     if offset < 0:
         raise MhtagError(f"offset must be 0 or more, not {offset}")
     db = Path(db)
-    meta = require_meta(db)
+    meta = current_meta(db)
     resolved = resolve_filters(meta, filters)
     if choose_engine(db, meta, engine) == "lance":
         return _search_lance(db, meta, resolved, where, like, like_id, vector, limit, offset, min_confidence,
@@ -243,8 +258,9 @@ def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: s
     if where:
         passed = np.isin(snap.rows.column("rid").to_numpy(), _user_where(db, where))
         mask = passed if mask is None else mask & passed
-    matched = snap.rows.num_rows if mask is None else int(mask.sum())
-    result = SearchResult(matched=matched, facets=facet_counts(snap, meta, mask) if facets else {})
+    rows = None if mask is None else np.flatnonzero(mask)  # the matched rows' positions, once
+    matched = snap.rows.num_rows if rows is None else len(rows)
+    result = SearchResult(matched=matched, facets=facet_counts(snap, meta, rows) if facets else {})
     if matched <= offset:
         return result
     if like is not None:
@@ -255,13 +271,24 @@ def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: s
             raise NotFoundError(f"no row with id {like_id} in index {db}")
         vector = snap.vectors.vectors[pos]
     if vector is not None:
-        top, top_scores = _nearest(snap, meta, db, vector, offset + limit, mask)
+        top, top_scores = _nearest(snap, meta, db, vector, offset + limit, rows)
     else:
-        top, top_scores = _most_confident(snap, meta, resolved, mask, offset + limit)
+        top, top_scores = _most_confident(snap, meta, resolved, rows, offset + limit)
     top, top_scores = top[offset:], top_scores[offset:]
-    shown = snap.rows.take(pa.array(top, type=pa.int64())).to_pylist()
-    result.results = [row_view(r, meta, s) for r, s in zip(shown, top_scores, strict=True)]
+    taken = _hit_columns(snap, meta).take(pa.array(top, type=pa.int64())).to_pydict()  # columns: cheaper
+    shown = [dict(zip(taken, values, strict=True)) for values in zip(*taken.values(), strict=True)]
+    result.results = hits_of(shown, top_scores, meta)
     return result
+
+
+def _hit_columns(snap: Snapshot, meta: IndexMeta) -> pa.Table:
+    """The snapshot's columns that a hit shows (a take of these is cheaper than of every column)."""
+    names = ["rid", "path"] + [c for a in meta.attributes
+                               for c in ([a.pred, a.conf] if a.has_head else []) + ([a.label] if a.has_labels else [])]
+    key = "hit columns:" + ",".join(names)
+    if key not in snap.derived:
+        snap.derived[key] = snap.rows.select(names)
+    return snap.derived[key]
 
 
 def _search_lance(db: Path, meta: IndexMeta, resolved: dict[str, list[str]], where: str | None, like, like_id,
@@ -286,7 +313,7 @@ def _search_lance(db: Path, meta: IndexMeta, resolved: dict[str, list[str]], whe
         rows, scores = ann.nearest(db, _query_vector(meta, db, vector), offset + limit, sql, matched)
     else:
         rows, scores = ann.most_confident(db, [a.conf for a in _ranking_heads(meta, resolved)], offset + limit, sql)
-    result.results = [row_view(r, meta, s) for r, s in zip(rows[offset:], scores[offset:], strict=True)]
+    result.results = hits_of(rows[offset:], scores[offset:], meta)
     return result
 
 
@@ -319,29 +346,42 @@ def _ranking_heads(meta: IndexMeta, resolved: dict[str, list[str]]) -> list[Stor
         [a for a in meta.attributes if a.has_head]
 
 
-def _nearest(snap: Snapshot, meta: IndexMeta, db: Path, vector: np.ndarray, n: int, mask: np.ndarray | None
+def _nearest(snap: Snapshot, meta: IndexMeta, db: Path, vector: np.ndarray, n: int, rows: np.ndarray | None
              ) -> tuple[np.ndarray, np.ndarray]:
-    scores, pos = snap.vectors.search(_query_vector(meta, db, vector), n, mask)
+    scores, pos = snap.vectors.search(_query_vector(meta, db, vector), n, rows)
     keep = pos[0] >= 0
     return pos[0][keep], scores[0][keep]
 
 
-def _most_confident(snap: Snapshot, meta: IndexMeta, resolved: dict[str, list[str]], mask: np.ndarray | None,
+def _most_confident(snap: Snapshot, meta: IndexMeta, resolved: dict[str, list[str]], rows: np.ndarray | None,
                     n: int) -> tuple[np.ndarray, np.ndarray]:
-    """By the mean confidence of the filtered heads (or of every head), ties in table order."""
+    """The matched rows (positions, in table order; None: all) by the mean confidence of the filtered heads (or
+    of every head), ties in table order."""
     ranked_by = _ranking_heads(meta, resolved)
-    positions = np.arange(snap.rows.num_rows) if mask is None else np.flatnonzero(mask)
+    positions = np.arange(snap.rows.num_rows) if rows is None else rows
     score = np.mean([snap.rows.column(a.conf).to_numpy()[positions] for a in ranked_by], axis=0) \
         if ranked_by else np.zeros(len(positions))
     order = np.lexsort((positions, -score))[:n]
     return positions[order], score[order]
 
 
+def warm(db: str | Path = DEFAULT_DB) -> None:
+    """Builds now what the first searches would otherwise build: the snapshot, the value codes of every
+    attribute column, the facets' answer codes and the row-id lookup (a server calls it before it listens)."""
+    meta = current_meta(db)
+    snap = snapshot(db)
+    for a in meta.attributes:
+        for column in ([a.label] if a.has_labels else []) + ([a.pred] if a.has_head else []):
+            snap.codes(column)
+    facet_counts(snap, meta, None)
+    snap.position(0)
+
+
 def index_attributes(db: str | Path = DEFAULT_DB) -> Attributes:
     """Every attribute with its values and their counts over the whole index (label where known, else
     prediction); values known to the index but on no row are listed with 0."""
     db = Path(db)
-    meta = require_meta(db)
+    meta = current_meta(db)
     counts = facet_counts(snapshot(db), meta, None)
     out = []
     for a in meta.attributes:
@@ -356,6 +396,6 @@ def index_attributes(db: str | Path = DEFAULT_DB) -> Attributes:
 
 def index_health(db: str | Path = DEFAULT_DB) -> Health:
     db = Path(db)
-    meta = require_meta(db)
+    meta = current_meta(db)
     snap = snapshot(db)
     return Health(rows=snap.rows.num_rows, model=meta.model_path, backbone=meta.backbone, version=snap.version)

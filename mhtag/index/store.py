@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import glob
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 
 from mhtag.core.errors import BusyError, MhtagError
 from mhtag.index.columns import PROBS, arrow_schema
-from mhtag.index.meta import IndexMeta, require_meta
+from mhtag.index.meta import IndexMeta, current_meta
 from mhtag.index.vectors import VectorIndex
 
 TABLE = "images"
@@ -111,15 +112,25 @@ class Snapshot:
 
     def values_in(self, column: str, accept) -> np.ndarray:
         """Boolean mask of the rows whose value satisfies `accept(value)`, evaluated once per distinct value."""
-        codes, vocab = self.codes(column)
-        table = np.fromiter((accept(v) for v in vocab), dtype=bool, count=len(vocab))
-        return table[codes] if len(vocab) else np.zeros(len(codes), dtype=bool)
+        return coded_mask(*self.codes(column), accept)
 
     def position(self, rid: int) -> int | None:
         """Where the row with key `rid` is in this snapshot, or None."""
         if self._positions is None:
             self._positions = {int(r): i for i, r in enumerate(self.vectors.rids)}
         return self._positions.get(int(rid))
+
+
+def coded_mask(codes: np.ndarray, vocab: list[str], accept) -> np.ndarray:
+    """Rows (by `codes` into `vocab`) whose value satisfies `accept(value)`, called once per distinct value."""
+    table = np.fromiter((accept(v) for v in vocab), dtype=bool, count=len(vocab))
+    accepted = np.flatnonzero(table)
+    if len(accepted) <= 4:  # a few comparisons of integer codes beat a gather through the table
+        mask = np.zeros(len(codes), dtype=bool)
+        for code in accepted:
+            mask |= codes == code
+        return mask
+    return table[codes]
 
 
 def _search_device() -> str | None:
@@ -155,10 +166,11 @@ def _attach_ivf(index: VectorIndex, db: Path, version: int) -> None:
 
 def _version_key(db: str | Path) -> tuple[int, int]:
     """Changes whenever a commit adds a manifest: a stat and a listing, far cheaper than opening the table."""
-    versions = Path(db) / f"{TABLE}.lance" / "_versions"
-    if not versions.is_dir():
-        raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
-    return versions.stat().st_mtime_ns, len(os.listdir(versions))
+    versions = os.path.join(db, f"{TABLE}.lance", "_versions")
+    try:
+        return os.stat(versions).st_mtime_ns, len(os.listdir(versions))
+    except OSError:
+        raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`") from None
 
 
 @lru_cache(maxsize=8)
@@ -171,7 +183,12 @@ def table_rows(db: str | Path) -> int:
     return _rows(str(db), _version_key(db))
 
 
+_LOADING = threading.Lock()
+
+
 def snapshot(db: str | Path) -> Snapshot:
-    """The table as it is now; reloaded only when a write has made a new table version."""
-    meta = require_meta(db)
-    return _snapshot(str(db), _version_key(db), meta.dim)
+    """The table as it is now; reloaded only when a write has made a new table version. One load at a time:
+    the requests that arrive during a reload wait for it and share it, rather than each loading a copy."""
+    key, dim = _version_key(db), current_meta(db).dim
+    with _LOADING:
+        return _snapshot(str(db), key, dim)

@@ -10,6 +10,7 @@ from mhtag.core.io import atomic_path
 
 EXACT_MAX_ROWS = 200_000  # tables larger than this also get an IVF index (see benchmarks/search_filtered.py)
 EXACT_MAX_MATCHES = 20_000  # with an IVF index, filters passing more rows than this search approximately
+BLAS_MIN_QUERIES = 16  # from this many queries a batch goes through BLAS (see setup_faiss)
 
 
 def setup_faiss(threads: int | None = None) -> None:
@@ -17,7 +18,7 @@ def setup_faiss(threads: int | None = None) -> None:
     BLAS to 128000 (8-10x slower batches here); 16 restores the fast path."""
     import faiss
 
-    faiss.cvar.distance_compute_blas_threshold = 16
+    faiss.cvar.distance_compute_blas_threshold = BLAS_MIN_QUERIES
     if threads:
         faiss.omp_set_num_threads(threads)
 
@@ -92,29 +93,47 @@ class VectorIndex:
 
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         n = len(self.vectors)
-        mask = None
-        if rows is not None:
-            mask = rows if rows.dtype == bool else np.bincount(rows, minlength=n).astype(bool)
-        m = n if mask is None else int(mask.sum())
+        mask = positions = None
+        if rows is not None and rows.dtype == bool:
+            mask, positions = rows, np.flatnonzero(rows)
+        elif rows is not None:
+            positions = np.unique(rows)
+        m = n if positions is None else len(positions)
         k_eff = min(k, m)
         if k_eff <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        selector, packed = None, None
-        if mask is not None and m < n:
-            packed = np.packbits(mask, bitorder="little")  # must outlive the search: faiss keeps a pointer
+        if m == n:
+            mask = positions = None
+        use_ivf = self.ivf is not None and m > self.exact_max_matches
+        if self.on_torch is not None and not use_ivf:
+            return self._torch_search(q, k_eff, positions)
+        if positions is not None and not use_ivf and len(q) < BLAS_MIN_QUERIES:
+            return self._subset_search(q, k_eff, positions)
+        if positions is not None and mask is None:
+            mask = np.zeros(n, dtype=bool)
+            mask[positions] = True
+        params = faiss.SearchParametersIVF(nprobe=int(min(self.ivf.nlist, np.ceil(base_nprobe * n / m)))) \
+            if use_ivf else None
+        packed = selector = None
+        if mask is not None:  # both must outlive the search: faiss holds raw pointers
+            packed = np.packbits(mask, bitorder="little")
             selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(packed))
-        if self.ivf is not None and m > self.exact_max_matches:
-            nprobe = int(min(self.ivf.nlist, np.ceil(base_nprobe * n / m)))
-            params = faiss.SearchParametersIVF(nprobe=nprobe)
-            if selector is not None:
-                params.sel = selector
-            scores, pos = self.ivf.search(q, k_eff, params=params)
-        elif self.on_torch is not None:
-            scores, pos = self._torch_search(q, k_eff, np.flatnonzero(mask) if selector is not None else None)
-        else:
-            params = faiss.SearchParameters(sel=selector) if selector is not None else None
-            scores, pos = self.flat.search(q, k_eff, params=params)
-        del packed
+            params = params or faiss.SearchParameters()
+            params.sel = selector
+        scores, pos = (self.ivf if use_ivf else self.flat).search(q, k_eff, params=params)
+        del packed, selector
+        return scores, pos
+
+    def _subset_search(self, q: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over the listed rows only: no pass over the rows the filter dropped."""
+        import faiss
+
+        positions = positions.astype(np.int64)
+        scores = np.empty((len(q), k), dtype=np.float32)
+        pos = np.empty((len(q), k), dtype=np.int64)
+        faiss.knn_inner_products_by_idx(faiss.swig_ptr(q), faiss.swig_ptr(self.vectors), faiss.swig_ptr(positions),
+                                        self.dim, len(q), len(self.vectors), len(positions), k,
+                                        faiss.swig_ptr(scores), faiss.swig_ptr(pos), 0)  # 0: one list, all queries
         return scores, pos
 
     def _torch_search(self, q: np.ndarray, k: int, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

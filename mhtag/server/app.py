@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mhtag.core.errors import BusyError, ImageError, MhtagError, NotFoundError
 from mhtag.server.api import TooLarge, Unauthorized, WritesDisabled, router
@@ -35,20 +36,46 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class BodyLimit:
+    """Refuses a request body over `largest` bytes, declared (answered before it is read) or streamed, with the
+    API's JSON error. A plain ASGI middleware: no per-request task as `@app.middleware` makes. (FastAPI's own
+    `max_body_size` answers a declared one in plain text.)"""
+
+    def __init__(self, app: ASGIApp, largest: int):
+        self.app, self.largest = app, largest
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.largest:
+            return await self._refused()(scope, receive, send)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.largest:
+                raise HTTPException(413, self._message())  # FastAPI lets an HTTPException out of body parsing
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"request body is over the {self.largest:,} byte limit"
+
+    def _refused(self) -> JSONResponse:
+        return _error(413, self._message())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     svc = Service(settings)  # loads the encoder and the snapshot now: the first request is not slow
     app = FastAPI(title="mhtag", summary="Multi-head image tagging and attribute search")
     app.state.service = svc
     app.include_router(router)
-    largest = settings.max_upload_bytes * settings.max_files + (1 << 20)
-
-    @app.middleware("http")
-    async def refuse_huge_bodies(request: Request, call_next):
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > largest:
-            return _error(413, f"request body of {int(declared):,} bytes is over the {largest:,} byte limit")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, largest=settings.max_upload_bytes * settings.max_files + (1 << 20))
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
@@ -76,3 +103,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(500, "internal error (logged on the server)")
 
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The factory each of uvicorn's worker processes calls (`mhtag serve --workers N`): the same process setup
+    as the CLI's, then the app."""
+    from mhtag.core.runtime import setup
+    from mhtag.index.vectors import setup_faiss
+
+    settings = Settings.from_env()
+    setup_faiss(setup(settings.threads))
+    return create_app(settings)

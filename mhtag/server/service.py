@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 import io
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from mhtag.data.images import decode_image, read_image_bytes
 from mhtag.index.meta import meta_path, require_meta
 from mhtag.index.neighbours import labelled_index
 from mhtag.index.predict import Predictor
-from mhtag.index.store import DEFAULT_DB, snapshot
+from mhtag.index.search import warm
+from mhtag.index.store import DEFAULT_DB
 
 THUMB_SIDE = 256
 
@@ -27,6 +29,20 @@ class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_files: int = 32  # images in one request
     model_threads: int = 2  # concurrent model calls (off the event loop)
+    threads: int | None = None  # torch/FAISS threads of a worker process (`mhtag --threads`); None: every core
+
+    ENV = "MHTAG_SERVE_SETTINGS"  # how `mhtag serve --workers N` hands the settings to uvicorn's worker processes
+
+    def to_env(self) -> dict[str, str]:
+        fields = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return {self.ENV: json.dumps(fields)}
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        fields = json.loads(os.environ[cls.ENV])
+        for name in ("db", "model", "api_key_file"):
+            fields[name] = None if fields[name] is None else Path(fields[name])
+        return cls(**fields)
 
 
 class Service:
@@ -36,13 +52,12 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.db = Path(settings.db)
-        require_meta(self.db)
-        self.api_key = _read_key(settings.api_key_file)
+        self.api_key = check_settings(settings)
         self.model_limiter = None  # an anyio.CapacityLimiter, made on first use inside the event loop
         self._predictor = Predictor(self.db, settings.model)
         self._meta_stamp = self._stamp()
-        snapshot(self.db)
-        labelled_index(self.db)  # warm: the first request is not slow
+        warm(self.db)  # the first request is not slow
+        labelled_index(self.db)
 
     def _stamp(self) -> int:
         return meta_path(self.db).stat().st_mtime_ns
@@ -60,6 +75,12 @@ class Service:
 
     def thumbnail(self, path: str, sha1: str) -> bytes:
         return _thumbnail(path, sha1)
+
+
+def check_settings(settings: Settings) -> str | None:
+    """What can be wrong before serving, as one clear error: no index at `db`, a bad key file. The API key."""
+    require_meta(settings.db)
+    return _read_key(settings.api_key_file)
 
 
 def _read_key(path: Path | None) -> str | None:
