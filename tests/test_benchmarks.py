@@ -9,7 +9,8 @@ BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*
 
 
 @pytest.mark.parametrize("path", BENCHMARKS, ids=[p.stem for p in BENCHMARKS])
-def test_benchmark_imports(path):
+def test_benchmark_imports(path, monkeypatch):
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python benchmarks/x.py` runs it: siblings import
     spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
