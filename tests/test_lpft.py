@@ -105,7 +105,8 @@ from mhtag.training.fit import fit
 cfg = load_config(overrides={{"backbone": "tiny_cnn", "multilabel": ["marks"], "mode": "finetune", "epochs": 2,
                              "probe_epochs": 5, "batch_size": 16, "num_workers": 0, "report": False}})
 run = fit(cfg, {labels!r}, out={out!r})
-print("KEPT", run.kept, len(run.comparison))
+import os
+os.write(1, f"KEPT {{run.kept}} {{len(run.comparison)}}\\n".encode())  # one write: ranks' lines never interleave
 """
 
 
@@ -122,7 +123,8 @@ def test_lp_ft_under_torchrun_trains_the_probe_once_then_every_rank_fine_tunes(d
                           str(script)], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("KEPT") == 2  # every rank returns the same run
-    assert "KEPT finetune 5" in out.stdout or "KEPT probe 5" in out.stdout
+    kept = [line for line in out.stdout.splitlines() if line.startswith("KEPT")]
+    assert len(kept) == 2 and kept[0] == kept[1]  # every rank returns the same run
+    assert kept[0] in ("KEPT finetune 5", "KEPT probe 5")
     assert load_checkpoint(tmp_path / "run" / "probe")["mode"] == "probe"
     assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]) == 2
