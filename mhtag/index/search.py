@@ -21,7 +21,7 @@ from mhtag.index.columns import StoredAttribute
 from mhtag.index.filters import Source, source_term
 from mhtag.index.meta import IndexMeta, current_meta
 from mhtag.index.predict import check_compatible
-from mhtag.index.store import DEFAULT_DB, Snapshot, coded_mask, open_table, snapshot, table_rows
+from mhtag.index.store import DEFAULT_DB, Snapshot, coded_mask, open_table, snapshot, table_rows, version_key
 from mhtag.inference.encoder import load_encoder
 from mhtag.results import AttributeInfo, Attributes, Health, SearchHit, SearchResult, ValueCount
 
@@ -247,10 +247,11 @@ def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: s
     db = Path(db)
     meta = current_meta(db)
     resolved = resolve_filters(meta, filters)
-    if choose_engine(db, meta, engine) == "lance":
+    version = version_key(db)  # one look at the table per search
+    if choose_engine(db, meta, engine, version) == "lance":
         return _search_lance(db, meta, resolved, where, like, like_id, vector, limit, offset, min_confidence,
                              Source(source), facets, disputed)
-    snap = snapshot(db)
+    snap = snapshot(db, version, meta.dim)
     mask = attribute_mask(snap, meta, resolved, Source(source), min_confidence)
     if disputed:
         doubt = disputed_mask(snap, meta, list(resolved))
@@ -325,12 +326,12 @@ def memory_budget() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
-def choose_engine(db: Path, meta: IndexMeta, engine: str = "auto") -> str:
+def choose_engine(db: Path, meta: IndexMeta, engine: str = "auto", version: tuple[int, int] | None = None) -> str:
     if engine not in SEARCH_ENGINES:
         raise MhtagError(f"engine must be one of {', '.join(SEARCH_ENGINES)}, not {engine!r}")
     if engine != "auto":
         return engine
-    return "lance" if table_rows(db) * meta.dim * 4 > memory_budget() else "memory"
+    return "lance" if table_rows(db, version) * meta.dim * 4 > memory_budget() else "memory"
 
 
 def _query_vector(meta: IndexMeta, db: Path, vector: np.ndarray) -> np.ndarray:

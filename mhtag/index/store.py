@@ -164,7 +164,7 @@ def _attach_ivf(index: VectorIndex, db: Path, version: int) -> None:
         index.build_ivf().save_ivf(path)
 
 
-def _version_key(db: str | Path) -> tuple[int, int]:
+def version_key(db: str | Path) -> tuple[int, int]:
     """Changes whenever a commit adds a manifest: a stat and a listing, far cheaper than opening the table."""
     versions = os.path.join(db, f"{TABLE}.lance", "_versions")
     try:
@@ -178,17 +178,18 @@ def _rows(db: str, key: tuple[int, int]) -> int:
     return open_table(db).count_rows()
 
 
-def table_rows(db: str | Path) -> int:
-    """The table's row count, read once per table version."""
-    return _rows(str(db), _version_key(db))
+def table_rows(db: str | Path, version: tuple[int, int] | None = None) -> int:
+    """The table's row count, read once per table version (`version`: a `version_key` the caller already took)."""
+    return _rows(str(db), version or version_key(db))
 
 
 _LOADING = threading.Lock()
 
 
-def snapshot(db: str | Path) -> Snapshot:
+def snapshot(db: str | Path, version: tuple[int, int] | None = None, dim: int | None = None) -> Snapshot:
     """The table as it is now; reloaded only when a write has made a new table version. One load at a time:
-    the requests that arrive during a reload wait for it and share it, rather than each loading a copy."""
-    key, dim = _version_key(db), current_meta(db).dim
+    the requests that arrive during a reload wait for it and share it, rather than each loading a copy.
+    `version` and `dim`: what the caller already read (`version_key`, the meta), not looked up again."""
+    version, dim = version or version_key(db), dim or current_meta(db).dim
     with _LOADING:
-        return _snapshot(str(db), key, dim)
+        return _snapshot(str(db), version, dim)
