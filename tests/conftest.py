@@ -79,3 +79,27 @@ def demo_copy(demo, tmp_path) -> Path:
 
     shutil.copytree(demo.parent, tmp_path / "demo_copy")
     return tmp_path / "demo_copy" / "labels.csv"
+
+
+BUCKET = "mhtag-test"
+
+
+@pytest.fixture(scope="session")
+def s3_options():
+    """A local S3 endpoint (moto's server on a free localhost port) with one bucket, and the storage options
+    (Lance's names) that reach it."""
+    moto_server = pytest.importorskip("moto.server", reason="moto is a dev dependency: pip install -e '.[dev]'")
+    import logging
+
+    import boto3
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log would land in captured outputs
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "aws_region": "us-east-1",
+               "aws_endpoint": f"http://{host}:{port}", "allow_http": "true"}
+    boto3.client("s3", endpoint_url=options["aws_endpoint"], aws_access_key_id="test", aws_secret_access_key="test",
+                 region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    yield options
+    server.stop()

@@ -2,6 +2,7 @@
 resumes with no lost and no duplicate row. The workers are separate processes, so the model is a real registered
 backbone (Lite0 at 32 px), not the tests' in-process tiny_cnn."""
 
+import json
 import os
 import signal
 import subprocess
@@ -71,6 +72,19 @@ def test_ray_engine_writes_the_table_the_local_engine_writes(demo, lite_run, loc
     _assert_same_tables(_rows(tmp_path / "db"), local_table)
     again = index_images(demo.parent, tmp_path / "db", engine="ray")  # nothing changed: nothing to do
     assert again.added == 0 and again.unchanged == len(local_table)
+
+
+def test_ray_engine_writes_a_table_on_object_storage(demo, lite_run, local_ray, local_table, s3_options,
+                                                     monkeypatch):
+    """The actors write fragments straight to the bucket with the storage options they were handed."""
+    from mhtag.core.storage import STORAGE_OPTIONS_ENV
+
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps(s3_options))
+    db = "s3://mhtag-test/ray"
+    report = index_images(demo.parent, db, model=lite_run, labels=demo, engine="ray", batch_size=16,
+                          commit_every=32)
+    assert report.added == len(local_table) and not report.failed
+    _assert_same_tables(_rows(db), local_table)
 
 
 def test_a_killed_ray_run_resumes_with_no_lost_and_no_duplicate_row(demo, lite_run, local_ray, local_table,

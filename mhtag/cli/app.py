@@ -46,7 +46,9 @@ Images = Annotated[Optional[Path], typer.Option("--images", help="image root (de
 Multilabel = Annotated[Optional[list[str]], typer.Option("--multilabel", help="a `|`-separated tag column")]
 Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", help="a column that is not a head")]
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
-Db = Annotated[Optional[Path], typer.Option("--db", help="index folder (default: indexes/default)")]
+Db = Annotated[Optional[str], typer.Option(
+    "--db", help="index folder, or an object-store URI such as s3://bucket/prefix (its options: the JSON in "
+                 "MHTAG_STORAGE_OPTIONS); default: indexes/default")]
 
 
 @app.callback()

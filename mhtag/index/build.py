@@ -23,6 +23,7 @@ from PIL import Image
 from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.core.io import atomic_write_bytes
 from mhtag.core.runtime import DistInfo, init_distributed
+from mhtag.core.storage import is_remote, location
 from mhtag.data.images import decode_image, walk_images
 from mhtag.data.labels import absolute, read_csv_frame, read_labels
 from mhtag.data.schema import AttributeKind, check_distinct_columns, encode_tags, is_blank, split_tags
@@ -214,7 +215,7 @@ def index_images(root: str | Path, db: str | Path = DEFAULT_DB, model: str | Pat
                  progress: bool = False, verify: bool = False, engine: str = "local") -> IndexReport:
     """Index every image under `root` into the LanceDB table at `db` (see the module docstring). `engine`:
     "local" (this process, or one shard per torchrun process) or "ray" (Ray Data; see `index.raydata`)."""
-    root, db = Path(root), Path(db)
+    root, db = Path(root), location(db)
     if not root.is_dir():
         raise MhtagError(f"{root} is not a folder of images")
     old = read_meta(db)
@@ -299,6 +300,9 @@ def add_images(db: str | Path, images: list[bytes], enc: Encoder,
                labels: list[dict[str, Any]] | None = None) -> Added:
     """Store uploaded images under the index's own folder (named by content, so the same image twice is one
     file and one row) and index them like `index_images` does, with optional known labels per image."""
+    if is_remote(db):
+        raise MhtagError(f"index {db} is on object storage; uploads are kept in a local index's folder. Index "
+                         "the images with `mhtag index DIR --db URI` instead")
     db = Path(db)
     meta = read_meta(db)
     if meta is None:
@@ -342,7 +346,7 @@ def _upload_labels(meta: IndexMeta, names: list[str], labels: list[dict[str, Any
 def delete_row(db: str | Path, rid: int) -> Deleted:
     """Remove one row (and, for an uploaded image, its file: else the next upload pass would add it back).
     A catalogue file still on disk comes back with the next `mhtag index` of its folder."""
-    db = Path(db)
+    db = location(db)
     with writer_lock(db):
         table = open_table(db)
         rows = read_columns(table, ["path"], where=f"rid = {int(rid)}").to_pylist()
@@ -350,6 +354,6 @@ def delete_row(db: str | Path, rid: int) -> Deleted:
             raise NotFoundError(f"no row with id {rid} in index {db}")
         table.delete(f"rid = {int(rid)}")
         path = Path(rows[0]["path"])
-        if path.parent == absolute(db / UPLOADS):
+        if not is_remote(db) and path.parent == absolute(db / UPLOADS):
             path.unlink(missing_ok=True)
     return Deleted(id=int(rid))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from mhtag.core.errors import MhtagError
-from mhtag.core.io import atomic_write_text
+from mhtag.core.storage import join, location, read_text, stamp, write_text
 from mhtag.data.schema import column_suffix
 from mhtag.index.columns import StoredAttribute
 
@@ -58,17 +57,18 @@ class IndexMeta:
         return cls(**d)
 
 
-def meta_path(db: str | Path) -> Path:
-    return Path(db) / "meta.json"
+def meta_path(db: str | Path) -> str:
+    return join(db, "meta.json")
 
 
 def read_meta(db: str | Path) -> IndexMeta | None:
     """The index's meta, None where there is no index; a damaged or foreign one is a clear error."""
     p = meta_path(db)
-    if not p.is_file():
+    text = read_text(p)
+    if text is None:
         return None
     try:
-        d = json.loads(p.read_text())
+        d = json.loads(text)
         fmt = d.get("format") if isinstance(d, dict) else None
         if fmt != INDEX_FORMAT:
             raise MhtagError(f"index {db} has format {fmt!r}; this mhtag reads format {INDEX_FORMAT}. Rebuild it "
@@ -91,17 +91,16 @@ def require_meta(db: str | Path) -> IndexMeta:
 def current_meta(db: str | Path) -> IndexMeta:
     """`require_meta` for readers that only look (searches, the server): parsed once per version of the file.
     The object is shared between callers: never modify it."""
-    try:
-        st = os.stat(meta_path(db))
-    except OSError:
+    version = stamp(meta_path(db))
+    if version is None:
         return require_meta(db)  # the same clear error
-    return _parsed_meta(str(db), (st.st_mtime_ns, st.st_size, st.st_ino))
+    return _parsed_meta(str(location(db)), version)
 
 
 @lru_cache(maxsize=16)
-def _parsed_meta(db: str, stamp: tuple[int, int, int]) -> IndexMeta:
+def _parsed_meta(db: str, version: tuple[int, int, int]) -> IndexMeta:
     return require_meta(db)
 
 
 def write_meta(db: str | Path, meta: IndexMeta) -> None:
-    atomic_write_text(meta_path(db), meta.to_json())
+    write_text(meta_path(db), meta.to_json())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mhtag.core.storage import location
 from mhtag.index.meta import require_meta, write_meta
 from mhtag.index.store import open_table, read_columns, snapshot
 from mhtag.index.vectors import VectorIndex
@@ -54,7 +55,7 @@ def _build_labelled(db: str | Path, snap) -> LabelledIndex | None:
 def calibrate_fusion(db: str | Path, k: int = 20) -> dict[str, float]:
     """Per single-label attribute with both a head and known labels: the head weight that maximises macro-F1
     when validation rows are predicted from their stored head probabilities and their training-row neighbours."""
-    db = Path(db)
+    db = location(db)
     meta = require_meta(db)
     both = [a for a in meta.attributes if a.has_head and a.has_labels and not a.multi]
     lab = labelled_index(db)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mhtag.core.errors import MhtagError, NotFoundError
+from mhtag.core.storage import location
 from mhtag.data.images import walk_images
 from mhtag.data.labels import absolute
 from mhtag.data.schema import decode_tags
@@ -47,7 +48,7 @@ class Predictor:
 
     def __init__(self, db: str | Path = DEFAULT_DB, model: str | Path | None = None, k: int | None = None,
                  min_similarity: float = 0.0, encoder: Encoder | None = None):
-        self.db = Path(db)
+        self.db = location(db)
         self.meta = read_meta(self.db)
         if self.meta is None and model is None and encoder is None:
             raise MhtagError(f"no index at {self.db} and no --model: index some images first, or pass --model RUN")

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from mhtag.core.errors import MhtagError
 from mhtag.core.runtime import progress_bar
+from mhtag.core.storage import storage_options
 from mhtag.data.labels import absolute
 from mhtag.index.columns import arrow_schema, rid_for
 from mhtag.index.meta import IndexMeta
@@ -63,13 +64,14 @@ class EmbedAndWrite:
     """A Ray Data actor: the model loads once; each batch of files becomes Lance fragments of finished rows."""
 
     def __init__(self, meta: dict[str, Any], known: KnownLabels | None, uri: str, storage_version: str,
-                 threads: int):
+                 threads: int, storage_options: dict[str, str]):
         import torch
 
         torch.set_num_threads(max(1, threads))
         self.meta = IndexMeta.from_dict(meta)
         self.enc = load_encoder(self.meta.model_path, self.meta.backbone)
         self.known, self.uri, self.storage_version = known, uri, storage_version
+        self.storage_options = storage_options or None  # passed, not read from the env: actors may run elsewhere
         self.schema = arrow_schema(self.meta.dim, self.meta.attributes)
         self.thresholds = self.enc.tagger.thresholds_ if self.enc.tagger else {}
 
@@ -83,13 +85,14 @@ class EmbedAndWrite:
             rows += [row_of(rels[i], Path(paths[i]), b.facts[r], b.embeddings[r], b.probs, r, self.meta,
                             self.thresholds, self.known) for r, i in enumerate(b.ok)]
         fragments = write_fragments(pa.Table.from_pylist(rows, schema=self.schema), self.uri, schema=self.schema,
-                                    data_storage_version=self.storage_version) if rows else []
+                                    data_storage_version=self.storage_version,
+                                    storage_options=self.storage_options) if rows else []
         return {"fragments": np.array([json.dumps([json.dumps(f.to_json()) for f in fragments])]),
                 "rids": np.array([json.dumps([row["rid"] for row in rows])]),
                 "failed": np.array([json.dumps(failed)])}
 
 
-def write_with_ray(db: Path, plan: Plan, meta: IndexMeta, known: KnownLabels | None, batch_size: int,
+def write_with_ray(db: str | Path, plan: Plan, meta: IndexMeta, known: KnownLabels | None, batch_size: int,
                    commit_every: int, actors: int | None = None, progress: bool = False) -> Written:
     """Embed `plan.todo` on Ray Data and commit its rows to the table at `db` (see the module docstring)."""
     import lance
@@ -97,7 +100,8 @@ def write_with_ray(db: Path, plan: Plan, meta: IndexMeta, known: KnownLabels | N
 
     ray = require_ray()
     connect()
-    uri = table_uri(db)
+    uri, options = table_uri(db), storage_options()
+    stored_as = lance.dataset(uri, storage_options=options or None).data_storage_version
     gpus = ray.cluster_resources().get("GPU", 0)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = actors or max(1, int(gpus) if gpus else cpus)
@@ -108,15 +112,15 @@ def write_with_ray(db: Path, plan: Plan, meta: IndexMeta, known: KnownLabels | N
     dataset = ray.data.from_items(items).map_batches(
         EmbedAndWrite, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), batch_format="numpy",
         fn_constructor_kwargs={"meta": json.loads(meta.to_json()), "known": known, "uri": uri,
-                               "storage_version": lance.dataset(uri).data_storage_version,
-                               "threads": per_actor.get("num_cpus", 1)}, **per_actor)
+                               "storage_version": stored_as,
+                               "threads": per_actor.get("num_cpus", 1), "storage_options": options}, **per_actor)
     changed = {rid_for(str(absolute(plan.files[rel]))) for rel in plan.todo} & set(plan.changed)
     written, pending, pending_rids = Written(), [], []
 
     def commit() -> None:
         if pending:
-            lance.LanceDataset.commit(uri, lance.LanceOperation.Append(pending),
-                                      read_version=lance.dataset(uri).version)
+            lance.LanceDataset.commit(uri, lance.LanceOperation.Append(pending), storage_options=options or None,
+                                      read_version=lance.dataset(uri, storage_options=options or None).version)
         for rid in pending_rids:
             written.rids.append(rid)
             written.changed += rid in changed

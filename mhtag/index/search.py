@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from mhtag.core.errors import MhtagError, NotFoundError
+from mhtag.core.storage import location
 from mhtag.data.schema import decode_tags
 from mhtag.index import ann
 from mhtag.index.columns import StoredAttribute
@@ -244,7 +245,7 @@ def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: s
         raise MhtagError(f"limit must be at least 1, not {limit}")
     if offset < 0:
         raise MhtagError(f"offset must be 0 or more, not {offset}")
-    db = Path(db)
+    db = location(db)
     meta = current_meta(db)
     resolved = resolve_filters(meta, filters)
     version = version_key(db)  # one look at the table per search
@@ -381,7 +382,7 @@ def warm(db: str | Path = DEFAULT_DB) -> None:
 def index_attributes(db: str | Path = DEFAULT_DB) -> Attributes:
     """Every attribute with its values and their counts over the whole index (label where known, else
     prediction); values known to the index but on no row are listed with 0."""
-    db = Path(db)
+    db = location(db)
     meta = current_meta(db)
     counts = facet_counts(snapshot(db), meta, None)
     out = []
@@ -396,7 +397,7 @@ def index_attributes(db: str | Path = DEFAULT_DB) -> Attributes:
 
 
 def index_health(db: str | Path = DEFAULT_DB) -> Health:
-    db = Path(db)
+    db = location(db)
     meta = current_meta(db)
     snap = snapshot(db)
     return Health(rows=snap.rows.num_rows, model=meta.model_path, backbone=meta.backbone, version=snap.version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import hashlib
 import os
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mhtag.core.errors import BusyError, MhtagError
+from mhtag.core.storage import is_remote, join, list_names, location, storage_options
 from mhtag.index.columns import PROBS, arrow_schema
 from mhtag.index.meta import IndexMeta, current_meta
 from mhtag.index.vectors import VectorIndex
@@ -28,7 +30,12 @@ DEFAULT_DB = Path("indexes/default")
 
 @contextmanager
 def writer_lock(db: str | Path) -> Iterator[None]:
-    """One writer per database: a second `index` run fails at once with a clear message."""
+    """One writer per database: a second `index` run fails at once with a clear message. Object storage has
+    no file lock: there Lance's commit keeps the table consistent (a conflicting commit fails) and running one
+    writer at a time is the operator's part (see docs/scale.md)."""
+    if is_remote(db):
+        yield
+        return
     Path(db).mkdir(parents=True, exist_ok=True)
     with open(Path(db) / ".lock", "a+") as fh:
         try:
@@ -51,12 +58,12 @@ def writer_lock(db: str | Path) -> Iterator[None]:
 def connect(db: str | Path):
     import lancedb
 
-    return lancedb.connect(str(db))
+    return lancedb.connect(str(location(db)), storage_options=storage_options() or None)
 
 
 def table_uri(db: str | Path) -> str:
     """The Lance dataset under the LanceDB table (what Lance's own writers and readers open)."""
-    return str(Path(db).resolve() / f"{TABLE}.lance")
+    return join(db, f"{TABLE}.lance") if is_remote(db) else str(Path(db).resolve() / f"{TABLE}.lance")
 
 
 def _has_table(conn) -> bool:
@@ -147,7 +154,7 @@ def _snapshot(db: str, key: tuple[int, int], dim: int) -> Snapshot:
     arrow = read_columns(table, names)
     index = VectorIndex(vectors_of(arrow, dim), arrow.column("rid").to_numpy(), torch_device=_search_device())
     if index.wants_ivf:
-        _attach_ivf(index, Path(db), version)
+        _attach_ivf(index, Path(db) if not is_remote(db) else _remote_cache(db), version)
     rows = arrow.drop_columns(["vector"]).combine_chunks()  # one chunk per column: cheap takes
     return Snapshot(version, rows, index)
 
@@ -164,12 +171,23 @@ def _attach_ivf(index: VectorIndex, db: Path, version: int) -> None:
         index.build_ivf().save_ivf(path)
 
 
+def _remote_cache(db: str) -> Path:
+    """A local folder for what is derived from a remote table (its FAISS IVF index)."""
+    folder = Path.home() / ".cache" / "mhtag" / "remote" / hashlib.sha1(db.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def version_key(db: str | Path) -> tuple[int, int]:
-    """Changes whenever a commit adds a manifest: a stat and a listing, far cheaper than opening the table."""
-    versions = os.path.join(db, f"{TABLE}.lance", "_versions")
+    """Changes whenever a commit adds a manifest, far cheaper than opening the table: locally a stat and a
+    listing; on object storage one listing (manifest names count down from 2^64, so the smallest is the newest)."""
+    versions = join(db, f"{TABLE}.lance/_versions")
     try:
-        return os.stat(versions).st_mtime_ns, len(os.listdir(versions))
-    except OSError:
+        if not is_remote(db):
+            return os.stat(versions).st_mtime_ns, len(os.listdir(versions))
+        names = list_names(versions)
+        return min(int(n.split(".")[0]) for n in names if n.endswith(".manifest")), len(names)
+    except (OSError, ValueError):
         raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`") from None
 
 

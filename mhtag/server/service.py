@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from mhtag.core.errors import MhtagError
+from mhtag.core.storage import location, stamp
 from mhtag.data.images import decode_image, read_image_bytes
 from mhtag.index.meta import meta_path, require_meta
 from mhtag.index.neighbours import labelled_index
@@ -23,7 +24,7 @@ THUMB_SIDE = 256
 
 @dataclass
 class Settings:
-    db: Path = DEFAULT_DB
+    db: str | Path = DEFAULT_DB  # a folder, or an object-store URI
     model: Path | None = None  # default: the index's own model
     api_key_file: Path | None = None  # without one, writes are refused
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -40,8 +41,9 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         fields = json.loads(os.environ[cls.ENV])
-        for name in ("db", "model", "api_key_file"):
+        for name in ("model", "api_key_file"):
             fields[name] = None if fields[name] is None else Path(fields[name])
+        fields["db"] = location(fields["db"])
         return cls(**fields)
 
 
@@ -51,7 +53,7 @@ class Service:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.db = Path(settings.db)
+        self.db = location(settings.db)
         self.api_key = check_settings(settings)
         self.model_limiter = None  # an anyio.CapacityLimiter, made on first use inside the event loop
         self._predictor = Predictor(self.db, settings.model)
@@ -59,15 +61,15 @@ class Service:
         warm(self.db)  # the first request is not slow
         labelled_index(self.db)
 
-    def _stamp(self) -> int:
-        return meta_path(self.db).stat().st_mtime_ns
+    def _stamp(self) -> tuple[int, int, int] | None:
+        return stamp(meta_path(self.db))
 
     @property
     def predictor(self) -> Predictor:
-        stamp = self._stamp()
-        if stamp != self._meta_stamp:
+        now = self._stamp()
+        if now != self._meta_stamp:
             self._predictor = Predictor(self.db, self.settings.model, encoder=self._predictor.encoder)
-            self._meta_stamp = stamp
+            self._meta_stamp = now
         return self._predictor
 
     def key_ok(self, presented: str | None) -> bool:
