@@ -178,3 +178,21 @@ def test_free_text_columns_are_not_heads(tmp_path):
     rows += [f"img/x{i}.png,red,Product number {i}" for i in range(30)]
     table = read_labels(_csv(tmp_path, rows, header="path,colour,name"), check_files=False)
     assert table.text_columns == ["name"] and table.attributes == ["colour"]
+
+
+def test_image_checks_are_kept_per_file_version(tmp_path, monkeypatch):
+    """A second look at unchanged files decodes nothing; a file rewritten since is decoded again."""
+    import os
+
+    import mhtag.data.images as images
+
+    paths = [str(_save(tmp_path / f"{i}.png", Image.new("RGB", (8, 8)))) for i in range(3)]
+    assert images.image_errors(paths) == [None, None, None]
+    decoded = []
+    real = images.probe_image_files
+    monkeypatch.setattr(images, "probe_image_files", lambda ps, workers=4: decoded.extend(ps) or real(ps, workers))
+    assert images.image_errors(paths) == [None, None, None] and decoded == []
+    (tmp_path / "1.png").write_bytes(b"\x89PNG broken")
+    os.utime(paths[1], ns=(1, 1))
+    errors = images.image_errors(paths)
+    assert decoded == [paths[1]] and errors[0] is None and errors[2] is None and errors[1]

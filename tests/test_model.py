@@ -30,6 +30,15 @@ def test_one_head_per_attribute_with_the_right_shapes(schema):
     assert mlp.heads["colour"][1].out_features == 7
 
 
+def test_linear_heads_run_as_one_matmul_with_each_heads_own_answer(schema):
+    model = Tagger(create_backbone("tiny_cnn"), schema).eval()
+    features = torch.randn(5, model.num_features)
+    fused = model.forward_heads(features)
+    f = model.feature_norm(features)
+    for name, head in model.heads.items():
+        assert torch.allclose(fused[name], head(f), atol=1e-6)
+
+
 def test_class_weights_are_inverse_frequency_capped():
     w = class_weights([6, 2], "inverse", cap=10)
     assert w[1] / w[0] == pytest.approx(3.0)

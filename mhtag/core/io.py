@@ -41,3 +41,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def cache_dir() -> Path:
+    """Where derived data is kept between runs (embeddings, image checks): `MHTAG_CACHE`, else ~/.cache/mhtag."""
+    return Path(os.environ.get("MHTAG_CACHE", Path.home() / ".cache" / "mhtag"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mhtag.core.errors import ImageError, MhtagError
+from mhtag.core.io import atomic_write_text, cache_dir
 
 # What a folder walk picks up. A file named explicitly is tried whatever its extension.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -114,6 +116,38 @@ def probe_image_file(path: str | Path) -> ImageInfo:
 def probe_image_files(paths: list[str], workers: int = 4) -> list[ImageInfo]:
     with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
         return list(pool.map(probe_image_file, paths, chunksize=64))
+
+
+CHECKS = "image_checks.json"  # in the cache folder: {path: [size, mtime_ns, error or null]}
+
+
+def image_errors(paths: list[str], workers: int = 4) -> list[str | None]:
+    """Why each file is unusable (None: it decodes). A file's verdict is kept in the cache, keyed by its size and
+    modification time, so a training run does not decode a catalogue that it decoded before, unchanged."""
+    store = cache_dir() / CHECKS
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    stats = [_stat(p) for p in paths]
+    todo = [i for i, (p, st) in enumerate(zip(paths, stats, strict=True))
+            if st is None or known.get(p, [None, None])[:2] != list(st)]
+    fresh = {}
+    for i, info in zip(todo, probe_image_files([paths[i] for i in todo], workers), strict=True):
+        fresh[i] = info.error
+        if stats[i] is not None:
+            known[paths[i]] = [*stats[i], info.error]
+    if todo:
+        atomic_write_text(store, json.dumps(known))
+    return [fresh[i] if i in fresh else known[p][2] for i, p in enumerate(paths)]
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from mhtag.core.errors import MhtagError
-from mhtag.data.images import probe_image_files
+from mhtag.data.images import image_errors
 from mhtag.data.schema import check_distinct_columns, is_blank
 
 _logger = logging.getLogger(__name__)
@@ -153,10 +153,11 @@ def read_labels(csv_path: str | Path, images_root: str | Path | None = None, mul
 
 
 def drop_unreadable(table: LabelTable, workers: int = 4) -> LabelTable:
-    """Decode every image once; rows whose file is unusable move to `skipped` with the reason."""
-    infos = probe_image_files(table.frame[FILE].tolist(), workers)
-    bad = [i for i, info in enumerate(infos) if info.error]
+    """Decode every image (once per version of the file); rows whose file is unusable move to `skipped` with
+    the reason."""
+    errors = image_errors(table.frame[FILE].tolist(), workers)
+    bad = [i for i, error in enumerate(errors) if error]
     for i in bad:
-        table.skipped.append(Skipped(int(table.frame[ROW].iat[i]), table.frame["path"].iat[i], infos[i].error))
+        table.skipped.append(Skipped(int(table.frame[ROW].iat[i]), table.frame["path"].iat[i], errors[i]))
     table.frame = table.frame.drop(index=bad).reset_index(drop=True)
     return table

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mhtag.core.errors import MhtagError
-from mhtag.core.io import atomic_path
+from mhtag.core.io import atomic_path, cache_dir
 from mhtag.core.runtime import auto_workers, autocast, default_device, progress_bar
 from mhtag.data.datasets import FileFacts, SafeImageDataset, collate_safe
 from mhtag.data.transforms import build_transform
@@ -186,10 +186,6 @@ def _cache_key(backbone: Backbone, files: list[str], data_config: dict[str, Any]
         st = os.stat(f)
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MHTAG_CACHE", Path.home() / ".cache" / "mhtag"))
 
 
 def cached_embeddings(backbone: Backbone, files: list[str], data_config: dict[str, Any], batch_size: int = 64,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mhtag.data.schema import LabelSchema
@@ -11,10 +12,12 @@ from mhtag.models.backbones import Backbone
 
 def make_head(in_features: int, out_features: int, kind: str = "linear", hidden: int = 512,
               dropout: float = 0.1) -> nn.Module:
+    """One attribute's head. Its input dropout is the Tagger's, one mask shared by every head (on CPU a mask's
+    random numbers cost more than a linear head's arithmetic); the Identity keeps the checkpoint layout."""
     if kind == "mlp":
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, hidden), nn.GELU(),
+        return nn.Sequential(nn.Identity(), nn.Linear(in_features, hidden), nn.GELU(),
                              nn.Dropout(dropout), nn.Linear(hidden, out_features))
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, out_features))
+    return nn.Sequential(nn.Identity(), nn.Linear(in_features, out_features))
 
 
 class Tagger(nn.Module):
@@ -27,6 +30,7 @@ class Tagger(nn.Module):
         self.schema = schema
         self.num_features = backbone.num_features
         self.feature_norm = nn.BatchNorm1d(self.num_features)  # puts any backbone's features on one scale
+        self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleDict({
             a.name: make_head(self.num_features, a.num_outputs, head, head_hidden, dropout)
             for a in schema.attributes
@@ -40,7 +44,11 @@ class Tagger(nn.Module):
         return self.backbone(x)
 
     def forward_heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = self.feature_norm(features.float())
+        f = self.dropout(self.feature_norm(features.float()))
+        linear = [head[1] for head in self.heads.values() if len(head) == 2]
+        if len(linear) == len(self.heads):  # all linear: one matmul for every head, split by head
+            logits = F.linear(f, torch.cat([h.weight for h in linear]), torch.cat([h.bias for h in linear]))
+            return dict(zip(self.heads, logits.split([h.out_features for h in linear], dim=-1), strict=True))
         return {name: head(f) for name, head in self.heads.items()}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -305,6 +305,10 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
     generator = torch.Generator()
     train_loader, val_loader = make_loaders(model, cfg, mode, train_df, val_df, y_train, y_val, data_config,
                                             device, dist, generator, progress)
+    if mode == "probe":
+        if state is None:
+            standardise_features(model.feature_norm, train_loader.x)
+        model.feature_norm.requires_grad_(False)
     model.to(device)
     optimizer = make_optimizer(model, cfg, mode)
     scheduler = cosine_with_warmup(optimizer, epochs * len(train_loader))
@@ -332,6 +336,8 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
                 train_loader.sampler.set_epoch(epoch)
             t0 = time.monotonic()
             net.train()
+            if mode == "probe":
+                model.feature_norm.eval()
             if cfg.freeze_bn and mode == "finetune":
                 _freeze_batchnorm(model.backbone)
             tr = train_one_epoch(_forward(net, mode), train_loader, loss_fn, device, optimizer, scheduler, cfg.amp,
@@ -439,6 +445,17 @@ def _freeze_batchnorm(module: torch.nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
+
+
+def standardise_features(norm: torch.nn.BatchNorm1d, features: torch.Tensor) -> None:
+    """The probe's feature norm: fixed to the training features' mean and variance (a standard scaler), so
+    the heads train on a stable input and no gradient flows into it (a linear head absorbs any affine map).
+    A fine-tune starts from it and trains it."""
+    with torch.no_grad():
+        norm.running_mean.copy_(features.mean(0))
+        norm.running_var.copy_(features.var(0))
+        norm.weight.fill_(1.0)
+        norm.bias.zero_()
 
 
 def _copy_heads(source: Tagger, target: Tagger) -> None:

@@ -19,9 +19,10 @@ def _decay_groups(params: list[torch.nn.Parameter], lr: float, weight_decay: flo
 
 
 def make_optimizer(model: Tagger, cfg: TrainConfig, mode: str) -> torch.optim.Optimizer:
-    heads = list(model.heads.parameters()) + list(model.feature_norm.parameters())
-    if mode == "probe":
+    heads = list(model.heads.parameters())
+    if mode == "probe":  # the feature norm is fixed there (see fit.standardise_features)
         return torch.optim.AdamW(_decay_groups(heads, cfg.probe_lr, cfg.weight_decay))
+    heads += list(model.feature_norm.parameters())
     backbone = [p for p in model.backbone.parameters() if p.requires_grad]
     return torch.optim.AdamW(_decay_groups(backbone, cfg.lr * cfg.backbone_lr_mult, cfg.weight_decay)
                              + _decay_groups(heads, cfg.lr, cfg.weight_decay))
