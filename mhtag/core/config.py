@@ -54,7 +54,7 @@ class TrainConfig:
     backbone_lr_mult: float = 0.1
     weight_decay: float = 0.01
     probe_epochs: int = 60
-    probe_lr: float = 3e-3
+    probe_lr: float = 6e-3
     amp: bool = True
     num_workers: int = -1  # decoding processes; -1 = auto (see runtime.auto_workers)
     seed: int = 0

@@ -72,7 +72,12 @@ def filter_sql(meta: IndexMeta, filters: dict[str, list[str]], source: Source = 
                                  lambda x, y: f"({x}) AND ({y})"))
     if disputed:
         both = [a for a in meta.attributes if a.has_head and a.has_labels and (not filters or a.name in filters)]
-        terms.append(" OR ".join(f"({a.label} != '' AND {a.label} != {a.pred})" for a in both) or "false")
+        labelled_row = " OR ".join(f"{a.label} != ''" for a in meta.attributes if a.has_labels) or "false"
+
+        def known(a: StoredAttribute) -> str:  # a tag group's empty label is "no tags" on a labelled row
+            return labelled_row if a.multi else f"{a.label} != ''"
+
+        terms.append(" OR ".join(f"(({known(a)}) AND {a.label} != {a.pred})" for a in both) or "false")
     return " AND ".join(f"({t})" for t in terms) or None
 
 

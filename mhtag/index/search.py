@@ -112,10 +112,14 @@ def disputed_mask(snap: Snapshot, meta: IndexMeta, names: list[str] | None = Non
     worth a human look, as `mhtag audit` ranks them."""
     both = [a for a in meta.attributes if a.has_head and a.has_labels and (not names or a.name in names)]
     mask = np.zeros(snap.rows.num_rows, dtype=bool)
+    labels = {a.name: snap.rows.column(a.label).to_numpy(zero_copy_only=False) for a in meta.attributes
+              if a.has_labels}
+    # a tag group's empty label is "no tags" on a row that has labels, unknown on a row that has none
+    labelled_row = np.logical_or.reduce([v != "" for v in labels.values()]) if labels else mask
     for a in both:
-        label = snap.rows.column(a.label).to_numpy(zero_copy_only=False)
+        label = labels[a.name]
         pred = snap.rows.column(a.pred).to_numpy(zero_copy_only=False)
-        mask |= (label != "") & (label != pred)
+        mask |= (labelled_row if a.multi else label != "") & (label != pred)
     return mask
 
 

@@ -21,7 +21,7 @@ from mhtag.inference.encoder import cached_embeddings, loader_kwargs
 from mhtag.models.tagger import Tagger
 
 _logger = logging.getLogger(__name__)
-PROBE_BATCH = 256
+PROBE_BATCH = 512  # with probe_lr 6e-3: equal val accuracy to 256 and 3e-3 on fashion12k, fewer steps
 
 
 def prepare_data(cfg: TrainConfig, labels: str | Path, images: str | Path | None) -> tuple[LabelTable, Any, Any]:
