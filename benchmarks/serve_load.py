@@ -233,9 +233,11 @@ def main() -> None:
                "reference_scan_ms": reference_scan}
         run_search(args.clients, 5)  # warm-up: every worker has answered before the clock starts
         out["search_two_filters_like_id"] = run_search(args.clients, args.seconds)
+        run_search(1, 2)  # the requests still queued from the 8-client run drain before the clock starts
         out["search_one_client"] = run_search(1, min(10.0, args.seconds))
         run_predict(args.clients, 5)
         out["predict_one_80x60_jpeg"] = run_predict(args.clients, args.seconds)
+        run_predict(1, 3)
         out["predict_one_client"] = run_predict(1, min(10.0, args.seconds))
         out["server_rss_mb_after"] = tree_rss_mb(server.pid)
         out["note"] = ("clients and server share the machine's cores (localhost); memory is the server's "

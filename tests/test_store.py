@@ -32,6 +32,21 @@ def test_flat_search_matches_brute_force_with_and_without_a_filter():
     assert sorted(pos[0]) == [3, 4]
 
 
+@pytest.mark.parametrize("share", [1.0, 0.6, 0.3, 0.05])
+def test_every_exact_path_gives_the_same_rows_in_the_same_order(share):
+    """A few queries over most rows (one BLAS pass), over few rows (by index), and a batch (FAISS flat)."""
+    x = _clustered(4000, 32, seed=5)
+    vi = VectorIndex(x, np.arange(4000))
+    mask = np.random.default_rng(6).random(4000) < share
+    queries = x[:20] + 0.01
+    batch_scores, batch_pos = vi.search(queries, 10, rows=mask)  # 20 queries: FAISS's own batch path
+    for i in (0, 7):
+        for rows in (mask, np.flatnonzero(mask)):
+            scores, pos = vi.search(queries[i], 10, rows=rows)
+            assert list(pos[0]) == list(_exact(x, queries[i], 10, np.flatnonzero(mask))) == list(batch_pos[i])
+            assert np.allclose(scores[0], batch_scores[i], atol=1e-5)
+
+
 def test_ivf_path_keeps_recall_and_returns_k_at_any_selectivity():
     n = 20000
     x = _clustered(n, 32, seed=1)
