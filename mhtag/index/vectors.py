@@ -104,7 +104,7 @@ class VectorIndex:
         if rows is not None and rows.dtype == bool:
             mask, positions = rows, np.flatnonzero(rows)
         elif rows is not None:
-            positions = np.unique(rows)
+            positions = rows if _strictly_increasing(rows) else np.unique(rows)
         m = n if positions is None else len(positions)
         k_eff = min(k, m)
         if k_eff <= 0:
@@ -166,3 +166,8 @@ class VectorIndex:
         idx = torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(self.on_torch.device)
         s, i = (qt @ self.on_torch[idx].T).topk(k, dim=1)
         return s.cpu().numpy(), idx[i].cpu().numpy()
+
+
+def _strictly_increasing(positions: np.ndarray) -> bool:
+    """Already sorted and unique (as `np.flatnonzero` gives them): no need for `np.unique`'s hash pass."""
+    return len(positions) < 2 or bool((positions[1:] > positions[:-1]).all())
