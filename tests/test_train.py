@@ -25,6 +25,12 @@ def test_probe_run_writes_checkpoint_metrics_and_report(demo, tiny_cfg, tmp_path
     assert heads["colour"]["kind"] == "single" and heads["background"]["accuracy"] >= 0.9  # chance: 0.5
     assert run.best["score"] == max(e["score"] for e in metrics["epochs"])
     assert (tmp_path / "run" / "confusion" / "colour.png").stat().st_size > 1000
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.count("reliability diagram of") == 5 and "(ECE " not in page  # the ECE is drawn in the PNG
+    for head in heads:
+        assert (tmp_path / "run" / "reliability" / f"{head}.png").stat().st_size > 1000
+    state = load_checkpoint(tmp_path / "run")
+    assert set(state["ece_before_calibration"]) == set(heads)  # tag groups too
 
 
 def test_the_probe_standardises_features_with_training_statistics(demo, tiny_cfg, tmp_path):

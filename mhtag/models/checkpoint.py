@@ -37,6 +37,7 @@ def checkpoint_state(model: Tagger, config: dict[str, Any], data_config: dict[st
         "schema": model.schema.to_dict(),
         "thresholds": model.thresholds_,
         "temperatures": model.temperatures_,
+        "platt": {k: [list(a), list(b)] for k, (a, b) in model.platt_.items()},
         "model": model.state_dict(),
         **(extra or {}),
     }
@@ -54,6 +55,7 @@ def tagger_from_checkpoint(state: dict[str, Any]) -> Tagger:
     model.load_state_dict(state["model"])
     model.thresholds_ = {k: list(v) for k, v in state["thresholds"].items()}
     model.temperatures_ = {k: float(v) for k, v in state.get("temperatures", {}).items()}
+    model.platt_ = {k: ([float(x) for x in a], [float(x) for x in b]) for k, (a, b) in state.get("platt", {}).items()}
     return model.eval()
 
 

@@ -36,6 +36,7 @@ class Tagger(nn.Module):
             for a in schema.attributes
         })
         self.temperatures_: dict[str, float] = {}  # per single-label head, fitted on val after training
+        self.platt_: dict[str, tuple[list[float], list[float]]] = {}  # per tag group where it helped: (a, b) per tag
         self.thresholds_: dict[str, list[float]] = {
             a.name: [0.5] * a.num_outputs for a in schema.attributes if a.multi
         }
@@ -54,8 +55,16 @@ class Tagger(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_heads(self.forward_features(x))
 
-    def probabilities(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Softmax (over logits / the head's temperature) for single-label heads, sigmoid for tag groups."""
-        return {a.name: torch.sigmoid(logits[a.name].float()) if a.multi
-                else torch.softmax(logits[a.name].float() / self.temperatures_.get(a.name, 1.0), -1)
+    def probabilities(self, logits: dict[str, torch.Tensor], calibrated: bool = True) -> dict[str, torch.Tensor]:
+        """Softmax (over logits / the head's temperature) for single-label heads, sigmoid (of a * logit + b, the
+        tag's Platt scaling) for tag groups; `calibrated=False`: as the heads came out of training."""
+        return {a.name: self._tag_probabilities(a.name, logits[a.name].float(), calibrated) if a.multi
+                else torch.softmax(logits[a.name].float() / (self.temperatures_.get(a.name, 1.0) if calibrated
+                                                             else 1.0), -1)
                 for a in self.schema.attributes}
+
+    def _tag_probabilities(self, name: str, logits: torch.Tensor, calibrated: bool) -> torch.Tensor:
+        if not calibrated or name not in self.platt_:
+            return torch.sigmoid(logits)
+        a, b = (torch.tensor(v, dtype=logits.dtype, device=logits.device) for v in self.platt_[name])
+        return torch.sigmoid(a * logits + b)

@@ -73,14 +73,64 @@ def curves_png(history: list[dict[str, Any]]) -> str:
     return _png(fig)
 
 
+def reliability_png(name: str, multi: bool, curves: dict[str, dict[str, Any]], path: Path | None = None) -> str:
+    """A reliability diagram: per confidence bin, the share right against the mean confidence, one line per
+    curve (e.g. before / after calibration), ECE in the legend; the diagonal is perfect calibration."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--")
+    for label, c in curves.items():
+        ax.plot(c["confidence"], c["accuracy"], marker="o", ms=3, label=f"{label} (ECE {c['ece']:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("tag probability" if multi else "confidence (top-1)")
+    ax.set_ylabel("share with the tag" if multi else "accuracy")
+    ax.set_title(name, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    data = _png(fig)
+    if path is not None:
+        atomic_write_bytes(path, base64.b64decode(data))
+    return data
+
+
+def reliability_section(curves: dict[str, dict[str, dict[str, Any]]], multi: dict[str, bool], heading: str,
+                        png_dir: Path | None = None) -> list[str]:
+    """HTML of a reliability diagram per head (`multi`: whether each head is a tag group), each also saved as
+    png_dir/<head>.png when given."""
+    if png_dir is not None:
+        png_dir.mkdir(parents=True, exist_ok=True)
+    parts = [f"<h2>{html.escape(heading)}</h2>"]
+    for name, versions in curves.items():
+        img = reliability_png(name, multi[name], versions, png_dir / f"{_safe(name)}.png" if png_dir else None)
+        parts.append(f'<img src="data:image/png;base64,{img}" alt="reliability diagram of {html.escape(name)}">')
+    return parts
+
+
+def _page(parts: list[str]) -> str:
+    return "<!doctype html><meta charset='utf-8'><style>body{font-family:sans-serif}</style>" + "\n".join(parts)
+
+
+def write_eval_report(path: Path, result: dict[str, Any], title: str) -> Path:
+    """`mhtag eval --report`: the split's metric table and a reliability diagram per head, before and after
+    calibration."""
+    multi = {name: m.get("kind") == "multi" for name, m in result["heads"].items()}
+    parts = [f"<h1>{html.escape(title)}</h1>", f"<pre>{html.escape(metrics_table(result['heads']))}</pre>"]
+    parts += reliability_section(result["reliability"], multi, f"Calibration on split {result['split']!r}")
+    return atomic_write_text(path, _page(parts))
+
+
 def write_run_report(out: Path, history: list[dict[str, Any]], heads: dict[str, dict[str, Any]],
                      probs: dict[str, np.ndarray], targets: dict[str, np.ndarray], schema: LabelSchema,
-                     title: str) -> Path:
-    """report.html: per-head metric tables, confusion matrices (also saved as PNG) and training curves."""
+                     title: str, reliability: dict[str, dict[str, dict[str, Any]]] | None = None) -> Path:
+    """report.html: per-head metric tables, training curves, reliability diagrams (`reliability`: per head, per
+    version such as before/after calibration) and confusion matrices (diagrams and matrices also saved as PNG)."""
     parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Validation metrics (best checkpoint)</h2>",
              f"<pre>{html.escape(metrics_table(heads))}</pre>"]
     if history:
         parts += ["<h2>Training curves</h2>", f'<img src="data:image/png;base64,{curves_png(history)}">']
+    if reliability:
+        parts += reliability_section(reliability, {a.name: a.multi for a in schema.attributes},
+                                     "Calibration on the validation rows", out / "reliability")
     parts.append("<h2>Confusion matrices</h2>")
     (out / "confusion").mkdir(exist_ok=True)
     for a in schema.attributes:
@@ -98,8 +148,7 @@ def write_run_report(out: Path, history: list[dict[str, Any]], heads: dict[str, 
             rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{f:.3f}</td></tr>"
                            for c, f in zip(a.classes, f1, strict=True))
             parts.append(f"<h3>{html.escape(a.name)} (tags)</h3><table><tr><th>tag</th><th>F1</th></tr>{rows}</table>")
-    page = "<!doctype html><meta charset='utf-8'><style>body{font-family:sans-serif}</style>" + "\n".join(parts)
-    return atomic_write_text(out / "report.html", page)
+    return atomic_write_text(out / "report.html", _page(parts))
 
 
 def _safe(name: str) -> str:

@@ -7,8 +7,8 @@ from typing import Any
 from mhtag.data.schema import AttributeKind
 from mhtag.results import PredictResult, SearchResult
 
-SINGLE_COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece")
-MULTI_COLUMNS = ("micro_f1", "macro_f1", "mAP", "exact_match", "hamming_accuracy")
+SINGLE_COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece", "ece_uncalibrated")
+MULTI_COLUMNS = ("micro_f1", "macro_f1", "mAP", "exact_match", "hamming_accuracy", "ece", "ece_uncalibrated")
 
 def metrics_table(heads: dict[str, dict[str, Any]]) -> str:
     """A fixed-width table, one line per head."""
@@ -24,6 +24,19 @@ def metrics_table(heads: dict[str, dict[str, Any]]) -> str:
             lines.append(name.ljust(width) + str(m.get("n", 0)).rjust(7) + cells)
         lines.append("")
     return "\n".join(lines).rstrip()
+
+
+def shift_table(result: dict[str, Any]) -> str:
+    """`mhtag eval --shift`: one line per attribute and answer source, one column per shift ("clean" first)."""
+    shifts = list(result["shifts"])
+    width = max(len(a) for a in result["attributes"]) + 13
+    lines = ["attribute / source".ljust(width) + "".join(s[:12].rjust(13) for s in shifts)]
+    for attr in result["attributes"]:
+        for source, scores in result["shifts"][shifts[0]].items():
+            if attr in scores:
+                cells = "".join(f"{result['shifts'][s][source].get(attr, float('nan')):.4f}".rjust(13) for s in shifts)
+                lines.append(f"{attr} / {source}".ljust(width) + cells)
+    return "\n".join(lines)
 
 
 def comparison_lines(comparison: list, kept: str, keep: str) -> list[str]:

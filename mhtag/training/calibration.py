@@ -1,5 +1,6 @@
 """Calibration: one temperature per single-label head, fitted on validation rows after training, so that a
-head's confidence means what it says (a 0.8 is right about 80% of the time)."""
+head's confidence means what it says (a 0.8 is right about 80% of the time), and per-tag Platt scaling for a tag
+group where it helps on held-out validation rows."""
 
 from __future__ import annotations
 
@@ -43,3 +44,70 @@ def fit_temperatures(schema: LabelSchema, probs: dict[str, np.ndarray], targets:
     """A temperature per single-label head (tag groups keep their tuned thresholds and are left as they are)."""
     return {a.name: round(fit_temperature(probs[a.name], targets[a.name]), 4)
             for a in schema.attributes if not a.multi}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_platt(probs: np.ndarray, y: np.ndarray, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Per tag, (a, b) minimising the BCE of sigmoid(a * logit(p) + b), all tags at once. A tag whose rows are
+    all one answer, or whose fitted slope is not positive (it would reverse the ranking), keeps (1, 0)."""
+    z = torch.from_numpy(_logit(probs)).double()
+    t = torch.from_numpy(y.astype(np.float64))
+    log_a = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_a, b], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z * log_a.exp() + b, t, reduction="sum")
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    a, b_ = log_a.detach().exp().numpy(), b.detach().numpy()
+    both = (y.sum(0) > 0) & (y.sum(0) < len(y)) & np.isfinite(a) & np.isfinite(b_)
+    return np.where(both, a, 1.0), np.where(both, b_, 0.0)
+
+
+def apply_platt(probs: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sigmoid(a * logit(p) + b) per tag: the same order within a tag (a > 0), probabilities that mean what they
+    say. Also maps a tag's tuned threshold, so that its yes/no answers stay exactly as they were."""
+    return _sigmoid(np.asarray(a) * _logit(np.asarray(probs, dtype=np.float64)) + np.asarray(b)).astype(np.float32)
+
+
+def _bce(probs: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
+
+
+def platt_helps(probs: np.ndarray, y: np.ndarray, seed: int = 0) -> bool:
+    """Whether per-tag scaling lowers the BCE of rows it was not fitted on (two halves of the validation rows,
+    each scored with the other's fit): with few rows per tag it can overfit, and then it is left out."""
+    if len(y) < 20:
+        return False
+    order = np.random.default_rng(seed).permutation(len(y))
+    halves = order[: len(y) // 2], order[len(y) // 2:]
+    scaled = raw = 0.0
+    for fit_rows, score_rows in (halves, halves[::-1]):
+        a, b = fit_platt(probs[fit_rows], y[fit_rows])
+        scaled += _bce(apply_platt(probs[score_rows], a, b), y[score_rows])
+        raw += _bce(probs[score_rows], y[score_rows])
+    return scaled < raw
+
+
+def fit_tag_scaling(schema: LabelSchema, probs: dict[str, np.ndarray], targets: dict[str, np.ndarray]
+                    ) -> dict[str, tuple[list[float], list[float]]]:
+    """Per tag group where it helps on held-out validation rows: per-tag Platt (a, b) fitted on all of them."""
+    out = {}
+    for a in schema.attributes:
+        if a.multi and platt_helps(probs[a.name], targets[a.name]):
+            slope, bias = fit_platt(probs[a.name], targets[a.name])
+            out[a.name] = ([round(float(v), 5) for v in slope], [round(float(v), 5) for v in bias])
+    return out

@@ -15,27 +15,34 @@ from mhtag.data.labels import FILE, drop_unreadable, read_labels
 from mhtag.inference.encoder import cached_embeddings
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
 from mhtag.models.tagger import Tagger
-from mhtag.training.metrics import head_metrics
+from mhtag.training.metrics import head_metrics, reliability_curves
 
 _logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def tagger_probabilities(model: Tagger, files: list[str], batch_size: int = 128, workers: int | None = None,
-                         progress: bool = False) -> dict[str, np.ndarray]:
-    """Head probabilities for readable `files`; embeddings of the (frozen or fine-tuned) backbone are cached."""
+                         progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Head probabilities for readable `files`, calibrated and as the heads gave them before calibration;
+    embeddings of the (frozen or fine-tuned) backbone are cached."""
     device = default_device()
     feats = cached_embeddings(model.backbone, files, model.backbone.data_config, batch_size, device, workers,
                               progress)
     model.to(device).eval()
     with autocast(device):
         logits = model.forward_heads(torch.from_numpy(feats).to(device))
-    return {k: v.cpu().numpy() for k, v in model.probabilities(logits).items()}
+
+    def numpy(probs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {k: v.cpu().numpy() for k, v in probs.items()}
+
+    return numpy(model.probabilities(logits)), numpy(model.probabilities(logits, calibrated=False))
 
 
 def evaluate(run: str | Path, labels: str | Path, images: str | Path | None = None, split: str = "test",
              batch_size: int = 128, progress: bool = False) -> dict[str, Any]:
-    """`{"heads": {attr: metrics}, "n": rows, "skipped": [...], "unknown_labels": {attr: count}}`."""
+    """`{"heads": {attr: metrics}, "n": rows, "skipped": [...], "unknown_labels": {attr: count},
+    "reliability": {attr: {"before": curve, "after": curve}}}`: metrics of the calibrated model, each head's
+    `ece_uncalibrated` beside its `ece`, and reliability curves before and after calibration."""
     state = load_checkpoint(run)
     model = tagger_from_checkpoint(state)
     cfg = state["config"]
@@ -51,10 +58,15 @@ def evaluate(run: str | Path, labels: str | Path, images: str | Path | None = No
     for name, count in unknown.items():
         if count:
             _logger.warning("%s: %d label(s) never seen in training; left out of its metrics", name, count)
-    probs = tagger_probabilities(model, frame[FILE].tolist(), batch_size, progress=progress)
+    probs, raw = tagger_probabilities(model, frame[FILE].tolist(), batch_size, progress=progress)
     thresholds = {k: np.asarray(v) for k, v in model.thresholds_.items()}
+    heads = head_metrics(model.schema, probs, targets, thresholds)
+    reliability = reliability_curves(model.schema, targets, before=raw, after=probs)
+    for name, curves in reliability.items():
+        heads[name]["ece_uncalibrated"] = curves["before"]["ece"]
     return {
-        "heads": head_metrics(model.schema, probs, targets, thresholds),
+        "heads": heads,
+        "reliability": reliability,
         "n": len(frame),
         "split": split,
         "skipped": [str(s) for s in table.skipped],

@@ -38,8 +38,8 @@ from mhtag.models.loss import MultiHeadLoss
 from mhtag.models.tagger import Tagger
 from mhtag.report.html import write_run_report
 from mhtag.training.batches import make_loaders, prepare_data
-from mhtag.training.calibration import apply_temperature, fit_temperatures
-from mhtag.training.metrics import expected_calibration_error, head_metrics, mean_macro_f1, tune_thresholds
+from mhtag.training.calibration import apply_platt, apply_temperature, fit_tag_scaling, fit_temperatures
+from mhtag.training.metrics import calibration_errors, head_metrics, mean_macro_f1, reliability_curves, tune_thresholds
 from mhtag.training.optim import cosine_with_warmup, make_optimizer
 
 _logger = logging.getLogger(__name__)
@@ -377,30 +377,37 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
     if dist.is_main and not interrupted:
         best.to(device)
         va = validate(_forward(best, mode), best, val_loader, loss_fn, device, cfg.amp)
-        _calibrate(best, va, out, cfg, data_config, extra)
+        uncalibrated = _calibrate(best, va, out, cfg, data_config, extra)
         if cfg.report:
             run.report = write_run_report(out, history, evaluate_outputs(best, va, tune=False), va.probs,
                                           va.targets, best.schema,
-                                          title=f"mhtag run {out.name} ({mode}, {cfg.backbone})")
+                                          title=f"mhtag run {out.name} ({mode}, {cfg.backbone})",
+                                          reliability=reliability_curves(best.schema, va.targets,
+                                                                         before=uncalibrated, after=va.probs))
         best.cpu()
     return run
 
 
 def _calibrate(best: Tagger, va: EpochResult, out: Path, cfg: TrainConfig, data_config: dict[str, Any],
-               extra: dict[str, Any]) -> None:
-    """Temperatures fitted on the validation rows, stored in best.pt; `va` becomes the calibrated outputs."""
-    def ece(name: str) -> float:
-        keep = va.targets[name] >= 0
-        return expected_calibration_error(va.probs[name][keep], va.targets[name][keep]) if keep.any() else 0.0
-
-    before = {a.name: ece(a.name) for a in best.schema.attributes if not a.multi}
+               extra: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Temperatures per single-label head and, where it helps, per-tag Platt scaling per tag group (its tuned
+    thresholds mapped with it, so its answers do not change), fitted on the validation rows and stored in best.pt.
+    `va` becomes the calibrated outputs; returns the uncalibrated ones (for the report's before/after)."""
+    raw = {name: p.copy() for name, p in va.probs.items()}
     best.temperatures_ = fit_temperatures(best.schema, va.probs, va.targets)
+    best.platt_ = fit_tag_scaling(best.schema, va.probs, va.targets)
     for name, t in best.temperatures_.items():
         va.probs[name] = apply_temperature(va.probs[name], t)
-        _logger.info("%s: temperature %.3f, val ECE %.3f -> %.3f", name, t, before[name], ece(name))
+    for name, (a, b) in best.platt_.items():
+        va.probs[name] = apply_platt(va.probs[name], np.asarray(a), np.asarray(b))
+        best.thresholds_[name] = apply_platt(np.asarray(best.thresholds_[name]), np.asarray(a), np.asarray(b)).tolist()
+    before = calibration_errors(best.schema, raw, va.targets)
+    for name, after in calibration_errors(best.schema, va.probs, va.targets).items():
+        _logger.info("%s: val ECE %.3f -> %.3f", name, before[name], after)
     state = load_checkpoint(out / "best.pt")
     save_checkpoint({**checkpoint_state(best, cfg.to_dict(), data_config, {**extra, "epoch": state.get("epoch")}),
                      "ece_before_calibration": before}, out / "best.pt")
+    return raw
 
 
 def _restore(state: dict[str, Any], optimizer, scheduler) -> tuple[list[dict[str, Any]], int]:

@@ -9,18 +9,63 @@ import numpy as np
 from mhtag.data.schema import AttributeKind, LabelSchema
 
 
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin: mean confidence, share correct and rows (empty bins: NaN, NaN, 0)."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, weights=confidence, minlength=bins) / count
+        accuracy = np.bincount(which, weights=correct.astype(float), minlength=bins) / count
+    return mean_conf, accuracy, count
+
+
+def _ece_of(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
+    mean_conf, accuracy, count = reliability_bins(confidence, correct, bins)
+    seen = count > 0
+    return float((count[seen] * np.abs(accuracy[seen] - mean_conf[seen])).sum() / max(count.sum(), 1))
+
+
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
-    conf = probs.max(1)
-    correct = probs.argmax(1) == y
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
+    return _ece_of(probs.max(1), probs.argmax(1) == y, bins)
+
+
+def tag_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """A tag group's ECE: every (row, tag) is a yes/no forecast, p against whether the tag is there."""
+    return _ece_of(probs.ravel(), y.astype(bool).ravel(), bins)
+
+
+def _forecasts(probs: np.ndarray, y: np.ndarray, multi: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, right) pairs: a single-label head's top-1 on its labelled rows, or every (row, tag) of a group."""
+    if multi:
+        return probs.ravel(), y.astype(bool).ravel()
+    keep = y >= 0
+    return probs[keep].max(1), probs[keep].argmax(1) == y[keep]
+
+
+def reliability_curve(probs: np.ndarray, y: np.ndarray, multi: bool, bins: int = 15) -> dict[str, Any]:
+    """A reliability diagram's points (the non-empty bins: mean confidence, share right, rows) and the ECE."""
+    conf, right = _forecasts(probs, y, multi)
+    mean_conf, accuracy, count = reliability_bins(conf, right, bins)
+    seen = count > 0
+    return {"confidence": [round(float(v), 4) for v in mean_conf[seen]],
+            "accuracy": [round(float(v), 4) for v in accuracy[seen]],
+            "count": [int(v) for v in count[seen]], "ece": _ece_of(conf, right, bins) if len(conf) else 0.0}
+
+
+def calibration_errors(schema: LabelSchema, probs: dict[str, np.ndarray], targets: dict[str, np.ndarray]
+                       ) -> dict[str, float]:
+    """ECE per head on its labelled rows: top-1 confidence for a single-label head, every tag for a tag group."""
+    return {a.name: reliability_curve(probs[a.name], targets[a.name], a.multi)["ece"] for a in schema.attributes}
+
+
+def reliability_curves(schema: LabelSchema, targets: dict[str, np.ndarray], **versions: dict[str, np.ndarray]
+                       ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per head, per version of the probabilities (e.g. before=..., after=...), its reliability curve."""
+    return {a.name: {label: reliability_curve(probs[a.name], targets[a.name], a.multi)
+                     for label, probs in versions.items()} for a in schema.attributes}
 
 
 def _per_class(y: np.ndarray, pred: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,6 +142,7 @@ def multi_label_metrics(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray
         "exact_match": float((pred == y).all(1).mean()) if len(y) else 0.0,
         "hamming_accuracy": hamming,
         "accuracy": hamming,
+        "ece": tag_calibration_error(probs, y) if y.size else 0.0,
         "thresholds": [round(float(t), 4) for t in np.broadcast_to(thresholds, (y.shape[1],))],
     }
 
