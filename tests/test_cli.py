@@ -30,6 +30,10 @@ def test_demo_inspect_train_eval_through_the_cli(tmp_path):
     assert result["heads"]["shape"]["kind"] == "single" and result["heads"]["marks"]["kind"] == "multi"
     assert {"accuracy", "macro_f1", "balanced_accuracy", "top3_accuracy", "ece"} <= set(result["heads"]["shape"])
     assert {"micro_f1", "macro_f1", "mAP", "exact_match", "hamming_accuracy"} <= set(result["heads"]["marks"])
+    assert {"ece", "ece_uncalibrated"} <= set(result["heads"]["marks"]) & set(result["heads"]["shape"])
+    out = invoke("eval", "--model", tmp_path / "run", "--labels", labels, "--report", tmp_path / "eval.html")
+    assert "ece_uncalibrated" in out and f"report: {tmp_path / 'eval.html'}" in out
+    assert (tmp_path / "eval.html").read_text().count("reliability diagram of") == 5
 
 
 def test_inspect_reports_unreadable_files_and_duplicates(tmp_path):
