@@ -75,12 +75,15 @@ def curves_png(history: list[dict[str, Any]]) -> str:
 
 def reliability_png(name: str, multi: bool, curves: dict[str, dict[str, Any]], path: Path | None = None) -> str:
     """A reliability diagram: per confidence bin, the share right against the mean confidence, one line per
-    curve (e.g. before / after calibration), ECE in the legend; the diagonal is perfect calibration."""
+    curve (e.g. before / after calibration), each point's area its share of the rows, ECE in the legend; the
+    diagonal is perfect calibration."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(3.6, 3.4))
     ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--")
     for label, c in curves.items():
-        ax.plot(c["confidence"], c["accuracy"], marker="o", ms=3, label=f"{label} (ECE {c['ece']:.3f})")
+        line, = ax.plot(c["confidence"], c["accuracy"], lw=1, label=f"{label} (ECE {c['ece']:.3f})")
+        share = np.asarray(c["count"], float) / max(sum(c["count"]), 1)
+        ax.scatter(c["confidence"], c["accuracy"], s=8 + 120 * share, color=line.get_color())  # area: rows in bin
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("tag probability" if multi else "confidence (top-1)")
