@@ -51,26 +51,25 @@ def evaluate_shifts(labels: str | Path, db: str | Path = DEFAULT_DB, model: str 
     report = {"split": split, "n": len(files), "attributes": [a.name for a in attrs], "shifts": {},
               "left_out": {a.name: sum(t is None and not is_blank(v) for t, v in zip(truth[a.name], frame[a.name],
                                                                                   strict=True)) for a in attrs}}
+    right = {name: {s: dict.fromkeys(truth, 0) for s in SOURCES} for name in names}
+    scored = {name: {s: dict.fromkeys(truth, 0) for s in SOURCES} for name in names}
     with progress_bar("shifted predictions", len(names) * len(files), progress) as advance:
-        for name in names:
-            right = {s: dict.fromkeys(truth, 0) for s in SOURCES}
-            scored = {s: dict.fromkeys(truth, 0) for s in SOURCES}
-            for start in range(0, len(files), batch_size):
-                chunk = files[start:start + batch_size]
-                shifted = [apply_shift(name, load_image(f), seed * 1_000_003 + start + i)
-                           for i, f in enumerate(chunk)]
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            originals = [load_image(f) for f in chunk]  # decoded once, shifted many times
+            own = [str(absolute(f)) for f in chunk]  # an indexed row of this split never votes for itself
+            for name in names:
+                shifted = [apply_shift(name, img, seed * 1_000_003 + start + i) for i, img in enumerate(originals)]
                 feats, probs = predictor.encoder.encode_images(shifted)
-                own = [str(absolute(f)) for f in chunk]  # an indexed row of this split never votes for itself
-                predictions = predictor.answer(feats, probs, chunk, own)
-                for row, p in enumerate(predictions, start):
+                for row, p in enumerate(predictor.answer(feats, probs, chunk, own), start):
                     for attr, want in ((a, truth[a][row]) for a in truth):
                         if want is None:
                             continue
                         for source, got in _answers(p.attributes[attr]).items():
                             if got is not None:
-                                scored[source][attr] += 1
-                                right[source][attr] += got == want
+                                scored[name][source][attr] += 1
+                                right[name][source][attr] += got == want
                 advance(len(chunk))
-            report["shifts"][name] = {s: {a: round(right[s][a] / scored[s][a], 4) for a in truth if scored[s][a]}
-                                      for s in SOURCES}
+    report["shifts"] = {name: {s: {a: round(right[name][s][a] / scored[name][s][a], 4) for a in truth
+                                   if scored[name][s][a]} for s in SOURCES} for name in names}
     return report
