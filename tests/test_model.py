@@ -86,3 +86,23 @@ def test_finetune_overfits_four_images(schema):
     out = model(x)
     assert out["colour"].argmax(1).tolist() == [0, 1, 0, 1]
     assert np.array_equal((out["tags"] > 0).float().numpy(), y["tags"].numpy())
+
+
+def test_feature_dropout_drops_its_share_scales_the_rest_and_follows_torch_seeds():
+    from mhtag.models.tagger import FeatureDropout
+
+    drop, x = FeatureDropout(0.1), torch.ones(512, 1280)
+    torch.manual_seed(0)
+    a = drop(x)
+    assert abs((a == 0).float().mean().item() - 0.1) < 0.005
+    assert torch.allclose(a[a != 0], torch.full_like(a[a != 0], 1 / 0.9))
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), a)  # the mask follows torch's generator: seeded runs and resumes repeat it
+    assert not torch.equal(drop(x), a)
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    y = torch.randn(4, 8, requires_grad=True)
+    drop.train()
+    (drop(y) * 2).sum().backward()
+    kept = y.grad != 0
+    assert torch.allclose(y.grad[kept], torch.full_like(y.grad[kept], 2 / 0.9))  # gradients flow through kept ones

@@ -11,6 +11,7 @@ fine-tune that ends below it on validation ships the probe instead.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -44,6 +45,9 @@ from mhtag.training.optim import cosine_with_warmup, make_optimizer
 
 _logger = logging.getLogger(__name__)
 PROBE_DIR = "probe"  # a fine-tune's phase one, inside its run folder
+# last.pt and metrics.json are written at most this often (and after the last epoch, and on any stop): the probe's
+# epochs take half a second, and writing the whole model after each one cost a sixth of its training time.
+LAST_EVERY_S = 30.0
 Data = tuple[LabelTable, Any, Any]  # prepare_data's labels table, train rows, val rows
 
 
@@ -329,6 +333,7 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
     extra = {"dropped": dropped, "mode": mode}
     interrupted = False
     show = progress and dist.is_main and mode == "finetune"
+    pending, last_written = None, time.monotonic()  # pending: the newest epoch's resumable state, not yet on disk
     try:
         for epoch in range(start_epoch, epochs):
             generator.manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's order, independent of resumes
@@ -356,10 +361,12 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
                     best_score = score
                     save_checkpoint(checkpoint_state(model, cfg.to_dict(), data_config, {**extra, "epoch": epoch}),
                                     out / "best.pt")
-                save_checkpoint({**checkpoint_state(model, cfg.to_dict(), data_config, extra), "epoch": epoch,
-                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                 "rng": torch.get_rng_state(), "history": history}, out / "last.pt")
-                atomic_write_json(out / "metrics.json", {"mode": mode, "epochs": history})
+                pending = {**copy.deepcopy({**checkpoint_state(model, cfg.to_dict(), data_config, extra),
+                                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}),
+                           "epoch": epoch, "rng": torch.get_rng_state(), "history": list(history)}
+                if time.monotonic() - last_written >= LAST_EVERY_S or epoch == epochs - 1:
+                    _write_last(out, pending, mode)
+                    pending, last_written = None, time.monotonic()
             stop = _rank0_value(_stop_reason(cfg, history, deadline) if dist.is_main else None, dist)
             if stop:
                 _logger.warning("stopping after epoch %d: %s", epoch + 1, stop)
@@ -370,6 +377,9 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
         kept = "the best checkpoint so far is kept in " + str(out) if (out / "best.pt").exists() \
             else "no checkpoint was saved"
         raise MhtagError(f"{exc}; {kept}. Lower the learning rate or check the inputs") from None
+    finally:
+        if pending is not None:  # stopped early, interrupted or failed: the last finished epoch is resumable
+            _write_last(out, pending, mode)
     if not (out / "best.pt").exists():
         raise MhtagError("training stopped before the first epoch finished; nothing was saved")
     best = tagger_from_checkpoint(load_checkpoint(out / "best.pt"))
@@ -386,6 +396,12 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
                                                                          before=uncalibrated, after=va.probs))
         best.cpu()
     return run
+
+
+def _write_last(out: Path, state: dict[str, Any], mode: str) -> None:
+    """last.pt (resumable) and metrics.json as of the epoch in `state`."""
+    save_checkpoint(state, out / "last.pt")
+    atomic_write_json(out / "metrics.json", {"mode": mode, "epochs": state["history"]})
 
 
 def _calibrate(best: Tagger, va: EpochResult, out: Path, cfg: TrainConfig, data_config: dict[str, Any],
