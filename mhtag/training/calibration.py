@@ -41,7 +41,7 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 def fit_temperatures(schema: LabelSchema, probs: dict[str, np.ndarray], targets: dict[str, np.ndarray]
                      ) -> dict[str, float]:
-    """A temperature per single-label head (tag groups keep their tuned thresholds and are left as they are)."""
+    """A temperature per single-label head (tag groups: `fit_tag_scaling`)."""
     return {a.name: round(fit_temperature(probs[a.name], targets[a.name]), 4)
             for a in schema.attributes if not a.multi}
 

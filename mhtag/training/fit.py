@@ -361,12 +361,15 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
                     best_score = score
                     save_checkpoint(checkpoint_state(model, cfg.to_dict(), data_config, {**extra, "epoch": epoch}),
                                     out / "best.pt")
-                pending = {**copy.deepcopy({**checkpoint_state(model, cfg.to_dict(), data_config, extra),
-                                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}),
-                           "epoch": epoch, "rng": torch.get_rng_state(), "history": list(history)}
+                last = {**checkpoint_state(model, cfg.to_dict(), data_config, extra), "epoch": epoch,
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": torch.get_rng_state(), "history": list(history)}
                 if time.monotonic() - last_written >= LAST_EVERY_S or epoch == epochs - 1:
-                    _write_last(out, pending, mode)
+                    _write_last(out, last, mode)
                     pending, last_written = None, time.monotonic()
+                else:  # a copy only when it is kept: training goes on changing the tensors it refers to
+                    pending = {**copy.deepcopy({k: v for k, v in last.items() if k != "history"}),
+                               "history": last["history"]}  # past epochs' entries never change
             stop = _rank0_value(_stop_reason(cfg, history, deadline) if dist.is_main else None, dist)
             if stop:
                 _logger.warning("stopping after epoch %d: %s", epoch + 1, stop)
