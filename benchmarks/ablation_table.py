@@ -25,6 +25,12 @@ ROWS = {
     "abl_size160sq": "input 160x160: letterboxed, padded to square",
     "probe_shared_drop": "batches of 256 at lr 3e-3 (the previous recipe)",
     "probe_nodrop": "batches of 256 at lr 3e-3, no dropout before the heads",
+    "abl224_e80": "224x168, 80 epochs (seed 0)",
+    "abl224_e80_seed1": "224x168, 80 epochs, seed 1",
+    "abl224_e40": "224x168, 40 epochs (seed 0)",
+    "abl224_e40_seed1": "224x168, 40 epochs, seed 1",
+    "abl224_e50": "224x168, 50 epochs",
+    "abl224_e40_lr01": "224x168, 40 epochs at lr 1e-2",
 }
 
 

@@ -66,9 +66,8 @@ class MultiHeadLoss(nn.Module):
             if a.multi:
                 per_head[a.name] = F.binary_cross_entropy_with_logits(out, y.float(), pos_weight=w)
                 continue
-            valid = y >= 0
-            if valid.any():
-                per_head[a.name] = F.cross_entropy(out[valid], y[valid], weight=w,
+            if (y >= 0).any():  # missing and unknown labels (negative codes) add nothing
+                per_head[a.name] = F.cross_entropy(out, y.clamp(min=-1), weight=w, ignore_index=-1,
                                                    label_smoothing=self.label_smoothing)
         if not per_head:
             raise MhtagError("a batch had no usable label for any head")

@@ -368,8 +368,7 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
                     _write_last(out, last, mode)
                     pending, last_written = None, time.monotonic()
                 else:  # a copy only when it is kept: training goes on changing the tensors it refers to
-                    pending = {**copy.deepcopy({k: v for k, v in last.items() if k != "history"}),
-                               "history": last["history"]}  # past epochs' entries never change
+                    pending = _held_copy(last, mode)
             stop = _rank0_value(_stop_reason(cfg, history, deadline) if dist.is_main else None, dist)
             if stop:
                 _logger.warning("stopping after epoch %d: %s", epoch + 1, stop)
@@ -399,6 +398,15 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
                                                                          before=uncalibrated, after=va.probs))
         best.cpu()
     return run
+
+
+def _held_copy(state: dict[str, Any], mode: str) -> dict[str, Any]:
+    """A copy of an epoch's resumable `state` that later steps cannot change. Past epochs' history entries never
+    change, and the probe's backbone is frozen: both are shared rather than copied (the backbone was 90% of it)."""
+    frozen = "backbone." if mode == "probe" else None
+    model = {k: v if frozen and k.startswith(frozen) else v.clone() for k, v in state["model"].items()}
+    rest = copy.deepcopy({k: v for k, v in state.items() if k not in ("model", "history")})
+    return {**rest, "model": model, "history": state["history"]}
 
 
 def _write_last(out: Path, state: dict[str, Any], mode: str) -> None:
