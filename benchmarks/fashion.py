@@ -53,6 +53,7 @@ def main() -> None:
                   f"{torch.get_num_threads()} threads)",
         "epochs_run": len(run.history),
         "train_seconds": round(train_s, 1),
+        "epochs_seconds": round(sum(h["seconds"] for h in run.history), 1),  # the loop alone: no setup, no report
         "eval_seconds": round(time.time() - t1, 1),
         "test_rows": result["n"],
         "heads": heads,
