@@ -34,10 +34,12 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--name", default=None, help="results/fashion_<name>.json and runs/fashion_<name> (default: mode)")
     args = ap.parse_args()
+    name = args.name or args.mode
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(ROOT / "configs" / f"fashion_{args.mode}.yaml", parse_overrides(args.set))
-    out = args.out or ROOT / "runs" / f"fashion_{args.mode}"
+    out = args.out or ROOT / "runs" / f"fashion_{name}"
     t0 = time.time()
     run = fit(cfg, args.data / "labels.csv", out=out, resume=(out / "last.pt").exists())
     train_s = time.time() - t0
@@ -46,7 +48,7 @@ def main() -> None:
     heads = {h: {k: round(result["heads"][h][k], 4) for k in ("accuracy", "macro_f1", "balanced_accuracy")}
              for h in HEADS}
     report = {
-        "benchmark": f"fashion12k_{args.mode}",
+        "benchmark": f"fashion12k_{name}",
         "backbone": cfg.backbone,
         "config": cfg.to_dict(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()}, "
@@ -61,7 +63,7 @@ def main() -> None:
         "targets_accuracy": TARGETS,
         "targets_met": {h: heads[h]["accuracy"] >= t for h, t in TARGETS.items()},
     }
-    dest = ROOT / "benchmarks" / "results" / f"fashion_{args.mode}.json"
+    dest = ROOT / "benchmarks" / "results" / f"fashion_{name}.json"
     dest.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 

@@ -20,7 +20,7 @@ from mhtag.core.errors import MhtagError
 
 MODES = ("auto", "probe", "finetune")
 KEEP = ("best-of", "finetune")
-AUG_OPS = ("hflip", "hue", "saturation")
+AUG_OPS = ("hflip", "hue", "saturation", "brightness", "contrast")
 # What `train --resume` may change: the schedule. Architecture, schema and preprocessing stay as saved.
 RESUMABLE_KEYS = ("epochs", "probe_epochs", "max_minutes", "lr", "probe_lr", "patience")
 
@@ -37,6 +37,7 @@ class TrainConfig:
     ignore: list[str] = field(default_factory=list)
     min_count: int = 0  # classes with fewer training rows merge into "other"; 0 = off
     augment: bool = True
+    tta_flip: bool = False  # inference embeds each image and its mirror and averages (off if a head forbids flips)
     aug_forbid: dict[str, list[str]] = field(default_factory=dict)  # attribute -> ops in AUG_OPS
     # heads and loss
     head: str = "linear"  # linear | mlp
@@ -63,6 +64,7 @@ class TrainConfig:
     # finetune only: heads first trained on frozen features (the probe), then the whole network from them (LP-FT)
     lp_ft: bool = True
     freeze_bn: bool = True  # finetune: keep the backbone's BatchNorm statistics as pretrained (LP-FT: measured)
+    ema: float | None = None  # finetune: validate and ship an EMA of the weights with this decay per step
     keep: str = "best-of"  # best-of: ship the probe if its val macro-F1 beats the fine-tune's | finetune
     report: bool = True  # write report.html (confusion matrices, curves) at the end
 
@@ -119,7 +121,7 @@ _RANGES = {
     "head_hidden": (1, True, None), "min_count": (0, True, None), "lr": (0, False, None),
     "probe_lr": (0, False, None), "backbone_lr_mult": (0, True, None), "weight_decay": (0, True, None),
     "dropout": (0, True, 1), "label_smoothing": (0, True, 1), "class_weight_cap": (0, False, None),
-    "max_minutes": (0, False, None), "patience": (1, True, None),
+    "max_minutes": (0, False, None), "patience": (1, True, None), "ema": (0, False, 1),
 }
 
 

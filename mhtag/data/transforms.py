@@ -56,7 +56,7 @@ def build_transform(data_config: dict[str, Any], train: bool = False, forbid: se
         steps.append(T.RandomAffine(degrees=0, translate=(0.04, 0.04), scale=(0.92, 1.04), fill=fill))
         if "hflip" not in forbid:
             steps.append(T.RandomHorizontalFlip())
-        steps.append(T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0 if "saturation" in forbid else 0.15,
-                                   hue=0 if "hue" in forbid else 0.02))
+        jitter = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.15, "hue": 0.02}
+        steps.append(T.ColorJitter(**{op: 0 if op in forbid else amount for op, amount in jitter.items()}))
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(steps)

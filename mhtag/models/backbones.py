@@ -35,7 +35,11 @@ class Backbone(nn.Module):
         self.name = name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        """Pooled features; in eval mode with `data_config["tta_flip"]`, the mean of the image's and its mirror's
+        (so the probe's cached features, index vectors and predictions all see the same test-time flip)."""
+        if self.training or not self.data_config.get("tta_flip"):
+            return self.body(x)
+        return self.body(torch.cat([x, x.flip(-1)])).unflatten(0, (2, len(x))).mean(0)
 
 
 def register_backbone(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 
 from mhtag.core.config import RESUMABLE_KEYS, TrainConfig, config_from_dict
 from mhtag.core.errors import MhtagError
@@ -32,6 +33,7 @@ from mhtag.core.io import atomic_path, atomic_write_json, atomic_write_text
 from mhtag.core.runtime import DistInfo, autocast, default_device, init_distributed, progress_bar, seed_everything
 from mhtag.data.labels import LabelTable, Skipped
 from mhtag.data.schema import LabelSchema
+from mhtag.data.transforms import forbidden_augmentations
 from mhtag.inference.encoder import resolve_data_config
 from mhtag.models.backbones import create_backbone
 from mhtag.models.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
@@ -123,7 +125,8 @@ class NonFiniteLoss(MhtagError):
 
 def train_one_epoch(forward: Callable, loader: Iterable, loss_fn: MultiHeadLoss, device: torch.device,
                     optimizer: torch.optim.Optimizer, scheduler, amp: bool = True, progress: bool = False,
-                    description: str = "", steps: int | None = None) -> EpochResult:
+                    description: str = "", steps: int | None = None,
+                    after_step: Callable[[], None] | None = None) -> EpochResult:
     totals = _Totals()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     with progress_bar(description, steps, progress) as advance:
@@ -134,6 +137,8 @@ def train_one_epoch(forward: Callable, loader: Iterable, loss_fn: MultiHeadLoss,
             torch.nn.utils.clip_grad_norm_(params, 5.0)
             optimizer.step()
             scheduler.step()
+            if after_step is not None:
+                after_step()
             totals.add(loss, per_head, len(x))
             advance(1)
     return totals.result()
@@ -294,7 +299,7 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
             raise MhtagError(f"{labels}: no attribute has two or more classes to learn "
                              f"({'; '.join(dropped.values())})")
         backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.checkpoint)
-        data_config = resolve_data_config(backbone, cfg.image_size)
+        data_config = {**resolve_data_config(backbone, cfg.image_size), "tta_flip": _tta_flip(cfg, schema)}
         backbone.data_config = data_config
         model = Tagger(backbone, schema, cfg.head, cfg.head_hidden, cfg.dropout)
     schema = model.schema
@@ -321,6 +326,9 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
     if state is not None:
         history, start_epoch = _restore(state, optimizer, scheduler)
     best_score = max((h["score"] for h in history), default=-1.0)
+    ema = _make_ema(model, cfg, mode, state)
+    shipped = ema.module if ema is not None else model  # what is validated, checkpointed and calibrated
+    after_step = None if ema is None else lambda: ema.update(model, step=scheduler.last_epoch)
 
     net = model
     if dist.enabled:
@@ -346,12 +354,12 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
             if cfg.freeze_bn and mode == "finetune":
                 _freeze_batchnorm(model.backbone)
             tr = train_one_epoch(_forward(net, mode), train_loader, loss_fn, device, optimizer, scheduler, cfg.amp,
-                                 show, f"epoch {epoch + 1}/{epochs}", len(train_loader))
+                                 show, f"epoch {epoch + 1}/{epochs}", len(train_loader), after_step)
             if dist.is_main:  # validation, checkpoints and logs happen once, on rank 0
-                model.eval()
-                va = validate(_forward(model, mode), model, val_loader, loss_fn, device, cfg.amp, show,
+                shipped.eval()
+                va = validate(_forward(shipped, mode), shipped, val_loader, loss_fn, device, cfg.amp, show,
                               len(val_loader))
-                heads = evaluate_outputs(model, va, tune=True)
+                heads = evaluate_outputs(shipped, va, tune=True)
                 score = mean_macro_f1(heads)
                 history.append({"epoch": epoch, "train_loss": tr.loss, "train_head_losses": tr.head_losses,
                                 "val_loss": va.loss, "val_head_losses": va.head_losses, "heads": heads,
@@ -359,11 +367,13 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
                 _log_epoch(history[-1], epochs, mode)
                 if score > best_score:
                     best_score = score
-                    save_checkpoint(checkpoint_state(model, cfg.to_dict(), data_config, {**extra, "epoch": epoch}),
+                    save_checkpoint(checkpoint_state(shipped, cfg.to_dict(), data_config, {**extra, "epoch": epoch}),
                                     out / "best.pt")
                 last = {**checkpoint_state(model, cfg.to_dict(), data_config, extra), "epoch": epoch,
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": torch.get_rng_state(), "history": list(history)}
+                if ema is not None:
+                    last["ema"] = ema.module.state_dict()
                 if time.monotonic() - last_written >= LAST_EVERY_S or epoch == epochs - 1:
                     _write_last(out, last, mode)
                     pending, last_written = None, time.monotonic()
@@ -405,8 +415,27 @@ def _held_copy(state: dict[str, Any], mode: str) -> dict[str, Any]:
     change, and the probe's backbone is frozen: both are shared rather than copied (the backbone was 90% of it)."""
     frozen = "backbone." if mode == "probe" else None
     model = {k: v if frozen and k.startswith(frozen) else v.clone() for k, v in state["model"].items()}
-    rest = copy.deepcopy({k: v for k, v in state.items() if k not in ("model", "history")})
+    rest = copy.deepcopy({k: v for k, v in state.items() if k not in ("model", "history")})  # ema: cloned here
     return {**rest, "model": model, "history": state["history"]}
+
+
+def _tta_flip(cfg: TrainConfig, schema: LabelSchema) -> bool:
+    """The config's test-time flip, unless a head's labels change under a mirror (view/side heads, aug_forbid)."""
+    if cfg.tta_flip and "hflip" in forbidden_augmentations(schema.names, cfg.aug_forbid):
+        _logger.warning("tta_flip is off: a head forbids horizontal flips")
+        return False
+    return cfg.tta_flip
+
+
+def _make_ema(model: Tagger, cfg: TrainConfig, mode: str, state: dict[str, Any] | None) -> ModelEmaV3 | None:
+    """timm's weight EMA for a fine-tune with `ema` set, resumed from last.pt when there is one. No decay warm-up:
+    an LP-FT starts from good weights (the probe's heads), so the average may keep them in its early steps."""
+    if mode != "finetune" or cfg.ema is None:
+        return None
+    ema = ModelEmaV3(model, decay=cfg.ema)
+    if state is not None:
+        ema.module.load_state_dict(state["ema"])
+    return ema
 
 
 def _write_last(out: Path, state: dict[str, Any], mode: str) -> None:
