@@ -2,6 +2,7 @@
 neighbours-only and fused answers per attribute (accuracy and macro-F1) -> benchmarks/results/fashion_index.json.
 
     python benchmarks/fashion_index.py --model runs/fashion_probe
+    python benchmarks/fashion_index.py --model runs/fashion_lpft --name fashion_index_lpft
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=ROOT / "runs" / "fashion_probe")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--name", default="fashion_index", help="writes benchmarks/results/<name>.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     labels = pd.read_csv(args.data / "labels.csv", dtype=str, keep_default_na=False)
@@ -76,7 +78,7 @@ def main() -> None:
             for kind in ("head", "neighbours", "fused")}
     result["mean_macro_f1"] = mean
     result["fused_at_least_best_single"] = mean["fused"] >= max(mean["head"], mean["neighbours"])
-    (ROOT / "benchmarks" / "results" / "fashion_index.json").write_text(json.dumps(result, indent=2))
+    (ROOT / "benchmarks" / "results" / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
