@@ -61,7 +61,7 @@ def main() -> None:
         t1 = time.time()
         out = predict([args.data / p for p in test["path"]], tmp / "db", k=args.k)
         predict_s = time.time() - t1
-    by_path = {Path(p["path"]).name: p["attributes"] for p in out["predictions"]}
+    by_path = {Path(p.path).name: p.attributes for p in out.predictions}
     result = {"benchmark": "fashion12k_index_predict", "model": str(args.model), "k": args.k,
               "indexed_rows": rep.rows, "index_seconds": round(index_s, 1),
               "index_images_per_second": round(rep.images_per_second, 1), "test_rows": len(by_path),
@@ -69,11 +69,11 @@ def main() -> None:
     for h in heads:
         truth = [test.loc[i, h] for i in range(len(test)) if Path(test.loc[i, "path"]).name in by_path]
         rows = [by_path[Path(p).name][h] for p in test["path"] if Path(p).name in by_path]
-        head = [r["head"][0][0] for r in rows]
-        nbr = [r["neighbours"][0][0] if r["neighbours"] else "unknown" for r in rows]
-        fused = [r["fused"]["label"] for r in rows]
+        head = [r.head[0][0] for r in rows]
+        nbr = [r.neighbours[0][0] if r.neighbours else "unknown" for r in rows]
+        fused = [r.fused.label for r in rows]
         result["heads"][h] = {"head": score(truth, head), "neighbours": score(truth, nbr), "fused": score(truth, fused),
-                              "agree_rate": round(float(np.mean([r["agree"] for r in rows])), 4)}
+                              "agree_rate": round(float(np.mean([bool(r.agree) for r in rows])), 4)}
     mean = {kind: round(float(np.mean([result["heads"][h][kind]["macro_f1"] for h in heads])), 4)
             for kind in ("head", "neighbours", "fused")}
     result["mean_macro_f1"] = mean

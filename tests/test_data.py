@@ -101,6 +101,17 @@ def test_forbidden_augmentations_follow_attribute_names_and_config():
     assert jitter.hue is None
 
 
+@pytest.mark.parametrize("strength,degrees,shift,scale", [(1.0, 0.0, 0.04, (0.92, 1.04)),
+                                                          (2.0, 5.0, 0.08, (0.84, 1.08))])
+def test_aug_strength_scales_the_geometry(strength, degrees, shift, scale):
+    tf = build_transform({"input_size": [32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}, train=True,
+                         strength=strength)
+    affine = next(t for t in tf.transforms if type(t).__name__ == "RandomAffine")
+    assert affine.degrees == [-degrees, degrees]
+    assert affine.translate == pytest.approx((shift, shift))
+    assert affine.scale == pytest.approx(scale)
+
+
 def _csv(tmp_path, rows, header="path,colour,kind"):
     p = tmp_path / "labels.csv"
     p.write_text(header + "\n" + "\n".join(rows) + "\n")

@@ -37,6 +37,7 @@ class TrainConfig:
     ignore: list[str] = field(default_factory=list)
     min_count: int = 0  # classes with fewer training rows merge into "other"; 0 = off
     augment: bool = True
+    aug_strength: float = 1.0  # geometric augmentation's range: 1 = mild shift/scale, 2 = twice that + 5 deg rotation
     tta_flip: bool = False  # inference embeds each image and its mirror and averages (off if a head forbids flips)
     aug_forbid: dict[str, list[str]] = field(default_factory=dict)  # attribute -> ops in AUG_OPS
     # heads and loss
@@ -122,6 +123,7 @@ _RANGES = {
     "probe_lr": (0, False, None), "backbone_lr_mult": (0, True, None), "weight_decay": (0, True, None),
     "dropout": (0, True, 1), "label_smoothing": (0, True, 1), "class_weight_cap": (0, False, None),
     "max_minutes": (0, False, None), "patience": (1, True, None), "ema": (0, False, 1),
+    "aug_strength": (0, False, None),
 }
 
 

@@ -72,8 +72,8 @@ def make_loaders(model: Tagger, cfg: TrainConfig, mode: str, train_df, val_df, y
         return (TensorBatches(embed(train_df), y_train, PROBE_BATCH, True, generator),
                 TensorBatches(embed(val_df), y_val, PROBE_BATCH * 2, False))
     forbid = forbidden_augmentations(model.schema.names, cfg.aug_forbid)
-    train_ds = ImageDataset(train_df[FILE].tolist(), build_transform(data_config, train=cfg.augment, forbid=forbid),
-                            y_train)
+    train_ds = ImageDataset(train_df[FILE].tolist(), build_transform(data_config, train=cfg.augment, forbid=forbid,
+                                                                   strength=cfg.aug_strength), y_train)
     val_ds = ImageDataset(val_df[FILE].tolist(), build_transform(data_config), y_val)
     kw = loader_kwargs(device, cfg.num_workers)
     sampler = DistributedSampler(train_ds, seed=cfg.seed) if dist.enabled else None
