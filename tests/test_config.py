@@ -26,7 +26,7 @@ def test_exponent_floats_are_read_although_yaml_1_1_leaves_them_strings(tmp_path
 
 @pytest.mark.parametrize("key,value", [("epochs", "three"), ("epochs", 2.5), ("multilabel", "tags"),
                                        ("mode", "train"), ("aug_forbid", {"colour": ["blur"]}), ("lr", "fast"),
-                                       ("keep", "probe"), ("patience", 0)])
+                                       ("keep", "probe"), ("patience", 0), ("pos_weights", "log")])
 def test_wrong_types_and_values_are_refused(key, value):
     with pytest.raises(MhtagError):
         load_config(overrides={key: value})
@@ -42,3 +42,10 @@ def test_parse_overrides_reads_yaml_values():
 def test_auto_mode_picks_finetune_only_on_gpu():
     cfg = TrainConfig()
     assert cfg.resolved_mode(cuda=False) == "probe" and cfg.resolved_mode(cuda=True) == "finetune"
+
+
+def test_single_label_and_tag_group_weighting_are_separate_settings():
+    cfg = TrainConfig()
+    assert (cfg.class_weights, cfg.pos_weights) == ("none", "sqrt")  # what fashion12k and pokemon measured
+    with pytest.raises(MhtagError, match="pos_weights must be none, sqrt, inverse, not 'log'"):
+        load_config(overrides={"pos_weights": "log"})

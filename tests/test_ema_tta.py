@@ -12,6 +12,7 @@ from mhtag.core.config import config_from_dict
 from mhtag.inference.encoder import load_encoder
 from mhtag.models.backbones import create_backbone
 from mhtag.models.checkpoint import load_checkpoint
+from mhtag.training.evaluate import evaluate
 from mhtag.training.fit import fit, resumed_config
 
 
@@ -93,3 +94,13 @@ def test_an_interrupted_ema_fine_tune_resumes_to_the_uninterrupted_result(demo, 
     a, b = load_checkpoint(tmp_path / "clean", "last.pt")["ema"], load_checkpoint(tmp_path / "cut", "last.pt")["ema"]
     for key, value in a.items():
         assert torch.allclose(value.float(), b[key].float(), atol=1e-5), key
+
+
+def test_evaluate_can_switch_the_saved_flip_for_an_ablation(demo, tiny_cfg, tmp_path):
+    fit(tiny_cfg, demo, out=tmp_path / "run")
+    ece = {flip: {h: m["ece_uncalibrated"] for h, m in evaluate(tmp_path / "run", demo, split="val",
+                                                                   tta_flip=flip)["heads"].items()}
+           for flip in (None, False, True)}
+    assert ece[None] == ece[False]  # None keeps what the run saved: no flip
+    assert ece[True] != ece[False]  # the flipped embeddings give other probabilities
+    assert load_checkpoint(tmp_path / "run")["data_config"]["tta_flip"] is False  # the run itself is untouched

@@ -38,6 +38,8 @@ def test_multi_label_metrics_match_sklearn():
     m = multi_label_metrics(probs, y, th)
     pred = (probs >= th).astype(int)
     assert m["micro_f1"] == pytest.approx(skm.f1_score(y, pred, average="micro"))
+    assert m["micro_precision"] == pytest.approx(skm.precision_score(y, pred, average="micro"))
+    assert m["micro_recall"] == pytest.approx(skm.recall_score(y, pred, average="micro"))
     assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     assert m["exact_match"] == pytest.approx(0.5)  # rows 0 and 1 exactly right
     assert m["hamming_accuracy"] == pytest.approx(1 - 2 / 12)  # row 2 misses tag 1, row 3 adds tag 2

@@ -49,7 +49,8 @@ def test_class_weights_are_inverse_frequency_capped():
 
 
 def test_total_loss_is_the_weighted_sum_of_head_losses(schema):
-    loss_fn = MultiHeadLoss(schema, head_weights={"colour": 2.0}, weighting="inverse", n_train=8)
+    loss_fn = MultiHeadLoss(schema, head_weights={"colour": 2.0}, weighting="inverse", n_train=8,
+                            tag_weighting="inverse")
     logits = {"colour": torch.randn(4, 2), "tags": torch.randn(4, 2)}
     y = {"colour": torch.tensor([0, 1, MISSING, 1]), "tags": torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 0]])}
     total, per_head = loss_fn(logits, y)
@@ -61,6 +62,13 @@ def test_total_loss_is_the_weighted_sum_of_head_losses(schema):
     assert per_head["colour"].item() == pytest.approx(expect_c.item())
     assert per_head["tags"].item() == pytest.approx(expect_t.item())
     assert total.item() == pytest.approx(2 * expect_c.item() + expect_t.item())
+
+
+def test_tag_groups_take_their_own_weighting(schema):
+    loss_fn = MultiHeadLoss(schema, weighting="none", n_train=8, tag_weighting="sqrt")
+    assert loss_fn.w_colour.numel() == 0  # single-label: plain cross-entropy
+    assert torch.equal(loss_fn.w_tags, pos_weights(schema["tags"].counts, 8, "sqrt", 10))
+    assert not torch.equal(loss_fn.w_tags, torch.ones_like(loss_fn.w_tags))
 
 
 def test_unknown_head_weight_is_refused(schema):
@@ -75,7 +83,7 @@ def test_finetune_overfits_four_images(schema):
     model = Tagger(create_backbone("tiny_cnn"), schema, dropout=0.0)
     x = torch.rand(4, 3, 32, 32)
     y = {"colour": torch.tensor([0, 1, 0, 1]), "tags": torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 0]])}
-    loss_fn = MultiHeadLoss(schema, weighting="none")
+    loss_fn = MultiHeadLoss(schema, weighting="none", tag_weighting="none")
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
     for _ in range(60):
         loss, _ = loss_fn(model(x), y)

@@ -20,6 +20,7 @@ from mhtag.core.errors import MhtagError
 
 MODES = ("auto", "probe", "finetune")
 KEEP = ("best-of", "finetune")
+WEIGHTINGS = ("none", "sqrt", "inverse")
 AUG_OPS = ("hflip", "hue", "saturation", "brightness", "contrast")
 # What `train --resume` may change: the schedule. Architecture, schema and preprocessing stay as saved.
 RESUMABLE_KEYS = ("epochs", "probe_epochs", "max_minutes", "lr", "probe_lr", "patience")
@@ -45,7 +46,10 @@ class TrainConfig:
     head_hidden: int = 512
     dropout: float = 0.1
     head_weights: dict[str, float] = field(default_factory=dict)  # attribute -> loss weight (default 1)
-    class_weights: str = "sqrt"  # none | sqrt | inverse (inverse frequency, capped)
+    # none | sqrt | inverse frequency, capped. Measured: weights cost the fashion12k probe accuracy on every
+    # single-label head; sqrt pos_weight raised the pokemon tag group's val mAP (benchmarks/pokemon_pos_weight.py)
+    class_weights: str = "none"  # single-label heads: cross-entropy's class weights
+    pos_weights: str = "sqrt"  # tag groups: BCE's pos_weight (negatives / positives per tag)
     class_weight_cap: float = 10.0
     label_smoothing: float = 0.0
     # optimisation
@@ -104,8 +108,9 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise MhtagError(f"keep must be one of {', '.join(KEEP)}, not {cfg.keep!r}")
     if cfg.head not in ("linear", "mlp"):
         raise MhtagError(f"head must be 'linear' or 'mlp', not {cfg.head!r}")
-    if cfg.class_weights not in ("none", "sqrt", "inverse"):
-        raise MhtagError(f"class_weights must be none, sqrt or inverse, not {cfg.class_weights!r}")
+    for key in ("class_weights", "pos_weights"):
+        if getattr(cfg, key) not in WEIGHTINGS:
+            raise MhtagError(f"{key} must be {', '.join(WEIGHTINGS)}, not {getattr(cfg, key)!r}")
     if cfg.image_size is not None and (len(cfg.image_size) != 2 or min(cfg.image_size) < 8):
         raise MhtagError(f"image_size must be [height, width] of at least 8 px, not {cfg.image_size}")
     _check_ranges(cfg)

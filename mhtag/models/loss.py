@@ -37,7 +37,8 @@ class MultiHeadLoss(nn.Module):
     """Total = sum over heads of weight * loss. Rows with a blank or unknown label are left out of that head."""
 
     def __init__(self, schema: LabelSchema, head_weights: dict[str, float] | None = None,
-                 weighting: str = "sqrt", cap: float = 10.0, label_smoothing: float = 0.0, n_train: int = 0):
+                 weighting: str = "none", cap: float = 10.0, label_smoothing: float = 0.0, n_train: int = 0,
+                 tag_weighting: str = "sqrt"):
         super().__init__()
         head_weights = head_weights or {}
         unknown = set(head_weights) - set(schema.names)
@@ -47,7 +48,7 @@ class MultiHeadLoss(nn.Module):
         self.head_weights = {a.name: float(head_weights.get(a.name, 1.0)) for a in schema.attributes}
         self.label_smoothing = label_smoothing
         for a in schema.attributes:
-            w = self._weights(a, weighting, cap, n_train)
+            w = self._weights(a, tag_weighting if a.multi else weighting, cap, n_train)
             self.register_buffer(f"w_{a.name}", w if w is not None else torch.empty(0), persistent=False)
 
     @staticmethod

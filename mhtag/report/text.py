@@ -8,7 +8,9 @@ from mhtag.data.schema import AttributeKind
 from mhtag.results import PredictResult, SearchResult
 
 SINGLE_COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece", "ece_uncalibrated")
-MULTI_COLUMNS = ("micro_f1", "macro_f1", "mAP", "exact_match", "hamming_accuracy", "ece", "ece_uncalibrated")
+MULTI_COLUMNS = ("micro_f1", "micro_precision", "micro_recall", "macro_f1", "mAP", "exact_match", "hamming_accuracy",
+                 "ece", "ece_uncalibrated")
+
 
 def metrics_table(heads: dict[str, dict[str, Any]]) -> str:
     """A fixed-width table, one line per head."""

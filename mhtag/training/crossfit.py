@@ -35,7 +35,7 @@ def fit_heads(x: np.ndarray, targets: dict[str, np.ndarray], schema: LabelSchema
               lr: float = 3e-3, weight_decay: float = 0.01, seed: int = 0) -> LinearHeads:
     torch.manual_seed(seed)
     model = LinearHeads(x.shape[1], schema)
-    loss_fn = MultiHeadLoss(schema, weighting="none", n_train=len(x))
+    loss_fn = MultiHeadLoss(schema, weighting="none", n_train=len(x), tag_weighting="none")
     generator = torch.Generator().manual_seed(seed)
     batches = TensorBatches(x.astype(np.float32), targets, 256, True, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)

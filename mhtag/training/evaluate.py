@@ -39,12 +39,15 @@ def tagger_probabilities(model: Tagger, files: list[str], batch_size: int = 128,
 
 
 def evaluate(run: str | Path, labels: str | Path, images: str | Path | None = None, split: str = "test",
-             batch_size: int = 128, progress: bool = False) -> dict[str, Any]:
+             batch_size: int = 128, progress: bool = False, tta_flip: bool | None = None) -> dict[str, Any]:
     """`{"heads": {attr: metrics}, "n": rows, "skipped": [...], "unknown_labels": {attr: count},
     "reliability": {attr: {"before": curve, "after": curve}}}`: metrics of the calibrated model, each head's
-    `ece_uncalibrated` beside its `ece`, and reliability curves before and after calibration."""
+    `ece_uncalibrated` beside its `ece`, and reliability curves before and after calibration.
+    `tta_flip` overrides the model's saved test-time flip (an ablation; None keeps what was saved)."""
     state = load_checkpoint(run)
     model = tagger_from_checkpoint(state)
+    if tta_flip is not None:
+        model.backbone.data_config = {**model.backbone.data_config, "tta_flip": tta_flip}
     cfg = state["config"]
     multilabel = [a.name for a in model.schema.attributes if a.multi]
     table = drop_unreadable(read_labels(labels, images, multilabel, [c for c in cfg["ignore"]]))

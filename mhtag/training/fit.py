@@ -309,7 +309,7 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
         model.backbone.requires_grad_(False)
     (y_train, _), (y_val, _) = schema.encode(train_df), schema.encode(val_df)
     loss_fn = MultiHeadLoss(schema, cfg.head_weights, cfg.class_weights, cfg.class_weight_cap,
-                            cfg.label_smoothing, n_train=len(train_df)).to(device)
+                            cfg.label_smoothing, n_train=len(train_df), tag_weighting=cfg.pos_weights).to(device)
     epochs = cfg.probe_epochs if mode == "probe" else cfg.epochs
     generator = torch.Generator()
     train_loader, val_loader = make_loaders(model, cfg, mode, train_df, val_df, y_train, y_val, data_config,

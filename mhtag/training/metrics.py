@@ -122,20 +122,24 @@ def average_precision(scores: np.ndarray, y: np.ndarray) -> float:
 
 
 def multi_label_metrics(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray) -> dict[str, Any]:
-    """Micro/macro-F1 (zero when a tag has nothing to count), mAP over tags with a positive row, exact match
-    and Hamming accuracy: the same numbers as scikit-learn's functions, without their per-call checks."""
+    """Micro/macro-F1 (zero when a tag has nothing to count), micro precision and recall, mAP over tags with a
+    positive row, exact match and Hamming accuracy: the same numbers as scikit-learn's functions, without their
+    per-call checks."""
     pred = probs >= thresholds
     y = y.astype(bool)
     tp, fp, fn = (pred & y).sum(0), (pred & ~y).sum(0), (~pred & y).sum(0)
     denom = 2 * tp + fp + fn
     per_tag = np.divide(2 * tp, denom, out=np.zeros(len(tp)), where=denom > 0)
     micro_denom = int(denom.sum())
+    n_tp, n_pred, n_pos = int(tp.sum()), int(tp.sum() + fp.sum()), int(tp.sum() + fn.sum())
     has_pos = y.any(0)
     hamming = float((pred == y).mean()) if y.size else 0.0
     return {
         "kind": AttributeKind.MULTI.value,
         "n": int(len(y)),
-        "micro_f1": 2 * int(tp.sum()) / micro_denom if micro_denom else 0.0,
+        "micro_f1": 2 * n_tp / micro_denom if micro_denom else 0.0,
+        "micro_precision": n_tp / n_pred if n_pred else 0.0,
+        "micro_recall": n_tp / n_pos if n_pos else 0.0,
         "macro_f1": float(per_tag.mean()) if len(per_tag) else 0.0,
         "mAP": float(np.mean([average_precision(probs[:, t], y[:, t]) for t in np.flatnonzero(has_pos)]))
         if has_pos.any() else 0.0,
