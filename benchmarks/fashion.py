@@ -2,7 +2,7 @@
 and write per-head accuracy and macro-F1 to benchmarks/results/fashion_<mode>.json.
 
     python benchmarks/fashion.py probe
-    python benchmarks/fashion.py finetune --set max_minutes=40
+    python benchmarks/fashion.py finetune --name lpft --set max_minutes=38   # configs/fashion_finetune.yaml: LP-FT
 """
 
 from __future__ import annotations

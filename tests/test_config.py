@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from mhtag.core.config import TrainConfig, load_config, parse_overrides
+from mhtag.core.config import TrainConfig, load_config, parse_overrides, saved_config
 from mhtag.core.errors import MhtagError
 
 
@@ -49,3 +51,14 @@ def test_single_label_and_tag_group_weighting_are_separate_settings():
     assert (cfg.class_weights, cfg.pos_weights) == ("none", "sqrt")  # what fashion12k and pokemon measured
     with pytest.raises(MhtagError, match="pos_weights must be none, sqrt, inverse, not 'log'"):
         load_config(overrides={"pos_weights": "log"})
+
+
+def test_a_run_saved_before_pos_weights_existed_resumes_with_the_tag_weighting_it_trained_with():
+    old = {k: v for k, v in TrainConfig(class_weights="none").to_dict().items() if k != "pos_weights"}
+    assert saved_config(old).pos_weights == "none"  # not today's default, sqrt
+    assert saved_config(TrainConfig(class_weights="none").to_dict()).pos_weights == "sqrt"  # saved: kept
+
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_preset_loads(preset):
+    assert isinstance(load_config(preset), TrainConfig)

@@ -171,6 +171,15 @@ def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) ->
     return _validate(TrainConfig(**merged))
 
 
+def saved_config(values: dict[str, Any]) -> TrainConfig:
+    """The config a run saved, read back as that run trained: a key added since it was saved gets the value
+    the run used, not today's default (runs saved before `pos_weights` weighted tag groups by `class_weights`)."""
+    values = dict(values)
+    if "class_weights" in values:
+        values.setdefault("pos_weights", values["class_weights"])
+    return config_from_dict(values)
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """`["epochs=3", "multilabel=[tags]"]` -> {"epochs": 3, "multilabel": ["tags"]} (values parsed as YAML)."""
     out: dict[str, Any] = {}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
-from mhtag.core.config import RESUMABLE_KEYS, TrainConfig, config_from_dict
+from mhtag.core.config import RESUMABLE_KEYS, TrainConfig, config_from_dict, saved_config
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_path, atomic_write_json, atomic_write_text
 from mhtag.core.runtime import DistInfo, autocast, default_device, init_distributed, progress_bar, seed_everything
@@ -190,8 +190,8 @@ def _saved_config(out: Path) -> TrainConfig:
     if not (out / "last.pt").exists() and (out / PROBE_DIR).is_dir() and (out / "config.json").is_file():
         saved = json.loads((out / "config.json").read_text())  # a fine-tune stopped in its probe phase
         saved.pop("resolved_mode", None)
-        return config_from_dict(saved)
-    return config_from_dict(load_checkpoint(out, "last.pt")["config"])
+        return saved_config(saved)
+    return saved_config(load_checkpoint(out, "last.pt")["config"])
 
 
 def _resume_state(out: Path, resume: bool) -> dict[str, Any] | None:
