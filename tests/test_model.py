@@ -4,10 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mhtag.core.config import TrainConfig
+from mhtag.core.errors import MhtagError
 from mhtag.data.schema import MISSING, LabelSchema
 from mhtag.models.backbones import create_backbone
 from mhtag.models.loss import MultiHeadLoss, class_weights, pos_weights
 from mhtag.models.tagger import Tagger
+from mhtag.training.optim import make_optimizer
 
 
 @pytest.fixture
@@ -114,3 +117,18 @@ def test_feature_dropout_drops_its_share_scales_the_rest_and_follows_torch_seeds
     (drop(y) * 2).sum().backward()
     kept = y.grad != 0
     assert torch.allclose(y.grad[kept], torch.full_like(y.grad[kept], 2 / 0.9))  # gradients flow through kept ones
+
+
+def test_layer_decay_gives_each_lower_backbone_layer_a_smaller_learning_rate(schema):
+    cfg = TrainConfig(lr=1e-3, backbone_lr_mult=0.5, layer_decay=0.5)
+    model = Tagger(create_backbone("efficientnet_lite0", pretrained=False), schema)  # timm: layer groups known
+    groups = make_optimizer(model, cfg, "finetune").param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    body = model.backbone.body
+    assert lr_of[id(body.conv_head.weight)] == pytest.approx(5e-4)  # the top layer: backbone_lr_mult x lr
+    assert lr_of[id(body.blocks[3][0].conv_pw.weight)] < lr_of[id(body.blocks[5][0].conv_pw.weight)]
+    assert lr_of[id(body.conv_stem.weight)] == pytest.approx(5e-4 * 0.5 ** 16)  # 17 layers: stem, 15 blocks, head
+    assert all(lr_of[id(p)] == 1e-3 for p in model.heads.parameters())
+    assert len(lr_of) == sum(1 for _ in model.parameters())  # every parameter trains, once
+    with pytest.raises(MhtagError, match="layer_decay needs a timm backbone"):
+        make_optimizer(Tagger(create_backbone("tiny_cnn"), schema), cfg, "finetune")

@@ -58,6 +58,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     backbone_lr_mult: float = 0.1
+    layer_decay: float | None = None  # finetune: each backbone layer below the top at this times the one above
     weight_decay: float = 0.01
     probe_epochs: int = 60
     probe_lr: float = 6e-3
@@ -128,7 +129,7 @@ _RANGES = {
     "probe_lr": (0, False, None), "backbone_lr_mult": (0, True, None), "weight_decay": (0, True, None),
     "dropout": (0, True, 1), "label_smoothing": (0, True, 1), "class_weight_cap": (0, False, None),
     "max_minutes": (0, False, None), "patience": (1, True, None), "ema": (0, False, 1),
-    "aug_strength": (0, False, None),
+    "aug_strength": (0, False, None), "layer_decay": (0, False, None),
 }
 
 

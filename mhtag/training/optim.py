@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+from timm.optim import param_groups_layer_decay
 
 from mhtag.core.config import TrainConfig
+from mhtag.core.errors import MhtagError
 from mhtag.models.tagger import Tagger
 
 
@@ -24,9 +26,21 @@ def make_optimizer(model: Tagger, cfg: TrainConfig, mode: str) -> torch.optim.Op
     if mode == "probe":  # the feature norm is fixed there (see fit.standardise_features)
         return torch.optim.AdamW(_decay_groups(heads, cfg.probe_lr, cfg.weight_decay), fused=True)
     heads += list(model.feature_norm.parameters())
-    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
-    return torch.optim.AdamW(_decay_groups(backbone, cfg.lr * cfg.backbone_lr_mult, cfg.weight_decay)
-                             + _decay_groups(heads, cfg.lr, cfg.weight_decay), fused=True)
+    return torch.optim.AdamW(_backbone_groups(model, cfg) + _decay_groups(heads, cfg.lr, cfg.weight_decay),
+                             fused=True)
+
+
+def _backbone_groups(model: Tagger, cfg: TrainConfig) -> list[dict]:
+    """The backbone at `backbone_lr_mult` x lr; with `layer_decay`, that is its top layer's rate and each layer
+    below gets `layer_decay` times the one above (timm's layer grouping: stem, each block, head)."""
+    lr = cfg.lr * cfg.backbone_lr_mult
+    if cfg.layer_decay is None:
+        return _decay_groups([p for p in model.backbone.parameters() if p.requires_grad], lr, cfg.weight_decay)
+    body = model.backbone.body
+    if not hasattr(body, "group_matcher"):
+        raise MhtagError(f"layer_decay needs a timm backbone with layer groups; {model.backbone.name} has none")
+    groups = param_groups_layer_decay(body, cfg.weight_decay, layer_decay=cfg.layer_decay)
+    return [{"params": g["params"], "lr": lr * g["lr_scale"], "weight_decay": g["weight_decay"]} for g in groups]
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float = 0.05):
