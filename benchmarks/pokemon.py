@@ -5,12 +5,14 @@ over several seeds: mean and spread on val (where choices are made) and on test 
     python benchmarks/pokemon.py --seeds 0 --split val    # while choosing settings: never look at test
 
 The probe is LP-FT's own phase one (`<run>/probe`), so the three share data, seed and preprocessing. Runs are kept
-in runs/pokemon/ and reused when finished; results go to benchmarks/results/pokemon.json.
+in runs/pokemon/<method>-<config hash>-s<seed> and reused when finished; results go to
+benchmarks/results/<name>_<split>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import platform
@@ -67,14 +69,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     setup()
     base = load_config(ROOT / "configs" / "pokemon.yaml", parse_overrides(args.set))
-    tag = "-".join(s.replace("=", "") for s in args.set)
+    tag = hashlib.sha1(json.dumps(base.to_dict(), sort_keys=True).encode()).hexdigest()[:8]  # one folder per config
     rows: dict[str, list[dict]] = {"probe": []} | {m: [] for m in args.methods}
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     for seed in args.seeds:
         for method in args.methods:
             keys = METHODS[method]
             cfg = config_from_dict({**keys, "seed": seed, "keep": "finetune", "report": False}, base)
-            out = args.runs / f"{method}{'-' + tag if tag else ''}-s{seed}"
+            out = args.runs / f"{method}-{tag}-s{seed}"
             runs[method].append({"seed": seed, **train(cfg, out)})
             rows[method].append(figures(out, args.split))
             if method == args.methods[-1]:  # every fine-tune trains the same probe first: count it once
