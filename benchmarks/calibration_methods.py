@@ -1,8 +1,8 @@
 """Is one temperature per head enough? Temperature scaling against vector scaling (a temperature, then a scale
 and a bias per class, L2-regularised) and ensemble temperature scaling (`fit_ensemble`), on the validation split
 only: each is fitted on one half of the val rows and scored (ECE, NLL, accuracy) on the other, over 5 random
-halvings, both ways. Also the ECE each reaches on
-the rows it was fitted on (what calibration could do at best). Writes benchmarks/results/calibration_methods.json.
+halvings, both ways. Also the ECE each reaches on the rows it was fitted on (what calibration could do at best).
+Writes benchmarks/results/calibration_methods.json.
 
     python benchmarks/calibration_methods.py --run runs/fashion_lpft
 """
