@@ -45,6 +45,8 @@ FINETUNE_ROWS = {
     "lpft_flip1": "5 epochs, test-time horizontal flip",
     "lpft_lite1_flip0": "Lite1, 4 epochs (its 38-minute cap)",
     "lpft_lite1_flip1": "Lite1, 4 epochs, test-time horizontal flip",
+    "lpft_128_bb1_e6": "128x96, backbone at the heads' lr (x1 instead of x0.3), 6 epochs (20 min)",
+    "lpft_128_e8": "128x96, 8 epochs (29 min)",
 }
 TABLES = {"probe": (PROBE_ROWS, "fashion_val_ablation.json"),
           "finetune": (FINETUNE_ROWS, "fashion_val_ablation_finetune.json")}
@@ -59,7 +61,9 @@ def main() -> None:
         path = RESULTS / f"fashion_val_{name}.json"
         if not path.exists():
             continue
-        heads = json.loads(path.read_text())["heads"]
+        record = json.loads(path.read_text())
+        # the fine-tune's own figures, also where `keep: best-of` shipped the probe instead
+        heads = record["finetune_best_epoch"]["heads"] if record.get("kept") == "probe" else record["heads"]
         table.append({"name": name, "change": change,
                       "mean_accuracy": round(statistics.mean(heads[h]["accuracy"] for h in HEADS), 4),
                       "mean_macro_f1": round(statistics.mean(heads[h]["macro_f1"] for h in HEADS), 4),
