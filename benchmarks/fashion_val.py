@@ -36,7 +36,7 @@ def main() -> None:
     fit(cfg, args.data / "labels.csv", out=out, resume=(out / "last.pt").exists())
     train_s = time.time() - t0
     result = evaluate(out, args.data / "labels.csv", split="val")
-    heads = {h: {k: round(result["heads"][h][k], 4) for k in ("accuracy", "macro_f1")} for h in HEADS}
+    heads = accuracy_and_f1(result["heads"])
     report = {"benchmark": f"fashion12k_val_{args.name}", "split": "val", "config": args.config,
               "overrides": overrides, "train_seconds": round(train_s, 1), "val_rows": result["n"], "heads": heads}
     if cfg.mode == "finetune":  # `heads` is what shipped; with keep: best-of that may be the probe
@@ -54,7 +54,11 @@ def finetune_summary(run_dir: Path) -> dict:
             "finetune_best_epoch": {
                 "epoch": best["epoch"] + 1, "epochs_run": len(history), "score": round(best["score"], 4),
                 "epochs_seconds": round(sum(h["seconds"] for h in history), 1),
-                "heads": {h: {k: round(best["heads"][h][k], 4) for k in ("accuracy", "macro_f1")} for h in HEADS}}}
+                "heads": accuracy_and_f1(best["heads"])}}
+
+
+def accuracy_and_f1(heads: dict) -> dict:
+    return {h: {k: round(heads[h][k], 4) for k in ("accuracy", "macro_f1")} for h in HEADS}
 
 
 if __name__ == "__main__":
