@@ -88,6 +88,8 @@ def test_single_label_metrics_equal_scikit_learns():
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
     assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
     assert m["balanced_accuracy"] == pytest.approx(skm.recall_score(y, pred, labels=np.unique(y), average="macro"))
+    assert m["macro_f1_true_classes"] == pytest.approx(skm.f1_score(y, pred, labels=np.unique(y), average="macro"))
+    assert m["macro_f1_true_classes"] > m["macro_f1"]  # the never-true classes 3 and 6 each add a zero to the latter
     assert m["top3_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, probs, k=3, labels=np.arange(7)))
 
 
