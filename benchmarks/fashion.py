@@ -1,8 +1,9 @@
-"""fashion12k with the offline default backbone: train (probe or finetune), evaluate on the test split,
-and write per-head accuracy and macro-F1 to benchmarks/results/fashion_<mode>.json.
+"""fashion12k with the preset configs/fashion_<mode>.yaml: train (probe or finetune), evaluate on the test
+split, and write per-head accuracy and macro-F1 to benchmarks/results/fashion_<mode>.json.
 
     python benchmarks/fashion.py probe
-    python benchmarks/fashion.py finetune --name lpft --set max_minutes=38   # configs/fashion_finetune.yaml: LP-FT
+    python benchmarks/fashion.py finetune --name lpft_lite2 --set max_minutes=45   # configs/fashion_finetune.yaml
+    python benchmarks/fashion.py finetune --name lpft --set backbone=efficientnet_lite0 --set max_minutes=38
 """
 
 from __future__ import annotations
