@@ -33,6 +33,7 @@ _EXPORTS = {
     "Tagger": "mhtag.models.tagger",
     "fit": "mhtag.training.fit",
     "evaluate": "mhtag.training.evaluate",
+    "build_ensemble": "mhtag.training.ensemble",
     "load_encoder": "mhtag.inference.encoder",
     "index_images": "mhtag.index.build",
     "Predictor": "mhtag.index.predict",

@@ -16,6 +16,7 @@ from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_path
 from mhtag.data.schema import LabelSchema
 from mhtag.models.backbones import create_backbone
+from mhtag.models.ensemble import TaggerEnsemble
 from mhtag.models.tagger import Tagger
 
 CHECKPOINT_FORMAT = 1
@@ -30,6 +31,25 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
 def checkpoint_state(model: Tagger, config: dict[str, Any], data_config: dict[str, Any],
                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
+        **_calibration_state(model, config, data_config),
+        "model": model.state_dict(),
+        **(extra or {}),
+    }
+
+
+def ensemble_state(model: TaggerEnsemble, members: list[dict[str, Any]], config: dict[str, Any],
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The members' own checkpoints, their feature scales and the ensemble's calibration."""
+    return {
+        **_calibration_state(model, config, model.backbone.data_config),
+        "members": members,
+        "scales": model.backbone.scales,
+        **(extra or {}),
+    }
+
+
+def _calibration_state(model: Tagger, config: dict[str, Any], data_config: dict[str, Any]) -> dict[str, Any]:
+    return {
         "format": CHECKPOINT_FORMAT,
         "backbone": model.backbone.name,
         "config": config,
@@ -38,8 +58,6 @@ def checkpoint_state(model: Tagger, config: dict[str, Any], data_config: dict[st
         "thresholds": model.thresholds_,
         "temperatures": model.temperatures_,
         "platt": {k: [list(a), list(b)] for k, (a, b) in model.platt_.items()},
-        "model": model.state_dict(),
-        **(extra or {}),
     }
 
 
@@ -47,12 +65,15 @@ def tagger_from_checkpoint(state: dict[str, Any]) -> Tagger:
     """Rebuild the exact model from a checkpoint; no weights are downloaded (they are all in `state`)."""
     if state.get("format") != CHECKPOINT_FORMAT:
         raise MhtagError(f"checkpoint format {state.get('format')} is not supported (expected {CHECKPOINT_FORMAT})")
-    cfg = state["config"]
-    backbone = create_backbone(state["backbone"], pretrained=False)
-    backbone.data_config = state["data_config"]
-    model = Tagger(backbone, LabelSchema.from_dict(state["schema"]), cfg["head"], cfg["head_hidden"],
-                   cfg["dropout"])
-    model.load_state_dict(state["model"])
+    if "members" in state:
+        model: Tagger = TaggerEnsemble([tagger_from_checkpoint(m) for m in state["members"]], state["scales"])
+    else:
+        cfg = state["config"]
+        backbone = create_backbone(state["backbone"], pretrained=False)
+        backbone.data_config = state["data_config"]
+        model = Tagger(backbone, LabelSchema.from_dict(state["schema"]), cfg["head"], cfg["head_hidden"],
+                       cfg["dropout"])
+        model.load_state_dict(state["model"])
     model.thresholds_ = {k: list(v) for k, v in state["thresholds"].items()}
     model.temperatures_ = {k: float(v) for k, v in state.get("temperatures", {}).items()}
     model.platt_ = {k: ([float(x) for x in a], [float(x) for x in b]) for k, (a, b) in state.get("platt", {}).items()}

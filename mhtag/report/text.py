@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 from mhtag.data.schema import AttributeKind
@@ -112,3 +113,15 @@ def search_text(result: SearchResult, attributes: list[str]) -> str:
 
 def _fmt(v: Any) -> str:
     return "|".join(v) if isinstance(v, list) else str(v)
+
+
+def model_comparison_table(models: dict[str, dict[str, dict[str, Any]]], metric: str = "accuracy") -> str:
+    """One line per head, one column per model (its per-head metrics), e.g. an ensemble beside its members."""
+    titles = {name: PurePath(name).name for name in models}
+    heads = list(next(iter(models.values())))
+    width = max(len(h) for h in heads) + 2
+    cols = {name: max(len(t), 8) + 2 for name, t in titles.items()}
+    lines = [f"{metric} by head".ljust(width) + "".join(t.rjust(cols[n]) for n, t in titles.items())]
+    for h in heads:
+        lines.append(h.ljust(width) + "".join(f"{models[n][h][metric]:.4f}".rjust(cols[n]) for n in models))
+    return "\n".join(lines)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from mhtag.data.schema import LabelSchema
+from mhtag.models.tagger import Tagger
+from mhtag.training.metrics import tune_thresholds
 
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray, max_iter: int = 100) -> float:
@@ -110,4 +112,26 @@ def fit_tag_scaling(schema: LabelSchema, probs: dict[str, np.ndarray], targets: 
         if a.multi and platt_helps(probs[a.name], targets[a.name]):
             slope, bias = fit_platt(probs[a.name], targets[a.name])
             out[a.name] = ([round(float(v), 5) for v in slope], [round(float(v), 5) for v in bias])
+    return out
+
+
+def tune_tag_thresholds(model: Tagger, probs: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> None:
+    """Set each tag group's per-tag thresholds to the ones that maximise F1 on these rows."""
+    for a in model.schema.attributes:
+        if a.multi:
+            model.thresholds_[a.name] = tune_thresholds(probs[a.name], targets[a.name]).tolist()
+
+
+def calibrate(model: Tagger, probs: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fit `model`'s temperatures and tag scaling on its uncalibrated `probs` of validation rows (tuned thresholds
+    are mapped with the scaling, so answers do not change); returns the calibrated probabilities."""
+    model.temperatures_ = fit_temperatures(model.schema, probs, targets)
+    model.platt_ = fit_tag_scaling(model.schema, probs, targets)
+    out = dict(probs)
+    for name, t in model.temperatures_.items():
+        out[name] = apply_temperature(probs[name], t)
+    for name, (a, b) in model.platt_.items():
+        a, b = np.asarray(a), np.asarray(b)
+        out[name] = apply_platt(probs[name], a, b)
+        model.thresholds_[name] = apply_platt(np.asarray(model.thresholds_[name]), a, b).tolist()
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 from mhtag.core.errors import MhtagError
 from mhtag.core.runtime import autocast, default_device
-from mhtag.data.labels import FILE, drop_unreadable, read_labels
+from mhtag.data.labels import FILE, Skipped, drop_unreadable, read_labels
 from mhtag.inference.encoder import cached_embeddings
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
 from mhtag.models.tagger import Tagger
@@ -38,19 +39,21 @@ def tagger_probabilities(model: Tagger, files: list[str], batch_size: int = 128,
     return numpy(model.probabilities(logits)), numpy(model.probabilities(logits, calibrated=False))
 
 
-def evaluate(run: str | Path, labels: str | Path, images: str | Path | None = None, split: str = "test",
-             batch_size: int = 128, progress: bool = False, tta_flip: bool | None = None) -> dict[str, Any]:
-    """`{"heads": {attr: metrics}, "n": rows, "skipped": [...], "unknown_labels": {attr: count},
-    "reliability": {attr: {"before": curve, "after": curve}}}`: metrics of the calibrated model, each head's
-    `ece_uncalibrated` beside its `ece`, and reliability curves before and after calibration.
-    `tta_flip` overrides the model's saved test-time flip (an ablation; None keeps what was saved)."""
-    state = load_checkpoint(run)
-    model = tagger_from_checkpoint(state)
-    if tta_flip is not None:
-        model.backbone.data_config = {**model.backbone.data_config, "tta_flip": tta_flip}
-    cfg = state["config"]
+@dataclass
+class SplitRows:
+    """One split's readable rows, encoded for a model."""
+
+    files: list[str]
+    targets: dict[str, np.ndarray]
+    unknown: dict[str, int]  # per head: labels never seen in training (left out of its metrics)
+    skipped: list[Skipped]
+
+
+def split_rows(model: Tagger, config: dict[str, Any], labels: str | Path, images: str | Path | None,
+               split: str) -> SplitRows:
+    """The rows of `split` ("all": every row) of a labels CSV read as `model` was trained (`config`)."""
     multilabel = [a.name for a in model.schema.attributes if a.multi]
-    table = drop_unreadable(read_labels(labels, images, multilabel, [c for c in cfg["ignore"]]))
+    table = drop_unreadable(read_labels(labels, images, multilabel, list(config["ignore"])))
     frame = table.split(split) if split != "all" else table.frame
     if len(frame) == 0:
         raise MhtagError(f"{labels}: no usable rows in split {split!r}")
@@ -61,7 +64,22 @@ def evaluate(run: str | Path, labels: str | Path, images: str | Path | None = No
     for name, count in unknown.items():
         if count:
             _logger.warning("%s: %d label(s) never seen in training; left out of its metrics", name, count)
-    probs, raw = tagger_probabilities(model, frame[FILE].tolist(), batch_size, progress=progress)
+    return SplitRows(frame[FILE].tolist(), targets, unknown, table.skipped)
+
+
+def evaluate(run: str | Path, labels: str | Path, images: str | Path | None = None, split: str = "test",
+             batch_size: int = 128, progress: bool = False, tta_flip: bool | None = None) -> dict[str, Any]:
+    """`{"heads": {attr: metrics}, "n": rows, "skipped": [...], "unknown_labels": {attr: count},
+    "reliability": {attr: {"before": curve, "after": curve}}}`: metrics of the calibrated model, each head's
+    `ece_uncalibrated` beside its `ece`, and reliability curves before and after calibration.
+    `tta_flip` overrides the model's saved test-time flip (an ablation; None keeps what was saved)."""
+    state = load_checkpoint(run)
+    model = tagger_from_checkpoint(state)
+    if tta_flip is not None:
+        model.backbone.data_config = {**model.backbone.data_config, "tta_flip": tta_flip}
+    rows = split_rows(model, state["config"], labels, images, split)
+    targets = rows.targets
+    probs, raw = tagger_probabilities(model, rows.files, batch_size, progress=progress)
     thresholds = {k: np.asarray(v) for k, v in model.thresholds_.items()}
     heads = head_metrics(model.schema, probs, targets, thresholds)
     reliability = reliability_curves(model.schema, targets, before=raw, after=probs)
@@ -70,8 +88,8 @@ def evaluate(run: str | Path, labels: str | Path, images: str | Path | None = No
     return {
         "heads": heads,
         "reliability": reliability,
-        "n": len(frame),
+        "n": len(rows.files),
         "split": split,
-        "skipped": [str(s) for s in table.skipped],
-        "unknown_labels": unknown,
+        "skipped": [str(s) for s in rows.skipped],
+        "unknown_labels": rows.unknown,
     }

@@ -41,8 +41,8 @@ from mhtag.models.loss import MultiHeadLoss
 from mhtag.models.tagger import Tagger
 from mhtag.report.html import write_run_report
 from mhtag.training.batches import make_loaders, prepare_data
-from mhtag.training.calibration import apply_platt, apply_temperature, fit_tag_scaling, fit_temperatures
-from mhtag.training.metrics import calibration_errors, head_metrics, mean_macro_f1, reliability_curves, tune_thresholds
+from mhtag.training.calibration import calibrate, tune_tag_thresholds
+from mhtag.training.metrics import calibration_errors, head_metrics, mean_macro_f1, reliability_curves
 from mhtag.training.optim import cosine_with_warmup, make_optimizer
 
 _logger = logging.getLogger(__name__)
@@ -163,9 +163,7 @@ def validate(forward: Callable, tagger: Tagger, loader: Iterable, loss_fn: Multi
 def evaluate_outputs(tagger: Tagger, result: EpochResult, tune: bool) -> dict[str, Any]:
     """Per-head metrics; with `tune`, first set the tag thresholds that maximise F1 on these rows."""
     if tune:
-        for a in tagger.schema.attributes:
-            if a.multi:
-                tagger.thresholds_[a.name] = tune_thresholds(result.probs[a.name], result.targets[a.name]).tolist()
+        tune_tag_thresholds(tagger, result.probs, result.targets)
     thresholds = {k: np.asarray(v) for k, v in tagger.thresholds_.items()}
     return head_metrics(tagger.schema, result.probs, result.targets, thresholds)
 
@@ -449,14 +447,8 @@ def _calibrate(best: Tagger, va: EpochResult, out: Path, cfg: TrainConfig, data_
     """Temperatures per single-label head and, where it helps, per-tag Platt scaling per tag group (its tuned
     thresholds mapped with it, so its answers do not change), fitted on the validation rows and stored in best.pt.
     `va` becomes the calibrated outputs; returns the uncalibrated ones (for the report's before/after)."""
-    raw = {name: p.copy() for name, p in va.probs.items()}
-    best.temperatures_ = fit_temperatures(best.schema, va.probs, va.targets)
-    best.platt_ = fit_tag_scaling(best.schema, va.probs, va.targets)
-    for name, t in best.temperatures_.items():
-        va.probs[name] = apply_temperature(va.probs[name], t)
-    for name, (a, b) in best.platt_.items():
-        va.probs[name] = apply_platt(va.probs[name], np.asarray(a), np.asarray(b))
-        best.thresholds_[name] = apply_platt(np.asarray(best.thresholds_[name]), np.asarray(a), np.asarray(b)).tolist()
+    raw = va.probs
+    va.probs = calibrate(best, raw, va.targets)
     before = calibration_errors(best.schema, raw, va.targets)
     for name, after in calibration_errors(best.schema, va.probs, va.targets).items():
         _logger.info("%s: val ECE %.3f -> %.3f", name, before[name], after)

@@ -1,0 +1,32 @@
+"""`mhtag ensemble`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mhtag.cli.app import AsJson, Images, Labels, app, echo_json, prepare
+
+
+@app.command()
+def ensemble(runs: Annotated[list[Path], typer.Argument(help="two or more run folders (or checkpoints) trained "
+                                                             "on the same labels at the same input size")],
+             labels: Labels, images: Images = None,
+             out: Annotated[Path, typer.Option(help="folder of the ensemble's checkpoint")] = Path("runs/ensemble"),
+             as_json: AsJson = False) -> None:
+    """Combine trained runs into one model: the mean of their calibrated answers, recalibrated on the validation
+    split. Use its folder as --model anywhere (predict, index, eval, audit, serve)."""
+    prepare()
+    from mhtag.report.text import model_comparison_table
+    from mhtag.training.ensemble import build_ensemble
+
+    result = build_ensemble(runs, labels, images, out, progress=sys.stderr.isatty())
+    if as_json:
+        echo_json(result)
+        return
+    typer.echo(f"{result['val_rows']} validation rows; the ensemble beside its members:")
+    typer.echo(model_comparison_table(result["val"]))
+    typer.echo(f"ensemble: {result['out']}")

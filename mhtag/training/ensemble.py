@@ -1,0 +1,76 @@
+"""Building an ensemble from trained runs: members that share schema and preprocessing, their features put on
+one scale, the mean of their calibrated probabilities recalibrated on the validation split, all in one
+checkpoint that every command loads like a single run's."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mhtag.core.errors import MhtagError
+from mhtag.core.io import atomic_write_json
+from mhtag.inference.encoder import cached_embeddings
+from mhtag.models.checkpoint import ensemble_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
+from mhtag.models.ensemble import TaggerEnsemble, check_members, feature_scales
+from mhtag.models.tagger import Tagger
+from mhtag.training.calibration import calibrate, tune_tag_thresholds
+from mhtag.training.evaluate import split_rows
+from mhtag.training.metrics import calibration_errors, head_metrics
+
+_logger = logging.getLogger(__name__)
+
+
+def _probabilities(model: Tagger, features: np.ndarray) -> dict[str, np.ndarray]:
+    """Uncalibrated head probabilities from backbone features."""
+    with torch.no_grad():
+        probs = model.probabilities(model.forward_heads(torch.from_numpy(features)), calibrated=False)
+    return {k: v.numpy() for k, v in probs.items()}
+
+
+def _metrics(model: Tagger, probs: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, Any]:
+    return head_metrics(model.schema, probs, targets, {k: np.asarray(v) for k, v in model.thresholds_.items()})
+
+
+def _check_out(out: Path) -> None:
+    """Never overwrite a trained run: `out` is new, empty or an earlier ensemble."""
+    if (out / "last.pt").exists() or ((out / "best.pt").exists() and "members" not in load_checkpoint(out)):
+        raise MhtagError(f"{out}: holds a trained run, which an ensemble would overwrite; choose another --out")
+
+
+def build_ensemble(runs: list[str | Path], labels: str | Path, images: str | Path | None = None,
+                   out: str | Path = "runs/ensemble", batch_size: int = 128, progress: bool = False) -> dict[str, Any]:
+    """Write `out/best.pt`, the ensemble of `runs`, calibrated on the labels' validation split. Returns
+    `{"out", "members", "val": {"ensemble": heads, "<run>": heads, ...}, "ece_before_calibration"}` with per-head
+    validation metrics of the ensemble and of each member (members as they were calibrated)."""
+    out = Path(out)
+    _check_out(out)
+    names = [str(r) for r in runs]
+    states = [load_checkpoint(r) for r in runs]
+    members = [tagger_from_checkpoint(s) for s in states]
+    check_members(members, names)
+    config = {**states[0]["config"], "mode": "ensemble", "members": names}
+    rows = split_rows(members[0], config, labels, images, "val")
+    data_config = members[0].backbone.data_config
+    features = [cached_embeddings(m.backbone, rows.files, data_config, batch_size, progress=progress)
+                for m in members]
+    scales = feature_scales(features)
+    model = TaggerEnsemble(members, scales).eval()
+    raw = _probabilities(model, np.concatenate([f * s for f, s in zip(features, scales, strict=True)], axis=1))
+    tune_tag_thresholds(model, raw, rows.targets)
+    calibrated = calibrate(model, raw, rows.targets)
+    before = calibration_errors(model.schema, raw, rows.targets)
+    val = {"ensemble": _metrics(model, calibrated, rows.targets)}
+    for name, member, f in zip(names, members, features, strict=True):
+        with torch.no_grad():
+            probs = member.probabilities(member.forward_heads(torch.from_numpy(f)))
+        val[name] = _metrics(member, {k: v.numpy() for k, v in probs.items()}, rows.targets)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({**ensemble_state(model, states, config), "ece_before_calibration": before}, out / "best.pt")
+    result = {"out": str(out), "members": names, "val_rows": len(rows.files), "val": val,
+              "ece_before_calibration": before}
+    atomic_write_json(out / "metrics.json", {"mode": "ensemble", **result})
+    return result
