@@ -4,7 +4,6 @@ checkpoint that every command loads like a single run's."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,11 @@ from mhtag.training.calibration import calibrate, tune_tag_thresholds
 from mhtag.training.evaluate import split_rows
 from mhtag.training.metrics import calibration_errors, head_metrics
 
-_logger = logging.getLogger(__name__)
 
-
-def _probabilities(model: Tagger, features: np.ndarray) -> dict[str, np.ndarray]:
-    """Uncalibrated head probabilities from backbone features."""
+def _probabilities(model: Tagger, features: np.ndarray, calibrated: bool) -> dict[str, np.ndarray]:
+    """Head probabilities from backbone features."""
     with torch.no_grad():
-        probs = model.probabilities(model.forward_heads(torch.from_numpy(features)), calibrated=False)
+        probs = model.probabilities(model.forward_heads(torch.from_numpy(features)), calibrated=calibrated)
     return {k: v.numpy() for k, v in probs.items()}
 
 
@@ -59,15 +56,14 @@ def build_ensemble(runs: list[str | Path], labels: str | Path, images: str | Pat
                 for m in members]
     scales = feature_scales(features)
     model = TaggerEnsemble(members, scales).eval()
-    raw = _probabilities(model, np.concatenate([f * s for f, s in zip(features, scales, strict=True)], axis=1))
+    raw = _probabilities(model, np.concatenate([f * s for f, s in zip(features, scales, strict=True)], axis=1),
+                         calibrated=False)
     tune_tag_thresholds(model, raw, rows.targets)
     calibrated = calibrate(model, raw, rows.targets)
     before = calibration_errors(model.schema, raw, rows.targets)
     val = {"ensemble": _metrics(model, calibrated, rows.targets)}
     for name, member, f in zip(names, members, features, strict=True):
-        with torch.no_grad():
-            probs = member.probabilities(member.forward_heads(torch.from_numpy(f)))
-        val[name] = _metrics(member, {k: v.numpy() for k, v in probs.items()}, rows.targets)
+        val[name] = _metrics(member, _probabilities(member, f, calibrated=True), rows.targets)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint({**ensemble_state(model, states, config), "ece_before_calibration": before}, out / "best.pt")
     result = {"out": str(out), "members": names, "val_rows": len(rows.files), "val": val,
