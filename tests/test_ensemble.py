@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
+from test_cli import invoke, runner  # pytest puts tests/ on sys.path
 
 from mhtag import cli
 from mhtag.core.errors import MhtagError
@@ -20,14 +20,6 @@ from mhtag.models.ensemble import TaggerEnsemble
 from mhtag.training.ensemble import build_ensemble
 from mhtag.training.evaluate import evaluate, split_rows, tagger_probabilities
 from mhtag.training.fit import fit
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    result = runner.invoke(cli.app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")
