@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 from collections.abc import Iterator
@@ -73,10 +74,21 @@ def init_distributed() -> DistInfo:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_leave_process_group)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
     return DistInfo(dist.get_rank(), world, local)
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group while the interpreter is whole. Left to interpreter teardown, Gloo's worker
+    threads can still hold tensors whose release then aborts the process (SIGABRT, exit -6, after the work is
+    done: pytorch/pytorch#179291), which torchrun reports as a failed run."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def autocast(device: torch.device, enabled: bool = True):
