@@ -97,6 +97,14 @@ def test_same_seed_same_result(demo, tiny_cfg, tmp_path):
     assert a == pytest.approx(b, rel=1e-6)
 
 
+def test_the_same_seed_gives_the_same_model_from_a_cold_or_a_warm_embedding_cache(demo, tiny_cfg, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("MHTAG_CACHE", str(tmp_path / "cache"))  # empty: the first run embeds, the second reads
+    runs = [fit(tiny_cfg, demo, out=tmp_path / name) for name in ("cold", "warm")]
+    heads = [run.model.heads.state_dict() for run in runs]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
 def test_nan_loss_fails_clearly_and_keeps_the_last_good_checkpoint(demo, tiny_cfg, tmp_path, monkeypatch):
     from mhtag.models.loss import MultiHeadLoss
 
