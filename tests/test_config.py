@@ -28,7 +28,8 @@ def test_exponent_floats_are_read_although_yaml_1_1_leaves_them_strings(tmp_path
 
 @pytest.mark.parametrize("key,value", [("epochs", "three"), ("epochs", 2.5), ("multilabel", "tags"),
                                        ("mode", "train"), ("aug_forbid", {"colour": ["blur"]}), ("lr", "fast"),
-                                       ("keep", "probe"), ("patience", 0), ("pos_weights", "log")])
+                                       ("keep", "probe"), ("patience", 0), ("pos_weights", "log"),
+                                       ("distill", 1.5), ("distill", -0.1), ("teacher", 3)])
 def test_wrong_types_and_values_are_refused(key, value):
     with pytest.raises(MhtagError):
         load_config(overrides={key: value})

@@ -24,6 +24,9 @@ def train(labels: Labels, images: Images = None,
           lr: Annotated[Optional[float], typer.Option(help="learning rate of the mode that runs (sets lr and "
                                                            "probe_lr)")] = None,
           seed: Annotated[Optional[int], typer.Option()] = None,
+          teacher: Annotated[Optional[Path], typer.Option(help="a trained run or ensemble whose answers the model "
+                                                               "learns beside the labels (distillation; the "
+                                                               "teacher's share: --set distill=0.5)")] = None,
           out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/latest"),
           resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint; "
                                                     "epochs, lr and max_minutes may change")] = False,
@@ -36,7 +39,8 @@ def train(labels: Labels, images: Images = None,
 
     flags = {"mode": mode.value if mode else None, "backbone": backbone, "epochs": epochs,
              "probe_epochs": epochs, "batch_size": batch_size, "lr": lr, "probe_lr": lr, "seed": seed,
-             "multilabel": multilabel or None, "ignore": ignore or None}
+             "multilabel": multilabel or None, "ignore": ignore or None,
+             "teacher": str(teacher) if teacher else None}
     overrides = {k: v for k, v in flags.items() if v is not None} | parse_overrides(set_ or [])
     if resume:
         if config is not None:

@@ -52,6 +52,10 @@ class TrainConfig:
     pos_weights: str = "sqrt"  # tag groups: BCE's pos_weight (negatives / positives per tag)
     class_weight_cap: float = 10.0
     label_smoothing: float = 0.0
+    # knowledge distillation: each training row's target mixes its label with a trained run's (or an ensemble's)
+    # calibrated probabilities for that image, `distill` being the teacher's share (0 = labels only)
+    teacher: str | None = None
+    distill: float = 0.5
     # optimisation
     mode: str = "auto"  # auto (finetune on GPU, probe on CPU) | probe | finetune
     epochs: int = 8
@@ -115,6 +119,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.image_size is not None and (len(cfg.image_size) != 2 or min(cfg.image_size) < 8):
         raise MhtagError(f"image_size must be [height, width] of at least 8 px, not {cfg.image_size}")
     _check_ranges(cfg)
+    if not 0 <= cfg.distill <= 1:
+        raise MhtagError(f"config key 'distill' must be between 0 and 1, not {cfg.distill}")
     for attr, ops in cfg.aug_forbid.items():
         bad = [op for op in ops if op not in AUG_OPS]
         if bad:

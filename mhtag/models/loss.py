@@ -1,4 +1,5 @@
-"""The multi-head loss: the weighted sum of each head's cross-entropy (single-label) or BCE (tag groups)."""
+"""The multi-head loss: the weighted sum of each head's cross-entropy (single-label) or BCE (tag groups), against
+the labels or, where a batch carries them (knowledge distillation), soft targets."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from torch import nn
 
 from mhtag.core.errors import MhtagError
 from mhtag.data.schema import Attribute, LabelSchema
+
+
+def soft_key(name: str) -> tuple[str, str]:
+    """Where a batch's targets hold an attribute's soft targets (per-class probabilities): a tuple, so that it can
+    never clash with an attribute (a column name)."""
+    return ("soft", name)
 
 
 def class_weights(counts: list[int], scheme: str, cap: float) -> torch.Tensor | None:
@@ -34,7 +41,8 @@ def pos_weights(counts: list[int], total: int, scheme: str, cap: float) -> torch
 
 
 class MultiHeadLoss(nn.Module):
-    """Total = sum over heads of weight * loss. Rows with a blank or unknown label are left out of that head."""
+    """Total = sum over heads of weight * loss. Rows with a blank or unknown label are left out of that head.
+    A head whose targets include `soft_key(name)` learns those probabilities instead of the one-hot labels."""
 
     def __init__(self, schema: LabelSchema, head_weights: dict[str, float] | None = None,
                  weighting: str = "none", cap: float = 10.0, label_smoothing: float = 0.0, n_train: int = 0,
@@ -61,14 +69,21 @@ class MultiHeadLoss(nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         per_head: dict[str, torch.Tensor] = {}
         for a in self.schema.attributes:
-            out, y = logits[a.name].float(), targets[a.name]
+            out, y, soft = logits[a.name].float(), targets[a.name], targets.get(soft_key(a.name))
             w = getattr(self, f"w_{a.name}")
             w = w if w.numel() else None
             if a.multi:
-                per_head[a.name] = F.binary_cross_entropy_with_logits(out, y.float(), pos_weight=w)
+                per_head[a.name] = F.binary_cross_entropy_with_logits(out, (y if soft is None else soft).float(),
+                                                                      pos_weight=w)
                 continue
-            if (y >= 0).any():  # missing and unknown labels (negative codes) add nothing
+            known = y >= 0  # missing and unknown labels (negative codes) add nothing
+            if not known.any():
+                continue
+            if soft is None:
                 per_head[a.name] = F.cross_entropy(out, y.clamp(min=-1), weight=w, ignore_index=-1,
+                                                   label_smoothing=self.label_smoothing)
+            else:
+                per_head[a.name] = F.cross_entropy(out[known], soft[known].float(), weight=w,
                                                    label_smoothing=self.label_smoothing)
         if not per_head:
             raise MhtagError("a batch had no usable label for any head")

@@ -84,3 +84,10 @@ class Tagger(nn.Module):
             return torch.sigmoid(logits)
         a, b = (torch.tensor(v, dtype=logits.dtype, device=logits.device) for v in self.platt_[name])
         return torch.sigmoid(a * logits + b)
+
+
+def feature_probabilities(model: Tagger, features: np.ndarray, calibrated: bool = True) -> dict[str, np.ndarray]:
+    """Each head's probabilities for rows of backbone features (e.g. cached embeddings), without gradients."""
+    with torch.no_grad():
+        probs = model.probabilities(model.forward_heads(torch.from_numpy(features)), calibrated=calibrated)
+    return {k: v.numpy() for k, v in probs.items()}

@@ -8,24 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_write_json
 from mhtag.inference.encoder import cached_embeddings
 from mhtag.models.checkpoint import ensemble_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
 from mhtag.models.ensemble import TaggerEnsemble, check_members, feature_scales
-from mhtag.models.tagger import Tagger
+from mhtag.models.tagger import Tagger, feature_probabilities
 from mhtag.training.calibration import calibrate, tune_tag_thresholds
 from mhtag.training.evaluate import split_rows
 from mhtag.training.metrics import calibration_errors, head_metrics
-
-
-def _probabilities(model: Tagger, features: np.ndarray, calibrated: bool) -> dict[str, np.ndarray]:
-    """Head probabilities from backbone features."""
-    with torch.no_grad():
-        probs = model.probabilities(model.forward_heads(torch.from_numpy(features)), calibrated=calibrated)
-    return {k: v.numpy() for k, v in probs.items()}
 
 
 def _metrics(model: Tagger, probs: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -56,14 +48,14 @@ def build_ensemble(runs: list[str | Path], labels: str | Path, images: str | Pat
                 for m in members]
     scales = feature_scales(features)
     model = TaggerEnsemble(members, scales).eval()
-    raw = _probabilities(model, np.concatenate([f * s for f, s in zip(features, scales, strict=True)], axis=1),
-                         calibrated=False)
+    joined = np.concatenate([f * s for f, s in zip(features, scales, strict=True)], axis=1)
+    raw = feature_probabilities(model, joined, calibrated=False)
     tune_tag_thresholds(model, raw, rows.targets)
     calibrated = calibrate(model, raw, rows.targets)
     before = calibration_errors(model.schema, raw, rows.targets)
     val = {"ensemble": _metrics(model, calibrated, rows.targets)}
     for name, member, f in zip(names, members, features, strict=True):
-        val[name] = _metrics(member, _probabilities(member, f, calibrated=True), rows.targets)
+        val[name] = _metrics(member, feature_probabilities(member, f, calibrated=True), rows.targets)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint({**ensemble_state(model, states, config), "ece_before_calibration": before}, out / "best.pt")
     result = {"out": str(out), "members": names, "val_rows": len(rows.files), "val": val,

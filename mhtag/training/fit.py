@@ -31,7 +31,7 @@ from mhtag.core.config import RESUMABLE_KEYS, TrainConfig, config_from_dict, sav
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_path, atomic_write_json, atomic_write_text
 from mhtag.core.runtime import DistInfo, autocast, default_device, init_distributed, progress_bar, seed_everything
-from mhtag.data.labels import LabelTable, Skipped
+from mhtag.data.labels import FILE, LabelTable, Skipped
 from mhtag.data.schema import LabelSchema
 from mhtag.data.transforms import forbidden_augmentations
 from mhtag.inference.encoder import resolve_data_config
@@ -42,6 +42,7 @@ from mhtag.models.tagger import Tagger
 from mhtag.report.html import write_run_report
 from mhtag.training.batches import make_loaders, prepare_data
 from mhtag.training.calibration import calibrate, tune_tag_thresholds
+from mhtag.training.distill import teacher_targets
 from mhtag.training.metrics import calibration_errors, head_metrics, mean_macro_f1, reliability_curves
 from mhtag.training.optim import cosine_with_warmup, make_optimizer
 
@@ -306,6 +307,9 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
     if mode == "probe":
         model.backbone.requires_grad_(False)
     (y_train, _), (y_val, _) = schema.encode(train_df), schema.encode(val_df)
+    if cfg.teacher and cfg.distill > 0:
+        y_train = {**y_train, **teacher_targets(cfg.teacher, cfg.distill, schema, train_df[FILE].tolist(), y_train,
+                                                cfg.batch_size, device, cfg.num_workers, progress and dist.is_main)}
     loss_fn = MultiHeadLoss(schema, cfg.head_weights, cfg.class_weights, cfg.class_weight_cap,
                             cfg.label_smoothing, n_train=len(train_df), tag_weighting=cfg.pos_weights).to(device)
     epochs = cfg.probe_epochs if mode == "probe" else cfg.epochs
