@@ -110,6 +110,8 @@ def test_a_teacher_with_other_heads_is_refused(demo, tiny_run, tiny_cfg, tmp_pat
     cfg = config_from_dict({"teacher": str(tiny_run), "ignore": ["size"]}, tiny_cfg)
     with pytest.raises(MhtagError, match=r"teacher .*label vocabulary differs.*size"):
         fit(cfg, demo, out=tmp_path / "student")
+    with pytest.raises(MhtagError, match="its own teacher"):
+        fit(config_from_dict({"teacher": str(tiny_run)}, tiny_cfg), demo, out=tiny_run)
     with pytest.raises(MhtagError, match="no model checkpoint"):
         fit(config_from_dict({"teacher": str(tmp_path / "nowhere")}, tiny_cfg), demo, out=tmp_path / "student2")
 

@@ -216,6 +216,8 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
     With `resume`, training continues from `out/last.pt`: the model (backbone included) comes from the checkpoint
     before anything is embedded, and `cfg` should come from `resumed_config`."""
     out = Path(out)
+    if cfg.teacher and Path(cfg.teacher).resolve() == out.resolve():
+        raise MhtagError(f"{out}: a run cannot be its own teacher; pass another run as --teacher")
     state = _resume_state(out, resume)
     dist = init_distributed()
     device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else default_device()
