@@ -15,7 +15,7 @@ LAYERS = [
     ("models", ["backbones", "tagger", "ensemble", "loss", "checkpoint"]),
     ("report", ["text", "html", "sheets", "audit"]),
     ("inference", ["encoder", "fusion"]),
-    ("training", ["metrics", "calibration", "optim", "batches", "fit", "evaluate", "ensemble", "crossfit"]),
+    ("training", ["metrics", "calibration", "optim", "batches", "distill", "fit", "evaluate", "ensemble", "crossfit"]),
     ("index", ["columns", "filters", "meta", "vectors", "store", "neighbours", "predict", "rows", "raydata", "build",
                "synthetic", "ann", "search", "robustness"]),
     ("audit", ["health", "labels"]),
