@@ -3,6 +3,7 @@ then evaluated on the test split once. Writes the ensemble's and each member's v
 figures of the ensemble and the members' training time to benchmarks/results/fashion_<name>.json.
 
     python benchmarks/fashion_ensemble.py --name ensemble runs/fashion_lpft_lite2 runs/fashion_lpft_e7 ...
+    python benchmarks/fashion_ensemble.py --name ensemble6_flip --tta-flip runs/...   # members' test-time flip on
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ def main() -> None:
     ap.add_argument("runs", type=Path, nargs="+")
     ap.add_argument("--name", required=True)
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--tta-flip", action="store_true", help="every member also embeds the mirror image")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     labels = args.data / "labels.csv"
     out = ROOT / "runs" / f"fashion_{args.name}"
-    built = build_ensemble(args.runs, labels, out=out)
+    built = build_ensemble(args.runs, labels, out=out, tta_flip=args.tta_flip or None)
     t0 = time.time()
     result = evaluate(out, labels, split="test")
     heads = {h: {k: round(result["heads"][h][k], 4) for k in HEAD_FIGURES} for h in HEADS}
     report = {
         "benchmark": f"fashion12k_{args.name}",
+        "tta_flip": args.tta_flip,
         "members": {str(r): {"training_minutes": training_minutes(r)} for r in args.runs},
         "val_rows": built["val_rows"],
         "val_accuracy_and_macro_f1": {Path(k).name: accuracy_and_f1(v) for k, v in built["val"].items()},

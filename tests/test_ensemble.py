@@ -132,3 +132,31 @@ def test_the_cli_builds_an_ensemble_and_predict_uses_it(demo, tiny_run, second_r
     result = json.loads(invoke("predict", img, "--model", tmp_path / "ens", "--db", tmp_path / "nodb", "--json"))
     answers = result["predictions"][0]["attributes"]
     assert set(answers) == {"shape", "colour", "size", "background", "marks"}
+
+
+def test_a_flip_ensemble_embeds_each_image_and_its_mirror_and_keeps_its_members_runs_as_they_were(
+        demo, tiny_run, second_run, tmp_path):
+    invoke("ensemble", tiny_run, second_run, "--labels", demo, "--out", tmp_path / "flip", "--tta-flip")
+    ens = tagger_from_checkpoint(load_checkpoint(tmp_path / "flip"))
+    plain = tagger_from_checkpoint(load_checkpoint(tiny_run))
+    assert load_checkpoint(tmp_path / "flip")["config"]["tta_flip"] is True
+    assert all(m.backbone.data_config["tta_flip"] for m in ens.members)
+    assert load_checkpoint(tiny_run)["data_config"]["tta_flip"] is False  # the member's own run is untouched
+    x = torch.stack([build_transform(plain.backbone.data_config)(im) for im in _images(demo)])
+    with torch.no_grad():
+        mirrored = (plain.backbone(x) + plain.backbone(x.flip(-1))) / 2
+        assert torch.allclose(ens.members[0].backbone(x), mirrored, atol=1e-5)
+        assert not torch.allclose(plain.backbone(x), mirrored, atol=1e-3)
+
+
+def test_the_flip_is_refused_where_a_head_forbids_mirroring(demo, tiny_run, second_run, tmp_path):
+    from mhtag.models.checkpoint import save_checkpoint
+
+    state = load_checkpoint(tiny_run)
+    state["config"] = {**state["config"], "aug_forbid": {"shape": ["hflip"]}}
+    (tmp_path / "sided").mkdir()
+    save_checkpoint(state, tmp_path / "sided" / "best.pt")
+    with pytest.raises(MhtagError, match="sided.*forbids horizontal flips"):
+        build_ensemble([tmp_path / "sided", second_run], demo, out=tmp_path / "ens", tta_flip=True)
+    assert not (tmp_path / "ens").exists()
+    build_ensemble([tmp_path / "sided", second_run], demo, out=tmp_path / "ens", tta_flip=False)  # off is fine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -16,6 +16,9 @@ def ensemble(runs: Annotated[list[Path], typer.Argument(help="two or more run fo
                                                              "on the same labels at the same input size")],
              labels: Labels, images: Images = None,
              out: Annotated[Path, typer.Option(help="folder of the ensemble's checkpoint")] = Path("runs/ensemble"),
+             tta_flip: Annotated[Optional[bool], typer.Option(
+                 "--tta-flip/--no-tta-flip", help="every member also embeds the mirror image and averages "
+                 "(default: as the members were trained)")] = None,
              as_json: AsJson = False) -> None:
     """Combine trained runs into one model: the mean of their calibrated answers, recalibrated on the validation
     split. Use its folder as --model anywhere (predict, index, eval, audit, serve)."""
@@ -23,7 +26,7 @@ def ensemble(runs: Annotated[list[Path], typer.Argument(help="two or more run fo
     from mhtag.report.text import model_comparison_table
     from mhtag.training.ensemble import build_ensemble
 
-    result = build_ensemble(runs, labels, images, out, progress=sys.stderr.isatty())
+    result = build_ensemble(runs, labels, images, out, progress=sys.stderr.isatty(), tta_flip=tta_flip)
     if as_json:
         echo_json(result)
         return

@@ -11,6 +11,8 @@ import numpy as np
 
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_write_json
+from mhtag.data.schema import LabelSchema
+from mhtag.data.transforms import forbidden_augmentations
 from mhtag.inference.encoder import cached_embeddings
 from mhtag.models.checkpoint import ensemble_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
 from mhtag.models.ensemble import TaggerEnsemble, check_members, feature_scales
@@ -30,18 +32,34 @@ def _check_out(out: Path) -> None:
         raise MhtagError(f"{out}: holds a trained run, which an ensemble would overwrite; choose another --out")
 
 
+def _with_tta_flip(state: dict[str, Any], name: str, on: bool) -> dict[str, Any]:
+    """The member's checkpoint with its test-time flip switched `on` (or off); refused where a head's labels
+    change under a mirror, as training refuses it."""
+    aug_forbid = state["config"].get("aug_forbid") or {}
+    if on and "hflip" in forbidden_augmentations(LabelSchema.from_dict(state["schema"]).names, aug_forbid):
+        raise MhtagError(f"{name}: a head forbids horizontal flips (a view/side head or aug_forbid), so the "
+                         "test-time flip cannot be on")
+    return {**state, "data_config": {**state["data_config"], "tta_flip": on}}
+
+
 def build_ensemble(runs: list[str | Path], labels: str | Path, images: str | Path | None = None,
-                   out: str | Path = "runs/ensemble", batch_size: int = 128, progress: bool = False) -> dict[str, Any]:
+                   out: str | Path = "runs/ensemble", batch_size: int = 128, progress: bool = False,
+                   tta_flip: bool | None = None) -> dict[str, Any]:
     """Write `out/best.pt`, the ensemble of `runs`, calibrated on the labels' validation split. Returns
     `{"out", "members", "val": {"ensemble": heads, "<run>": heads, ...}, "ece_before_calibration"}` with per-head
-    validation metrics of the ensemble and of each member (members as they were calibrated)."""
+    validation metrics of the ensemble and of each member (members as they were calibrated). `tta_flip` switches
+    every member's test-time flip on or off (None keeps what they were trained with); the ensemble is calibrated
+    with it and keeps it."""
     out = Path(out)
     _check_out(out)
     names = [str(r) for r in runs]
     states = [load_checkpoint(r) for r in runs]
+    if tta_flip is not None:
+        states = [_with_tta_flip(s, name, tta_flip) for s, name in zip(states, names, strict=True)]
     members = [tagger_from_checkpoint(s) for s in states]
     check_members(members, names)
-    config = {**states[0]["config"], "mode": "ensemble", "members": names}
+    config = {**states[0]["config"], "mode": "ensemble", "members": names,
+              "tta_flip": bool(members[0].backbone.data_config.get("tta_flip"))}
     rows = split_rows(members[0], config, labels, images, "val")
     data_config = members[0].backbone.data_config
     features = [cached_embeddings(m.backbone, rows.files, data_config, batch_size, progress=progress)
