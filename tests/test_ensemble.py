@@ -149,13 +149,20 @@ def test_a_flip_ensemble_embeds_each_image_and_its_mirror_and_keeps_its_members_
         assert not torch.allclose(plain.backbone(x), mirrored, atol=1e-3)
 
 
-def test_the_flip_is_refused_where_a_head_forbids_mirroring(demo, tiny_run, second_run, tmp_path):
+def test_members_disagreeing_on_the_flip_are_told_how_to_agree_and_a_head_forbidding_it_refuses_it(
+        demo, tiny_run, second_run, tmp_path):
     from mhtag.models.checkpoint import save_checkpoint
 
     state = load_checkpoint(tiny_run)
     state["config"] = {**state["config"], "aug_forbid": {"shape": ["hflip"]}}
     (tmp_path / "sided").mkdir()
     save_checkpoint(state, tmp_path / "sided" / "best.pt")
+    second = load_checkpoint(second_run)
+    flipped = {**second, "data_config": {**second["data_config"], "tta_flip": True}}
+    (tmp_path / "flipped").mkdir()
+    save_checkpoint(flipped, tmp_path / "flipped" / "best.pt")
+    with pytest.raises(MhtagError, match="differs .* in tta_flip .*--tta-flip or --no-tta-flip"):
+        build_ensemble([tiny_run, tmp_path / "flipped"], demo, out=tmp_path / "ens")
     with pytest.raises(MhtagError, match="sided.*forbids horizontal flips"):
         build_ensemble([tmp_path / "sided", second_run], demo, out=tmp_path / "ens", tta_flip=True)
     assert not (tmp_path / "ens").exists()

@@ -61,9 +61,11 @@ def check_members(members: list[Tagger], names: list[str]) -> None:
         keys = sorted(k for k in set(m.backbone.data_config) | set(first.backbone.data_config)
                       if m.backbone.data_config.get(k) != first.backbone.data_config.get(k))
         if keys:
+            fix = ("; --tta-flip or --no-tta-flip sets it for all members" if keys == ["tta_flip"]
+                   else "; members must share input size and normalisation")
             raise MhtagError(f"{name}: its preprocessing differs from {name0}'s in {', '.join(keys)} "
                              f"({m.backbone.data_config.get(keys[0])!r} vs {first.backbone.data_config.get(keys[0])!r})"
-                             "; members must share input size and normalisation")
+                             + fix)
 
 
 class TaggerEnsemble(Tagger):
