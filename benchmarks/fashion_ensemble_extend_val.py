@@ -23,12 +23,13 @@ import numpy as np
 from fashion import DATA, HEADS, ROOT
 from fashion_val import accuracy_and_f1
 
+from mhtag.data.schema import LabelSchema
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
 from mhtag.training.evaluate import split_rows, tagger_probabilities
 from mhtag.training.metrics import head_metrics
 
 
-def val_probabilities(run: Path, labels: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], object]:
+def val_probabilities(run: Path, labels: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], LabelSchema]:
     """The run's calibrated val probabilities, the val targets and its schema."""
     state = load_checkpoint(run)
     model = tagger_from_checkpoint(state)
@@ -36,7 +37,8 @@ def val_probabilities(run: Path, labels: Path) -> tuple[dict[str, np.ndarray], d
     return tagger_probabilities(model, rows.files)[0], rows.targets, model.schema
 
 
-def score(members: list[str], probs: dict[str, dict], targets: dict, schema) -> dict:
+def score(members: list[str], probs: dict[str, dict], targets: dict, schema: LabelSchema) -> dict:
+    """Val accuracy / macro-F1 per head of the mean of `members`' probabilities, and their means."""
     mean = {h: sum(probs[m][h] for m in members) / len(members) for h in HEADS}
     heads = accuracy_and_f1(head_metrics(schema, mean, targets, {}))
     return {"members": [Path(m).name for m in members], "heads": heads,
