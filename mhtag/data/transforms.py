@@ -25,6 +25,11 @@ def forbidden_augmentations(attributes: list[str], configured: dict[str, list[st
     return ops
 
 
+def mirroring_forbidden(attributes: list[str], configured: dict[str, list[str]]) -> bool:
+    """True when some head's labels change under a horizontal mirror: no flip in training, none at test time."""
+    return "hflip" in forbidden_augmentations(attributes, configured)
+
+
 class Letterbox:
     """Resize to fit inside (height, width) keeping the aspect ratio, then pad: nothing is cropped away."""
 

@@ -12,7 +12,7 @@ import numpy as np
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_write_json
 from mhtag.data.schema import LabelSchema
-from mhtag.data.transforms import forbidden_augmentations
+from mhtag.data.transforms import mirroring_forbidden
 from mhtag.inference.encoder import cached_embeddings
 from mhtag.models.checkpoint import ensemble_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
 from mhtag.models.ensemble import TaggerEnsemble, check_members, feature_scales
@@ -36,7 +36,7 @@ def _with_tta_flip(state: dict[str, Any], name: str, on: bool) -> dict[str, Any]
     """The member's checkpoint with its test-time flip switched `on` (or off); refused where a head's labels
     change under a mirror, as training refuses it."""
     aug_forbid = state["config"].get("aug_forbid") or {}
-    if on and "hflip" in forbidden_augmentations(LabelSchema.from_dict(state["schema"]).names, aug_forbid):
+    if on and mirroring_forbidden(LabelSchema.from_dict(state["schema"]).names, aug_forbid):
         raise MhtagError(f"{name}: a head forbids horizontal flips (a view/side head or aug_forbid), so the "
                          "test-time flip cannot be on")
     return {**state, "data_config": {**state["data_config"], "tta_flip": on}}

@@ -33,7 +33,7 @@ from mhtag.core.io import atomic_path, atomic_write_json, atomic_write_text
 from mhtag.core.runtime import DistInfo, autocast, default_device, init_distributed, progress_bar, seed_everything
 from mhtag.data.labels import FILE, LabelTable, Skipped
 from mhtag.data.schema import LabelSchema
-from mhtag.data.transforms import forbidden_augmentations
+from mhtag.data.transforms import mirroring_forbidden
 from mhtag.inference.encoder import resolve_data_config
 from mhtag.models.backbones import create_backbone
 from mhtag.models.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
@@ -428,7 +428,7 @@ def _held_copy(state: dict[str, Any], mode: str) -> dict[str, Any]:
 
 def _tta_flip(cfg: TrainConfig, schema: LabelSchema) -> bool:
     """The config's test-time flip, unless a head's labels change under a mirror (view/side heads, aug_forbid)."""
-    if cfg.tta_flip and "hflip" in forbidden_augmentations(schema.names, cfg.aug_forbid):
+    if cfg.tta_flip and mirroring_forbidden(schema.names, cfg.aug_forbid):
         _logger.warning("tta_flip is off: a head forbids horizontal flips")
         return False
     return cfg.tta_flip
