@@ -1,5 +1,8 @@
 """Image decoding and labels CSV validation, including every bad input the tool must survive."""
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -207,3 +210,5 @@ def test_image_checks_are_kept_per_file_version(tmp_path, monkeypatch):
     os.utime(paths[1], ns=(1, 1))
     errors = images.image_errors(paths)
     assert decoded == [paths[1]] and errors[0] is None and errors[2] is None and errors[1]
+    checks = images.check_image_files(paths)
+    assert checks[0].sha1 == hashlib.sha1(Path(paths[0]).read_bytes()).hexdigest() and checks[1].sha1 is None

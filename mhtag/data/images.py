@@ -118,12 +118,18 @@ def probe_image_files(paths: list[str], workers: int = 4) -> list[ImageInfo]:
         return list(pool.map(probe_image_file, paths, chunksize=64))
 
 
-CHECKS = "image_checks.json"  # in the cache folder: {path: [size, mtime_ns, error or null]}
+CHECKS = "image_checks.json"  # in the cache folder: {path: [size, mtime_ns, error or null, sha1 or null]}
 
 
-def image_errors(paths: list[str], workers: int = 4) -> list[str | None]:
-    """Why each file is unusable (None: it decodes). A file's verdict is kept in the cache, keyed by its size and
-    modification time, so a training run does not decode a catalogue that it decoded before, unchanged."""
+@dataclass(frozen=True)
+class FileCheck:
+    error: str | None  # why the file is unusable; None: it decodes
+    sha1: str | None  # the content hash of a usable file
+
+
+def check_image_files(paths: list[str], workers: int = 4) -> list[FileCheck]:
+    """Whether each file decodes, and its content hash. A file's verdict is kept in the cache, keyed by its size
+    and modification time, so a training run does not decode a catalogue that it decoded before, unchanged."""
     store = cache_dir() / CHECKS
     try:
         known = json.loads(store.read_text())
@@ -131,15 +137,24 @@ def image_errors(paths: list[str], workers: int = 4) -> list[str | None]:
         known = {}
     stats = [_stat(p) for p in paths]
     todo = [i for i, (p, st) in enumerate(zip(paths, stats, strict=True))
-            if st is None or known.get(p, [None, None])[:2] != list(st)]
+            if st is None or not _still_valid(known.get(p), st)]
     fresh = {}
     for i, info in zip(todo, probe_image_files([paths[i] for i in todo], workers), strict=True):
-        fresh[i] = info.error
+        fresh[i] = FileCheck(info.error, info.sha1 or None)
         if stats[i] is not None:
-            known[paths[i]] = [*stats[i], info.error]
+            known[paths[i]] = [*stats[i], info.error, info.sha1 or None]
     if todo:
         atomic_write_text(store, json.dumps(known))
-    return [fresh[i] if i in fresh else known[p][2] for i, p in enumerate(paths)]
+    return [fresh[i] if i in fresh else FileCheck(*known[p][2:]) for i, p in enumerate(paths)]
+
+
+def image_errors(paths: list[str], workers: int = 4) -> list[str | None]:
+    """Why each file is unusable (None: it decodes); see `check_image_files`."""
+    return [check.error for check in check_image_files(paths, workers)]
+
+
+def _still_valid(entry: list | None, stat: tuple[int, int]) -> bool:
+    return entry is not None and len(entry) == 4 and entry[:2] == list(stat)  # 3 long: written before the hash
 
 
 def _stat(path: str) -> tuple[int, int] | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_path, cache_dir
 from mhtag.core.runtime import auto_workers, autocast, default_device, progress_bar
 from mhtag.data.datasets import FileFacts, SafeImageDataset, collate_safe
+from mhtag.data.images import check_image_files
 from mhtag.data.transforms import build_transform
 from mhtag.models.backbones import Backbone, create_backbone
 from mhtag.models.checkpoint import checkpoint_file, load_checkpoint, tagger_from_checkpoint
@@ -179,12 +179,13 @@ def embed_files(backbone: Backbone, files: list[str], data_config: dict[str, Any
 
 
 def _cache_key(backbone: Backbone, files: list[str], data_config: dict[str, Any]) -> str:
+    """Backbone weights, preprocessing and the files' contents, in order: a catalogue copied, moved or
+    re-mounted (new paths or modification times, same bytes) is answered from the cache; a changed file is not."""
     h = hashlib.sha1(json.dumps([backbone.name, data_config], sort_keys=True).encode())
     for p in backbone.state_dict().values():  # buffers too: BatchNorm statistics change the features
         h.update(p.detach().cpu().numpy().tobytes())
-    for f in files:
-        st = os.stat(f)
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for f, check in zip(files, check_image_files(files), strict=True):
+        h.update(f"{check.sha1 or 'unusable:' + f}\n".encode())  # an unusable file fails the embedding anyway
     return h.hexdigest()[:20]
 
 
