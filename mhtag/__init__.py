@@ -35,6 +35,8 @@ _EXPORTS = {
     "evaluate": "mhtag.training.evaluate",
     "build_ensemble": "mhtag.training.ensemble",
     "load_encoder": "mhtag.inference.encoder",
+    "cache_usage": "mhtag.inference.cache",
+    "prune_cache": "mhtag.inference.cache",
     "index_images": "mhtag.index.build",
     "Predictor": "mhtag.index.predict",
     "predict": "mhtag.index.predict",

@@ -77,6 +77,19 @@ class IndexReport(BaseModel):
         return (self.added + self.updated) / self.seconds if self.seconds else 0.0
 
 
+class CacheReport(BaseModel):
+    """The embedding cache: what it holds and, after `prune_cache`, what was removed."""
+
+    folder: str
+    entries: int = Field(description="embedding files (.npy), one per backbone, preprocessing and file set")
+    bytes: int
+    oldest_use_days: float | None = None
+    newest_use_days: float | None = None
+    removed: int = 0
+    freed_bytes: int = 0
+    forgotten_checks: int = Field(0, description="remembered image checks dropped because their file is gone")
+
+
 class Health(BaseModel):
     status: str = "ok"
     rows: int

@@ -14,7 +14,7 @@ from mhtag.core.config import config_from_dict
 from mhtag.core.errors import MhtagError
 from mhtag.data.labels import FILE, read_labels
 from mhtag.data.schema import MISSING, LabelSchema
-from mhtag.inference.encoder import cached_embeddings
+from mhtag.inference.cache import cached_embeddings
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
 from mhtag.models.loss import MultiHeadLoss, soft_key
 from mhtag.models.tagger import feature_probabilities

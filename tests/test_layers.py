@@ -14,14 +14,14 @@ LAYERS = [
     ("data", ["images", "schema", "labels", "transforms", "datasets", "synthetic", "shifts"]),
     ("models", ["backbones", "tagger", "ensemble", "loss", "checkpoint"]),
     ("report", ["text", "html", "sheets", "audit"]),
-    ("inference", ["encoder", "fusion"]),
+    ("inference", ["encoder", "cache", "fusion"]),
     ("training", ["metrics", "calibration", "optim", "batches", "distill", "fit", "evaluate", "ensemble", "crossfit"]),
     ("index", ["columns", "filters", "meta", "vectors", "store", "neighbours", "predict", "rows", "raydata", "build",
                "synthetic", "ann", "search", "robustness"]),
     ("audit", ["health", "labels"]),
     ("server", ["service", "api", "app"]),
-    ("cli", ["app", "audit", "backbones", "demo", "ensemble", "evaluate", "index", "inspect", "predict", "search",
-             "serve", "train"]),
+    ("cli", ["app", "audit", "backbones", "cache", "demo", "ensemble", "evaluate", "index", "inspect", "predict",
+             "search", "serve", "train"]),
     ("__main__", []),
 ]
 RANK = {}

@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +36,7 @@ def test_probe_run_writes_checkpoint_metrics_and_report(demo, tiny_cfg, tmp_path
 def test_the_probe_standardises_features_with_training_statistics(demo, tiny_cfg, tmp_path):
     """The probe's feature norm is a fixed standard scaler (training rows' mean and variance), not trained."""
     from mhtag.data.labels import FILE, drop_unreadable, read_labels
-    from mhtag.inference.encoder import cached_embeddings
+    from mhtag.inference.cache import cached_embeddings
 
     run = fit(config_from_dict({"probe_epochs": 3}, tiny_cfg), demo, out=tmp_path / "run")
     norm = run.model.feature_norm
@@ -104,31 +103,6 @@ def test_the_same_seed_gives_the_same_model_from_a_cold_or_a_warm_embedding_cach
     runs = [fit(tiny_cfg, demo, out=tmp_path / name) for name in ("cold", "warm")]
     heads = [run.model.heads.state_dict() for run in runs]
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
-
-
-def test_the_embedding_cache_follows_file_contents_not_paths_or_times(demo, tmp_path, monkeypatch):
-    """A catalogue copied elsewhere (new paths and modification times, same bytes) is answered from the cache;
-    a file rewritten with other pixels is embedded again."""
-    import shutil
-
-    from PIL import Image
-
-    import mhtag.inference.encoder as encoder
-    from mhtag.models.backbones import create_backbone
-
-    monkeypatch.setenv("MHTAG_CACHE", str(tmp_path / "cache"))
-    backbone = create_backbone("tiny_cnn")
-    images = sorted((demo.parent / "images").iterdir())[:6]
-    first = encoder.cached_embeddings(backbone, [str(f) for f in images], backbone.data_config)
-    copies = [Path(shutil.copy(f, tmp_path / f.name)) for f in images]  # copy, not copy2: fresh mtimes
-    embedded = []
-    real = encoder.embed_files
-    monkeypatch.setattr(encoder, "embed_files", lambda b, fs, *a, **k: embedded.append(fs) or real(b, fs, *a, **k))
-    again = encoder.cached_embeddings(backbone, [str(f) for f in copies], backbone.data_config)
-    assert embedded == [] and np.array_equal(first, again)
-    Image.new("RGB", (32, 32), (0, 200, 0)).save(copies[2])
-    changed = encoder.cached_embeddings(backbone, [str(f) for f in copies], backbone.data_config)
-    assert len(embedded) == 1 and not np.allclose(changed[2], first[2]) and np.allclose(changed[3], first[3])
 
 
 def test_nan_loss_fails_clearly_and_keeps_the_last_good_checkpoint(demo, tiny_cfg, tmp_path, monkeypatch):

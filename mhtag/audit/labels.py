@@ -20,7 +20,8 @@ from mhtag.core.io import atomic_write_text
 from mhtag.data.labels import FILE, ROW, LabelTable, drop_unreadable, read_csv_frame, read_labels
 from mhtag.data.schema import Attribute, LabelSchema, split_tags
 from mhtag.index.vectors import VectorIndex
-from mhtag.inference.encoder import DEFAULT_BACKBONE, cached_embeddings, resolve_data_config
+from mhtag.inference.cache import cached_embeddings
+from mhtag.inference.encoder import DEFAULT_BACKBONE, resolve_data_config
 from mhtag.inference.fusion import neighbour_shares
 from mhtag.models.backbones import Backbone, create_backbone
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint

@@ -153,6 +153,19 @@ def image_errors(paths: list[str], workers: int = 4) -> list[str | None]:
     return [check.error for check in check_image_files(paths, workers)]
 
 
+def forget_vanished_checks() -> int:
+    """Drop the remembered checks of files that no longer exist; how many were dropped."""
+    store = cache_dir() / CHECKS
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        return 0
+    kept = {path: entry for path, entry in known.items() if os.path.exists(path)}
+    if len(kept) < len(known):
+        atomic_write_text(store, json.dumps(kept))
+    return len(known) - len(kept)
+
+
 def _still_valid(entry: list | None, stat: tuple[int, int]) -> bool:
     return entry is not None and len(entry) == 4 and entry[:2] == list(stat)  # 3 long: written before the hash
 

@@ -1,10 +1,9 @@
 """The encoder: a trained tagger or a bare backbone that turns image files into L2-normalised embeddings and
-(for a tagger) head probabilities, with decoding overlapped with compute; plus the on-disk embedding cache."""
+(for a tagger) head probabilities, with decoding overlapped with compute."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,11 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mhtag.core.errors import MhtagError
-from mhtag.core.io import atomic_path, cache_dir
 from mhtag.core.runtime import auto_workers, autocast, default_device, progress_bar
 from mhtag.data.datasets import FileFacts, SafeImageDataset, collate_safe
-from mhtag.data.images import check_image_files
 from mhtag.data.transforms import build_transform
 from mhtag.models.backbones import Backbone, create_backbone
 from mhtag.models.checkpoint import checkpoint_file, load_checkpoint, tagger_from_checkpoint
@@ -153,7 +149,7 @@ def load_encoder(model: str | Path | None = None, backbone: str = DEFAULT_BACKBO
                    tagger.backbone.data_config)
 
 
-# ---------------------------------------------------------------- embedding a backbone, cached
+# ---------------------------------------------------------------- embedding a backbone
 
 
 @dataclass
@@ -176,31 +172,3 @@ def embed_files(backbone: Backbone, files: list[str], data_config: dict[str, Any
         failed += bad
     dim = backbone.num_features
     return Embedded(np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32), ok, failed)
-
-
-def _cache_key(backbone: Backbone, files: list[str], data_config: dict[str, Any]) -> str:
-    """Backbone weights, preprocessing and the files' contents, in order: a catalogue copied, moved or
-    re-mounted (new paths or modification times, same bytes) is answered from the cache; a changed file is not."""
-    h = hashlib.sha1(json.dumps([backbone.name, data_config], sort_keys=True).encode())
-    for p in backbone.state_dict().values():  # buffers too: BatchNorm statistics change the features
-        h.update(p.detach().cpu().numpy().tobytes())
-    for f, check in zip(files, check_image_files(files), strict=True):
-        h.update(f"{check.sha1 or 'unusable:' + f}\n".encode())  # an unusable file fails the embedding anyway
-    return h.hexdigest()[:20]
-
-
-def cached_embeddings(backbone: Backbone, files: list[str], data_config: dict[str, Any], batch_size: int = 64,
-                      device: torch.device | None = None, workers: int | None = None,
-                      progress: bool = False) -> np.ndarray:
-    """Embeddings of `files` (all must be readable), reused from disk when backbone, files and size match."""
-    path = cache_dir() / "features" / f"{_cache_key(backbone, files, data_config)}.npy"
-    if path.is_file():
-        _logger.info("reusing cached embeddings %s", path)
-        return np.load(path)
-    result = embed_files(backbone, files, data_config, batch_size, device, workers, progress)
-    if result.failed:
-        i, reason = result.failed[0]
-        raise MhtagError(f"{files[i]}: {reason}")
-    with atomic_path(path) as tmp:
-        np.save(tmp, result.vectors)
-    return result.vectors

@@ -17,7 +17,8 @@ from mhtag.core.runtime import DistInfo
 from mhtag.data.datasets import ImageDataset
 from mhtag.data.labels import FILE, LabelTable, drop_unreadable, read_labels
 from mhtag.data.transforms import build_transform, forbidden_augmentations
-from mhtag.inference.encoder import cached_embeddings, loader_kwargs
+from mhtag.inference.cache import cached_embeddings
+from mhtag.inference.encoder import loader_kwargs
 from mhtag.models.tagger import Tagger
 
 _logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import torch
 
 from mhtag.core.errors import MhtagError
 from mhtag.data.schema import Attribute, LabelSchema
-from mhtag.inference.encoder import cached_embeddings
+from mhtag.inference.cache import cached_embeddings
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
 from mhtag.models.loss import soft_key
 from mhtag.models.tagger import Tagger, feature_probabilities

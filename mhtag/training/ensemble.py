@@ -13,7 +13,7 @@ from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_write_json
 from mhtag.data.schema import LabelSchema
 from mhtag.data.transforms import mirroring_forbidden
-from mhtag.inference.encoder import cached_embeddings
+from mhtag.inference.cache import cached_embeddings
 from mhtag.models.checkpoint import ensemble_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
 from mhtag.models.ensemble import TaggerEnsemble, check_members, feature_scales
 from mhtag.models.tagger import Tagger, feature_probabilities

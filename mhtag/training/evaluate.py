@@ -13,7 +13,7 @@ import torch
 from mhtag.core.errors import MhtagError
 from mhtag.core.runtime import autocast, default_device
 from mhtag.data.labels import FILE, Skipped, drop_unreadable, read_labels
-from mhtag.inference.encoder import cached_embeddings
+from mhtag.inference.cache import cached_embeddings
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
 from mhtag.models.tagger import Tagger
 from mhtag.training.metrics import head_metrics, reliability_curves
