@@ -63,39 +63,35 @@ def _mark_used(path: Path) -> None:
         pass
 
 
-def _entries() -> list[os.stat_result]:
+def _entries() -> list[tuple[Path, os.stat_result]]:
+    """The embedding files, most recently used first."""
     folder = cache_dir() / FEATURES
-    return [] if not folder.is_dir() else [p.stat() for p in folder.glob("*.npy")]
+    found = [(p, p.stat()) for p in folder.glob("*.npy")] if folder.is_dir() else []
+    return sorted(found, key=lambda entry: entry[1].st_mtime, reverse=True)
 
 
 def cache_usage() -> CacheReport:
     """What the cache holds: its folder, embedding files and their bytes, and the oldest and newest last use."""
-    stats = _entries()
-    used = [s.st_mtime for s in stats]
-    return CacheReport(folder=str(cache_dir()), entries=len(stats), bytes=sum(s.st_size for s in stats),
-                       oldest_use_days=_days_ago(min(used)) if used else None,
-                       newest_use_days=_days_ago(max(used)) if used else None)
+    stats = [st for _, st in _entries()]
+    return CacheReport(folder=str(cache_dir()), entries=len(stats), bytes=sum(st.st_size for st in stats),
+                       newest_use_days=_days_ago(stats[0].st_mtime) if stats else None,
+                       oldest_use_days=_days_ago(stats[-1].st_mtime) if stats else None)
 
 
 def prune_cache(max_bytes: int | None = None, unused_days: float | None = None) -> CacheReport:
     """Delete the least recently used embedding files until at most `max_bytes` remain, and those unused for
     more than `unused_days`; forget image checks of files that no longer exist. Safe at any time: a deleted
     entry only costs its next use the embedding time."""
-    folder = cache_dir() / FEATURES
-    files = sorted(folder.glob("*.npy"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
-    kept_bytes, removed, freed = 0, 0, 0
-    for path in files:  # newest first: keep while under the budget and recent enough
-        size = path.stat().st_size
-        too_old = unused_days is not None and _days_ago(path.stat().st_mtime) > unused_days
-        over = max_bytes is not None and kept_bytes + size > max_bytes
-        if too_old or over:
+    kept_bytes, removed, freed, full = 0, 0, 0, False
+    for path, st in _entries():  # newest first: once one does not fit, every older one goes too
+        full = full or max_bytes is not None and kept_bytes + st.st_size > max_bytes
+        if full or unused_days is not None and _days_ago(st.st_mtime) > unused_days:
             path.unlink(missing_ok=True)
-            removed, freed = removed + 1, freed + size
+            removed, freed = removed + 1, freed + st.st_size
         else:
-            kept_bytes += size
-    forgotten = forget_vanished_checks()
+            kept_bytes += st.st_size
     return cache_usage().model_copy(update={"removed": removed, "freed_bytes": freed,
-                                            "forgotten_checks": forgotten})
+                                            "forgotten_checks": forget_vanished_checks()})
 
 
 def _days_ago(timestamp: float) -> float:
