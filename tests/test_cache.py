@@ -56,21 +56,22 @@ def test_the_cache_follows_file_contents_not_paths_or_times(demo, tmp_path, back
 
 
 def test_pruning_keeps_the_most_recently_used_entries(demo, backbone, embedded):
-    a, b, c = _images(demo, 0, 4), _images(demo, 4, 4), _images(demo, 8, 4)
+    """Least recently used first, strictly: once an entry does not fit, an older smaller one goes too."""
+    a, b, c = _images(demo, 0, 4), _images(demo, 4, 8), _images(demo, 12, 2)
+    sizes = {}
+    for files, used in ((a, 1e9), (b, 1.5e9), (c, 1e9)):
+        _embed(backbone, files)
+        [path] = set((cache.cache_dir() / cache.FEATURES).glob("*.npy")) - {p for p, _ in sizes.values()}
+        os.utime(path, (used, used))  # b used most recently, then a and c long ago
+        sizes[len(files)] = (path, path.stat().st_size)
+    _embed(backbone, a)  # ...then a again: a hit marks it used now
+    assert cache.cache_usage().entries == 3
+    report = cache.prune_cache(max_bytes=sizes[4][1] + sizes[2][1])  # a and c would fit, but b is newer than c
+    assert (report.entries, report.removed, report.freed_bytes) == (1, 2, sizes[8][1] + sizes[2][1])
+    embedded.clear()
     for files in (a, b, c):
         _embed(backbone, files)
-    entries = sorted((cache.cache_dir() / cache.FEATURES).glob("*.npy"))
-    assert cache.cache_usage().entries == 3
-    for path in entries:
-        os.utime(path, (1e9, 1e9))  # all used long ago
-    _embed(backbone, a)  # ...then a again: a hit marks it used
-    one = entries[0].stat().st_size  # same shape, same size
-    report = cache.prune_cache(max_bytes=one)
-    assert (report.entries, report.removed, report.freed_bytes) == (1, 2, 2 * one)
-    embedded.clear()
-    _embed(backbone, a)
-    _embed(backbone, b)
-    assert embedded == [b]
+    assert embedded == [b, c]
 
 
 def test_pruning_by_age_and_forgetting_checks_of_vanished_files(demo_copy, backbone):
