@@ -26,7 +26,7 @@ def cache(prune_to: Annotated[Optional[str], typer.Option(
               help="keep at most this much (2GB, 500MB), deleting the least recently used first")] = None,
           unused_days: Annotated[Optional[float], typer.Option(
               min=0, help="delete embeddings unused for more than this many days")] = None,
-          clear: Annotated[bool, typer.Option(help="delete every cached embedding")] = False,
+          clear: Annotated[bool, typer.Option("--clear", help="delete every cached embedding")] = False,
           as_json: AsJson = False) -> None:
     """Show the embedding cache ($MHTAG_CACHE, else ~/.cache/mhtag), or prune it by last use. Pruning is always
     safe: a deleted entry only costs its next use the embedding time."""
