@@ -7,7 +7,6 @@ nearest labelled neighbours from the other folds. cleanlab ranks and flags label
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_write_text
+from mhtag.data.images import check_image_files
 from mhtag.data.labels import FILE, ROW, LabelTable, drop_unreadable, read_csv_frame, read_labels
 from mhtag.data.schema import Attribute, LabelSchema, split_tags
 from mhtag.index.vectors import VectorIndex
@@ -202,7 +202,7 @@ def find_duplicates(table: LabelTable, vectors: np.ndarray, attributes: list[str
     def join(i: int, j: int) -> None:
         parent[root(i)] = root(j)
 
-    hashes = [hashlib.sha1(Path(f).read_bytes()).hexdigest() for f in frame[FILE]]
+    hashes = [check.sha1 for check in check_image_files(frame[FILE].tolist())]  # rows are readable: no None
     first: dict[str, int] = {}
     for i, h in enumerate(hashes):
         join(i, first.setdefault(h, i))
