@@ -63,6 +63,7 @@ class IndexReport(BaseModel):
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+    refreshed: int = 0  # same bytes, new mtime or known labels: those columns updated, not embedded again
     pruned: int = 0
     vanished: int = 0  # rows whose file is gone, kept because prune was off
     failed: list[Failure] = Field(default_factory=list)

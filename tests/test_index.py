@@ -37,6 +37,47 @@ def test_index_stores_one_row_per_image_with_predictions_and_known_labels(indexe
     assert set(meta.fusion) == {"shape", "colour", "size", "background"}
 
 
+def test_same_bytes_with_a_new_mtime_or_new_labels_update_columns_without_embedding(demo_copy, tiny_run, tmp_path,
+                                                                                      monkeypatch):
+    """A re-mounted or copied catalogue (every mtime new, bytes the same) and an edited labels CSV update those
+    columns in place; a same-size file with other bytes and a new mtime is still embedded again."""
+    from PIL import Image
+
+    from mhtag.inference.encoder import Encoder
+
+    root, db = demo_copy.parent, tmp_path / "db"
+    bmp = root / "images" / "extra.bmp"
+    Image.new("RGB", (24, 24), "red").save(bmp)  # BMP: the file size depends on the pixel count only
+    index_images(root, db, model=tiny_run, labels=demo_copy, workers=0)
+    columns = ["rel", "id", "vector", "mtime_ns", "label_colour", "split", "pred_colour"]
+    before = {r["rel"]: r for r in read_columns(open_table(db), columns).to_pylist()}
+    for f in (root / "images").iterdir():
+        os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
+    lines = demo_copy.read_text().splitlines()
+    header, first = lines[0].split(","), lines[1].split(",")
+    rel, col = first[header.index("path")], header.index("colour")
+    first[col] = next(c for c in ("red", "green", "blue", "yellow") if c != first[col])
+    demo_copy.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    encoded = []
+    real = Encoder.encode_files
+    monkeypatch.setattr(Encoder, "encode_files", lambda self, paths, *a, **k: encoded.extend(paths) or
+                        real(self, paths, *a, **k))
+    r = index_images(root, db, labels=demo_copy, workers=0)
+    assert (r.added, r.updated, r.refreshed, r.unchanged, r.rows) == (0, 0, 121, 0, 121) and encoded == []
+    after = {r["rel"]: r for r in read_columns(open_table(db), columns).to_pylist()}
+    assert after[rel]["label_colour"] == first[col] != before[rel]["label_colour"]
+    assert all(after[k]["vector"] == before[k]["vector"] and after[k]["pred_colour"] == before[k]["pred_colour"]
+               and after[k]["mtime_ns"] == (root / k).stat().st_mtime_ns for k in before)
+    again = index_images(root, db, labels=demo_copy, workers=0)
+    assert (again.refreshed, again.unchanged) == (0, 121)  # the new mtimes were stored
+    size = bmp.stat().st_size
+    Image.new("RGB", (24, 24), "blue").save(bmp)
+    os.utime(bmp, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    assert bmp.stat().st_size == size
+    changed = index_images(root, db, labels=demo_copy, workers=0)
+    assert (changed.updated, changed.refreshed, changed.unchanged) == (1, 0, 120)
+
+
 def test_rerun_is_incremental_changed_files_reembed_and_prune_drops_deleted(demo_copy, tiny_run, tmp_path):
     root, db = demo_copy.parent, tmp_path / "db"
     index_images(root, db, model=tiny_run, labels=demo_copy, workers=0)

@@ -62,8 +62,9 @@ def index(folder: Annotated[Path, typer.Argument(help="folder of images, walked 
         if ann_line:
             typer.echo(ann_line, err=True)
         return
-    typer.echo(f"{r.db}: {r.rows} rows ({r.added} new, {r.updated} re-embedded, {r.unchanged} unchanged, "
-               f"{r.pruned} pruned) in {r.seconds:.1f}s, {r.images_per_second:.1f} images/s")
+    refreshed = f"{r.refreshed} refreshed (same bytes, new mtime or labels), " if r.refreshed else ""
+    typer.echo(f"{r.db}: {r.rows} rows ({r.added} new, {r.updated} re-embedded, {refreshed}{r.unchanged} "
+               f"unchanged, {r.pruned} pruned) in {r.seconds:.1f}s, {r.images_per_second:.1f} images/s")
     if ann_line:
         typer.echo(ann_line)
     if not r.has_heads:

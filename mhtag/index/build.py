@@ -3,7 +3,8 @@
 The work is a plan (what is new, changed, unchanged or gone), shards of the plan (one per torchrun process),
 the writes (batches of rows, each one atomic LanceDB commit) and a report. A rerun skips files whose size and
 mtime are unchanged (`verify` also compares content hashes), re-embeds changed ones and, with `prune`, drops
-rows of deleted files; a killed run resumes with no duplicate and no lost row.
+rows of deleted files; a file with a new mtime but the same bytes (a copy, a re-mount) or new known labels
+only has those columns updated. A killed run resumes with no duplicate and no lost row.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from mhtag.core.io import atomic_write_bytes
 from mhtag.core.runtime import DistInfo, init_distributed
 from mhtag.core.storage import is_remote, location
 from mhtag.data.images import decode_image, walk_images
-from mhtag.data.labels import absolute, read_csv_frame, read_labels
+from mhtag.data.labels import absolute, hash_split, read_csv_frame, read_labels
 from mhtag.data.schema import AttributeKind, check_distinct_columns, encode_tags, is_blank, split_tags
 from mhtag.index.columns import StoredAttribute, arrow_schema, rid_for
 from mhtag.index.meta import IndexMeta, read_meta, write_meta
@@ -121,30 +122,48 @@ def make_plan(table, root: Path, meta: IndexMeta, known: KnownLabels | None, ver
     plan = Plan(files if only is None else {rel: f for rel, f in files.items() if rel in only})
     label_cols = [a.label for a in meta.attributes if a.has_labels] if known else []
     prefix = str(absolute(root)).rstrip("/") + "/"
-    existing = read_columns(table, ["rid", "id", "rel", "path", "size", "mtime_ns", *label_cols]).to_pylist()
+    existing = read_columns(table, ["rid", "id", "rel", "path", "size", "mtime_ns", "split", *label_cols]
+                            ).to_pylist()
     by_rel = {r["rel"]: r for r in existing if r["path"].startswith(prefix)}
     for rel, path in plan.files.items():
         old = by_rel.get(rel)
-        if old is None:
+        same, fresh = (False, None) if old is None else _compare(old, path, meta, known, rel, verify)
+        if not same:
             plan.todo.append(rel)
-        elif _unchanged(old, path, meta, known.by_rel.get(rel, {}) if known else None, verify):
-            plan.unchanged += 1
+            if old is not None:
+                plan.changed.append(old["rid"])
+        elif fresh:
+            plan.refreshed.append({"rid": old["rid"], **fresh})
         else:
-            plan.todo.append(rel)
-            plan.changed.append(old["rid"])
+            plan.unchanged += 1
     if only is None:
         plan.vanished = [r["rid"] for rel, r in by_rel.items() if rel not in plan.files]
     return plan
 
 
-def _unchanged(old: dict[str, Any], path: Path, meta: IndexMeta, labels: dict[str, str] | None,
-               verify: bool) -> bool:
+def _compare(old: dict[str, Any], path: Path, meta: IndexMeta, known: KnownLabels | None, rel: str,
+             verify: bool) -> tuple[bool, dict[str, Any] | None]:
+    """Whether the file holds the indexed bytes, and if so the columns that moved without them (a new mtime
+    after a copy or a re-mount, new known labels), or None. A new mtime is checked against the content hash."""
     st = path.stat()
-    if old["size"] != st.st_size or old["mtime_ns"] != st.st_mtime_ns:
-        return False
-    if labels is not None and any(old[a.label] != labels.get(a.name, "") for a in meta.attributes if a.has_labels):
-        return False
-    return not verify or _sha1_file(path) == old["id"]
+    if old["size"] != st.st_size:
+        return False, None
+    touched = old["mtime_ns"] != st.st_mtime_ns
+    if (touched or verify) and _sha1_file(path) != old["id"]:
+        return False, None
+    now = {"mtime_ns": st.st_mtime_ns}
+    if known is not None:  # the same values `row_of` would write
+        labels = known.by_rel.get(rel, {})
+        now |= {a.label: labels.get(a.name, "") for a in meta.attributes if a.has_labels}
+        now["split"] = known.splits.get(rel) or hash_split(rel)
+    return True, now if any(old[k] != v for k, v in now.items()) else None
+
+
+def _refresh(table, rows: list[dict[str, Any]]) -> None:
+    """Update the moved columns of rows whose bytes did not change, in one commit."""
+    if rows:
+        schema = pa.schema([table.schema.field(name) for name in rows[0]])
+        table.merge_insert("rid").when_matched_update_all().execute(pa.Table.from_pylist(rows, schema=schema))
 
 
 def _delete(table, rids: list[int], chunk: int = 2000) -> None:
@@ -257,6 +276,7 @@ def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, r
             table = open_table(db, meta, create=True)
             plan = make_plan(table, root, meta, known, verify, only)
             _delete(table, plan.changed)
+            _refresh(table, plan.refreshed)
             if prune:
                 _delete(table, plan.vanished)
         if dist.enabled:  # every process takes its shard of rank 0's plan
@@ -272,7 +292,7 @@ def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, r
             written = _gather(written, dist)
     report.added, report.updated, report.failed, report.ids = written.new, written.changed, written.failed, \
         written.rids
-    report.unchanged = plan.unchanged
+    report.unchanged, report.refreshed = plan.unchanged, len(plan.refreshed)
     report.pruned = len(plan.vanished) if prune else 0
     report.vanished = 0 if prune else len(plan.vanished)
     if dist.is_main and tune_fusion and known is not None and enc.tagger is not None:

@@ -34,6 +34,8 @@ class Plan:
     todo: list[str] = field(default_factory=list)  # rel paths to embed (new or changed)
     changed: list[int] = field(default_factory=list)  # rids to delete before their re-embedded rows land
     vanished: list[int] = field(default_factory=list)  # rids whose file is gone
+    refreshed: list[dict[str, Any]] = field(default_factory=list)  # same bytes, but a new mtime or known labels:
+    # {rid, mtime_ns, label columns...}, written without embedding again
     unchanged: int = 0
 
 
