@@ -186,6 +186,32 @@ def test_hash_split_is_deterministic_and_roughly_80_10_10():
     assert 0.75 < splits.count("train") / 2000 < 0.85
 
 
+def test_a_stopped_image_check_resumes_where_it_was(tmp_path, monkeypatch):
+    """Verdicts are saved as the check goes, so a run stopped half-way decodes only the rest next time."""
+    import mhtag.data.images as images
+
+    paths = [str(_save(tmp_path / f"{i}.png", Image.new("RGB", (8, 8), (i, 0, 0)))) for i in range(6)]
+    monkeypatch.setattr(images, "CHECK_CHUNK", 2)
+    monkeypatch.setattr(images, "CHECK_SAVE_S", 0.0)
+    decoded = []
+    real = images.probe_image_files
+
+    def stopped_on_the_third_chunk(ps, workers=4):
+        if len(decoded) == 4:
+            raise KeyboardInterrupt
+        decoded.extend(ps)
+        return real(ps, workers)
+
+    monkeypatch.setattr(images, "probe_image_files", stopped_on_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        images.check_image_files(paths)
+    monkeypatch.setattr(images, "probe_image_files", lambda ps, workers=4: decoded.extend(ps) or real(ps, workers))
+    checks = images.check_image_files(paths)
+    assert decoded == paths  # four before the stop, the last two after it: none twice
+    assert [c.error for c in checks] == [None] * 6
+    assert len({c.sha1 for c in checks}) == 6
+
+
 def test_free_text_columns_are_not_heads(tmp_path):
     _images(tmp_path, 1)
     rows = [f"img/0.png,red,Product number {i}" for i in range(1)]

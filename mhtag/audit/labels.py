@@ -118,7 +118,8 @@ def audit_labels(labels: str | Path, images: str | Path | None = None, model: st
     if folds < 2:
         raise MhtagError(f"folds must be at least 2, not {folds}")
     bb, tag_groups = _backbone(model, backbone, image_size)
-    table = drop_unreadable(read_labels(labels, images, sorted(set(multilabel) | tag_groups), ignore))
+    table = drop_unreadable(read_labels(labels, images, sorted(set(multilabel) | tag_groups), ignore),
+                            progress=progress)
     for s in table.skipped[:20]:
         _logger.warning("skipped %s", s)
     names = _chosen(table, attributes)

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -119,6 +120,8 @@ def probe_image_files(paths: list[str], workers: int = 4) -> list[ImageInfo]:
 
 
 CHECKS = "image_checks.json"  # in the cache folder: {path: [size, mtime_ns, error or null, sha1 or null]}
+CHECK_CHUNK = 1024  # files decoded between progress updates
+CHECK_SAVE_S = 30.0  # the verdicts so far are saved at least this often
 
 
 @dataclass(frozen=True)
@@ -127,9 +130,12 @@ class FileCheck:
     sha1: str | None  # the content hash of a usable file
 
 
-def check_image_files(paths: list[str], workers: int = 4) -> list[FileCheck]:
+def check_image_files(paths: list[str], workers: int = 4, progress: bool = False) -> list[FileCheck]:
     """Whether each file decodes, and its content hash. A file's verdict is kept in the cache, keyed by its size
-    and modification time, so a training run does not decode a catalogue that it decoded before, unchanged."""
+    and modification time, so a training run does not decode a catalogue that it decoded before, unchanged; the
+    verdicts are saved every half minute too, so a stopped check resumes where it was."""
+    from mhtag.core.runtime import progress_bar  # here: reading an image should not wait for torch to load
+
     store = cache_dir() / CHECKS
     try:
         known = json.loads(store.read_text())
@@ -138,19 +144,24 @@ def check_image_files(paths: list[str], workers: int = 4) -> list[FileCheck]:
     stats = [_stat(p) for p in paths]
     todo = [i for i, (p, st) in enumerate(zip(paths, stats, strict=True))
             if st is None or not _still_valid(known.get(p), st)]
-    fresh = {}
-    for i, info in zip(todo, probe_image_files([paths[i] for i in todo], workers), strict=True):
-        fresh[i] = FileCheck(info.error, info.sha1 or None)
-        if stats[i] is not None:
-            known[paths[i]] = [*stats[i], info.error, info.sha1 or None]
-    if todo:
-        atomic_write_text(store, json.dumps(known))
+    fresh, saved = {}, time.monotonic()
+    with progress_bar("checking images", len(todo), progress and bool(todo)) as advance:
+        for start in range(0, len(todo), CHECK_CHUNK):
+            chunk = todo[start:start + CHECK_CHUNK]
+            for i, info in zip(chunk, probe_image_files([paths[i] for i in chunk], workers), strict=True):
+                fresh[i] = FileCheck(info.error, info.sha1 or None)
+                if stats[i] is not None:
+                    known[paths[i]] = [*stats[i], info.error, info.sha1 or None]
+            advance(len(chunk))
+            if time.monotonic() - saved > CHECK_SAVE_S or start + CHECK_CHUNK >= len(todo):
+                atomic_write_text(store, json.dumps(known))
+                saved = time.monotonic()
     return [fresh[i] if i in fresh else FileCheck(*known[p][2:]) for i, p in enumerate(paths)]
 
 
-def image_errors(paths: list[str], workers: int = 4) -> list[str | None]:
+def image_errors(paths: list[str], workers: int = 4, progress: bool = False) -> list[str | None]:
     """Why each file is unusable (None: it decodes); see `check_image_files`."""
-    return [check.error for check in check_image_files(paths, workers)]
+    return [check.error for check in check_image_files(paths, workers, progress)]
 
 
 def forget_vanished_checks() -> int:

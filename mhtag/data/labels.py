@@ -152,10 +152,10 @@ def read_labels(csv_path: str | Path, images_root: str | Path | None = None, mul
     return LabelTable(frame, attributes, set(multilabel), text, skipped, root)
 
 
-def drop_unreadable(table: LabelTable, workers: int = 4) -> LabelTable:
+def drop_unreadable(table: LabelTable, workers: int = 4, progress: bool = False) -> LabelTable:
     """Decode every image (once per version of the file); rows whose file is unusable move to `skipped` with
     the reason."""
-    errors = image_errors(table.frame[FILE].tolist(), workers)
+    errors = image_errors(table.frame[FILE].tolist(), workers, progress)
     bad = [i for i, error in enumerate(errors) if error]
     for i in bad:
         table.skipped.append(Skipped(int(table.frame[ROW].iat[i]), table.frame["path"].iat[i], errors[i]))

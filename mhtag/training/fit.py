@@ -225,10 +225,11 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
     if mode == "probe":
         if dist.enabled:
             raise MhtagError("probe mode trains in one process in seconds; run it without torchrun")
-        return _train(cfg, labels, prepare_data(cfg, labels, images), out, state, dist, device, "probe", progress)
+        return _train(cfg, labels, prepare_data(cfg, labels, images, progress), out, state, dist, device, "probe",
+                      progress)
     if dist.is_main:
         atomic_write_text(out / "config.json", json.dumps({**cfg.to_dict(), "resolved_mode": mode}, indent=2))
-    data = prepare_data(cfg, labels, images)  # decodes every image once: both phases share it
+    data = prepare_data(cfg, labels, images, progress and dist.is_main)  # decodes each image once for both phases
     probe = _probe_phase(cfg, labels, data, out, resume, dist, device, progress)
     if probe.interrupted:
         return probe
