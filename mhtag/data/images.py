@@ -136,11 +136,7 @@ def check_image_files(paths: list[str], workers: int = 4, progress: bool = False
     verdicts are saved every half minute too, so a stopped check resumes where it was."""
     from mhtag.core.runtime import progress_bar  # here: reading an image should not wait for torch to load
 
-    store = cache_dir() / CHECKS
-    try:
-        known = json.loads(store.read_text())
-    except (OSError, ValueError):
-        known = {}
+    store, known = _read_checks()
     stats = [_stat(p) for p in paths]
     todo = [i for i, (p, st) in enumerate(zip(paths, stats, strict=True))
             if st is None or not _still_valid(known.get(p), st)]
@@ -166,15 +162,19 @@ def image_errors(paths: list[str], workers: int = 4, progress: bool = False) -> 
 
 def forget_vanished_checks() -> int:
     """Drop the remembered checks of files that no longer exist; how many were dropped."""
-    store = cache_dir() / CHECKS
-    try:
-        known = json.loads(store.read_text())
-    except (OSError, ValueError):
-        return 0
+    store, known = _read_checks()
     kept = {path: entry for path, entry in known.items() if os.path.exists(path)}
     if len(kept) < len(known):
         atomic_write_text(store, json.dumps(kept))
     return len(known) - len(kept)
+
+
+def _read_checks() -> tuple[Path, dict[str, list]]:
+    store = cache_dir() / CHECKS
+    try:
+        return store, json.loads(store.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: checks are only a cache
+        return store, {}
 
 
 def _still_valid(entry: list | None, stat: tuple[int, int]) -> bool:
