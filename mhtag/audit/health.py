@@ -7,13 +7,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from mhtag.data.images import probe_image_files
+from mhtag.data.images import probe_in_chunks
 from mhtag.data.labels import FILE, read_labels
 from mhtag.data.schema import AttributeKind, value_counts
 
 
 def inspect_labels(labels: str | Path, images: str | Path | None = None, multilabel: list[str] | tuple = (),
-                   ignore: list[str] | tuple = (), workers: int = 4) -> dict[str, Any]:
+                   ignore: list[str] | tuple = (), workers: int = 4, progress: bool = False) -> dict[str, Any]:
     table = read_labels(labels, images, multilabel, ignore)
     frame = table.frame
     attributes = {}
@@ -26,7 +26,7 @@ def inspect_labels(labels: str | Path, images: str | Path | None = None, multila
             "missing": int(frame[name].isna().sum()) if kind is AttributeKind.SINGLE else 0,
             "imbalance_ratio": (max(counts.values()) / min(counts.values())) if counts else 0.0,
         }
-    infos = probe_image_files(frame[FILE].tolist(), workers)
+    infos = [info for chunk in probe_in_chunks(frame[FILE].tolist(), workers, progress) for info in chunk]
     good = [(i, info) for i, info in enumerate(infos) if not info.error]
     by_hash: dict[str, list[int]] = defaultdict(list)
     for i, info in good:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,7 +23,7 @@ def inspect(labels: Annotated[Path, typer.Argument(help="labels CSV")], images: 
     from mhtag.report.html import class_distribution_png
     from mhtag.report.text import health_text
 
-    health = inspect_labels(labels, images, multilabel or [], ignore or [])
+    health = inspect_labels(labels, images, multilabel or [], ignore or [], progress=sys.stderr.isatty())
     out = out or labels.parent
     atomic_write_json(out / "health.json", health)
     class_distribution_png(health, out / "classes.png")

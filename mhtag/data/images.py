@@ -8,6 +8,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,14 +115,25 @@ def probe_image_file(path: str | Path) -> ImageInfo:
     return info
 
 
+CHECKS = "image_checks.json"  # in the cache folder: {path: [size, mtime_ns, error or null, sha1 or null]}
+CHECK_CHUNK = 256  # files decoded between progress updates
+CHECK_SAVE_S = 30.0  # the verdicts so far are saved at least this often
+
+
 def probe_image_files(paths: list[str], workers: int = 4) -> list[ImageInfo]:
     with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
         return list(pool.map(probe_image_file, paths, chunksize=64))
 
 
-CHECKS = "image_checks.json"  # in the cache folder: {path: [size, mtime_ns, error or null, sha1 or null]}
-CHECK_CHUNK = 1024  # files decoded between progress updates
-CHECK_SAVE_S = 30.0  # the verdicts so far are saved at least this often
+def probe_in_chunks(paths: list[str], workers: int = 4, progress: bool = False) -> Iterator[list[ImageInfo]]:
+    """`probe_image_files` a chunk at a time, with a progress bar: what a long check is made of."""
+    from mhtag.core.runtime import progress_bar  # here: reading an image should not wait for torch to load
+
+    with progress_bar("checking images", len(paths), progress and bool(paths)) as advance:
+        for start in range(0, len(paths), CHECK_CHUNK):
+            infos = probe_image_files(paths[start:start + CHECK_CHUNK], workers)
+            advance(len(infos))
+            yield infos
 
 
 @dataclass(frozen=True)
@@ -134,24 +146,21 @@ def check_image_files(paths: list[str], workers: int = 4, progress: bool = False
     """Whether each file decodes, and its content hash. A file's verdict is kept in the cache, keyed by its size
     and modification time, so a training run does not decode a catalogue that it decoded before, unchanged; the
     verdicts are saved every half minute too, so a stopped check resumes where it was."""
-    from mhtag.core.runtime import progress_bar  # here: reading an image should not wait for torch to load
-
     store, known = _read_checks()
     stats = [_stat(p) for p in paths]
     todo = [i for i, (p, st) in enumerate(zip(paths, stats, strict=True))
             if st is None or not _still_valid(known.get(p), st)]
     fresh, saved = {}, time.monotonic()
-    with progress_bar("checking images", len(todo), progress and bool(todo)) as advance:
-        for start in range(0, len(todo), CHECK_CHUNK):
-            chunk = todo[start:start + CHECK_CHUNK]
-            for i, info in zip(chunk, probe_image_files([paths[i] for i in chunk], workers), strict=True):
-                fresh[i] = FileCheck(info.error, info.sha1 or None)
-                if stats[i] is not None:
-                    known[paths[i]] = [*stats[i], info.error, info.sha1 or None]
-            advance(len(chunk))
-            if time.monotonic() - saved > CHECK_SAVE_S or start + CHECK_CHUNK >= len(todo):
-                atomic_write_text(store, json.dumps(known))
-                saved = time.monotonic()
+    done = 0
+    for infos in probe_in_chunks([paths[i] for i in todo], workers, progress):
+        for i, info in zip(todo[done:done + len(infos)], infos, strict=True):
+            fresh[i] = FileCheck(info.error, info.sha1 or None)
+            if stats[i] is not None:
+                known[paths[i]] = [*stats[i], info.error, info.sha1 or None]
+        done += len(infos)
+        if time.monotonic() - saved > CHECK_SAVE_S or done == len(todo):
+            atomic_write_text(store, json.dumps(known))
+            saved = time.monotonic()
     return [fresh[i] if i in fresh else FileCheck(*known[p][2:]) for i, p in enumerate(paths)]
 
 
