@@ -5,7 +5,7 @@ scored by the mean of its members' probabilities: the answer `mhtag ensemble` gi
 never changes an answer. So runs at another input size (224x168, 128x96), which one `mhtag ensemble` cannot
 hold (its members share one preprocessing), are measured too: this says whether supporting them would pay.
 Writes the base set's and each extended set's val accuracy / macro-F1 per head to
-benchmarks/results/fashion_ensemble_extend_val.json.
+benchmarks/results/fashion_ensemble_extend_val.json (or `--name`.json).
 
     python benchmarks/fashion_ensemble_extend_val.py --base runs/fashion_lpft_lite2 ... \
         --extra runs/fashion_distill6 --extra runs/fashion_distill6,runs/fashion_distill6_seed1 ...
@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--base", nargs="+", required=True)
     ap.add_argument("--extra", action="append", required=True, help="comma-separated runs added to the base")
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--name", default="fashion_ensemble_extend_val", help="results/<name>.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     labels = args.data / "labels.csv"
@@ -62,7 +63,7 @@ def main() -> None:
     sets = [score(args.base, probs, targets, schema)] + [score(args.base + g, probs, targets, schema) for g in extras]
     report = {"benchmark": "fashion12k_ensemble_extend_val", "split": "val", "val_rows": len(targets[HEADS[0]]),
               "seconds": round(time.time() - t0, 1), "base": sets[0], "extended": sets[1:]}
-    dest = ROOT / "benchmarks" / "results" / "fashion_ensemble_extend_val.json"
+    dest = ROOT / "benchmarks" / "results" / f"{args.name}.json"
     dest.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k not in ("base", "extended")} | {
         "mean_accuracy / macro_f1": {"+".join(s["members"][len(args.base):]) or "base":
