@@ -26,13 +26,13 @@ from mhtag.core.io import atomic_write_bytes
 from mhtag.core.runtime import DistInfo, init_distributed
 from mhtag.core.storage import is_remote, location
 from mhtag.data.images import decode_image, walk_images
-from mhtag.data.labels import absolute, hash_split, read_csv_frame, read_labels
+from mhtag.data.labels import absolute, read_csv_frame, read_labels
 from mhtag.data.schema import AttributeKind, check_distinct_columns, encode_tags, is_blank, split_tags
 from mhtag.index.columns import StoredAttribute, arrow_schema, rid_for
 from mhtag.index.meta import IndexMeta, read_meta, write_meta
 from mhtag.index.neighbours import calibrate_fusion
 from mhtag.index.predict import check_compatible
-from mhtag.index.rows import KnownLabels, Plan, Written, row_of
+from mhtag.index.rows import KnownLabels, Plan, Written, known_columns, row_of
 from mhtag.index.store import DEFAULT_DB, drop_table, open_table, read_columns, writer_lock
 from mhtag.inference.encoder import DEFAULT_BACKBONE, Batch, Encoder, load_encoder
 from mhtag.results import Added, Deleted, Failure, IndexReport
@@ -151,11 +151,7 @@ def _compare(old: dict[str, Any], path: Path, meta: IndexMeta, known: KnownLabel
     touched = old["mtime_ns"] != st.st_mtime_ns
     if (touched or verify) and _sha1_file(path) != old["id"]:
         return False, None
-    now = {"mtime_ns": st.st_mtime_ns}
-    if known is not None:  # the same values `row_of` would write
-        labels = known.by_rel.get(rel, {})
-        now |= {a.label: labels.get(a.name, "") for a in meta.attributes if a.has_labels}
-        now["split"] = known.splits.get(rel) or hash_split(rel)
+    now = {"mtime_ns": st.st_mtime_ns, **(known_columns(rel, meta, known) if known is not None else {})}
     return True, now if any(old[k] != v for k, v in now.items()) else None
 
 

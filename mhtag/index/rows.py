@@ -45,8 +45,7 @@ def row_of(rel: str, path: Path, facts: FileFacts, vec: np.ndarray, probs: dict[
     out: dict[str, Any] = {"rid": rid_for(str(absolute(path))), "id": facts.sha1, "path": str(absolute(path)),
                            "rel": rel, "size": facts.size, "mtime_ns": path.stat().st_mtime_ns,
                            "width": facts.width, "height": facts.height, "vector": vec,
-                           "split": (known.splits.get(rel) if known else None) or hash_split(rel)}
-    labels = known.by_rel.get(rel, {}) if known else {}
+                           **known_columns(rel, meta, known)}
     for a in meta.attributes:
         if a.has_head:
             p = probs[a.name][r]
@@ -58,9 +57,14 @@ def row_of(rel: str, path: Path, facts: FileFacts, vec: np.ndarray, probs: dict[
                 top = int(p.argmax())
                 out[a.pred], out[a.conf] = a.classes[top], float(p[top])
             out[a.probs] = p.astype(np.float32)
-        if a.has_labels:
-            out[a.label] = labels.get(a.name, "")
     return out
+
+
+def known_columns(rel: str, meta: IndexMeta, known: KnownLabels | None) -> dict[str, str]:
+    """The row's split and label columns (empty where no label is known)."""
+    labels = known.by_rel.get(rel, {}) if known else {}
+    return {"split": (known.splits.get(rel) if known else None) or hash_split(rel),
+            **{a.label: labels.get(a.name, "") for a in meta.attributes if a.has_labels}}
 
 
 @dataclass
