@@ -38,6 +38,7 @@ _EXPORTS = {
     "cache_usage": "mhtag.inference.cache",
     "prune_cache": "mhtag.inference.cache",
     "index_images": "mhtag.index.build",
+    "export_index": "mhtag.index.export",
     "Predictor": "mhtag.index.predict",
     "predict": "mhtag.index.predict",
     "search": "mhtag.index.search",

@@ -91,6 +91,15 @@ class CacheReport(BaseModel):
     forgotten_checks: int = Field(0, description="remembered image checks dropped because their file is gone")
 
 
+class ExportReport(BaseModel):
+    """An index export: where it went, in which format, how many rows and which columns."""
+
+    path: str
+    format: str = Field(description="csv, parquet or jsonl")
+    rows: int
+    columns: list[str]
+
+
 class Health(BaseModel):
     status: str = "ok"
     rows: int

@@ -66,6 +66,11 @@ def test_gallery_filters_reranks_and_shows_details(server, page, demo):
     assert all("red" in cards.nth(i).inner_text() for i in range(cards.count()))
     page.wait_for_load_state("networkidle")
     page.screenshot(path=str(SHOTS / "gallery-filtered.png"))
+    with page.expect_download() as download:  # every matched row, not only the cards shown
+        page.click("#export")
+    exported = Path(download.value.path()).read_text().splitlines()
+    assert download.value.suggested_filename == "mhtag-export.csv" and len(exported) == matched + 1
+    assert exported[0].startswith('"id","path"') and all(',"red",' in line for line in exported[1:])
 
     page.set_input_files("#query-file", str(demo.parent / "images" / "00007.png"))
     page.wait_for_selector("#query:not([hidden])")

@@ -17,11 +17,11 @@ LAYERS = [
     ("inference", ["encoder", "cache", "fusion"]),
     ("training", ["metrics", "calibration", "optim", "batches", "distill", "fit", "evaluate", "ensemble", "crossfit"]),
     ("index", ["columns", "filters", "meta", "vectors", "store", "neighbours", "predict", "rows", "raydata", "build",
-               "synthetic", "ann", "search", "robustness"]),
+               "synthetic", "ann", "search", "export", "robustness"]),
     ("audit", ["health", "labels"]),
     ("server", ["service", "api", "app"]),
-    ("cli", ["app", "audit", "backbones", "cache", "demo", "ensemble", "evaluate", "index", "inspect", "predict",
-             "search", "serve", "train"]),
+    ("cli", ["app", "audit", "backbones", "cache", "demo", "ensemble", "evaluate", "export", "index", "inspect",
+             "predict", "search", "serve", "train"]),
     ("__main__", []),
 ]
 RANK = {}

@@ -3,12 +3,14 @@ request gets a 4xx JSON error while the server keeps serving."""
 
 import io
 import json
+import tempfile
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from mhtag.index.export import export_index
 from mhtag.index.predict import predict
 from mhtag.index.search import search
 from mhtag.server.app import create_app
@@ -61,6 +63,25 @@ def test_search_equals_the_library_and_pages_cover_every_row_once(served):
     assert len(seen) == len(set(seen)) == first["matched"]
     assert sum(first["facets"]["colour"].values()) == first["matched"]
     assert set(first["facets"]["colour"]) <= {"red", "blue"}
+
+
+def test_export_downloads_every_matched_row_as_the_library_writes_it(served, tmp_path, monkeypatch):
+    client, db = served
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the server writes the file it sends
+    body = {"filters": {"colour": ["red"]}, "source": "label", "disputed": False}
+    r = client.post("/api/export", json=body)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert 'filename="mhtag-export.csv"' in r.headers["content-disposition"]
+    lib = export_index(tmp_path / "lib.csv", db, body["filters"], source="label")
+    assert r.content == (tmp_path / "lib.csv").read_bytes() and lib.rows == search(db, body["filters"],
+                                                                                   source="label").matched
+    lines = client.post("/api/export", json={"format": "jsonl"}).text.splitlines()
+    assert len(lines) == 120 and json.loads(lines[0])["path"]
+    assert "valid values" in _error(client.post("/api/export", json={"filters": {"colour": ["reed"]}}), 400)
+    _error(client.post("/api/export", json={"format": "xlsx"}), 422)
+    assert not list(scratch.iterdir())  # every export's temporary folder is gone, sent or refused
 
 
 def test_like_id_and_query_image_rank_by_similarity(served, demo):

@@ -92,6 +92,36 @@ def echo_json(obj) -> None:
         typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+def filter_pairs(args: list[str], filter_options: list[str] | None) -> list[tuple[str, str]]:
+    """Attribute filters from a command's extra arguments (`--type Dress`) and its `--filter NAME=VALUE`s."""
+    return attribute_pairs(args) + [_split_filter(f) for f in filter_options or []]
+
+
+def _split_filter(text: str) -> tuple[str, str]:
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip():
+        raise MhtagError(f"--filter {text!r} must look like NAME=VALUE")
+    return name.strip(), value
+
+
+def attribute_pairs(args: list[str]) -> list[tuple[str, str]]:
+    """`--type Dress --view=side` -> [("type", "Dress"), ("view", "side")]."""
+    pairs, i = [], 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or len(token) < 3:
+            raise MhtagError(f"unexpected argument {token!r}; attribute filters look like --NAME VALUE")
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise MhtagError(f"--{name} needs a value")
+            value = args[i + 1]
+            i += 1
+        pairs.append((name, value))
+        i += 1
+    return pairs
+
+
 def main() -> None:
     """Entry point: a usage error prints the usage and the reason (exit 2), a user error one line (exit 1),
     Ctrl-C exits 130; `--debug` shows tracebacks."""

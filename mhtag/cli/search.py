@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, Db, SourceChoice, app, echo_json, prepare
-from mhtag.core.errors import MhtagError
+from mhtag.cli.app import AsJson, Db, SourceChoice, app, echo_json, filter_pairs, prepare
 
 
 class SearchEngine(str, Enum):
@@ -52,12 +51,11 @@ def search(ctx: typer.Context, db: Db = None,
     from mhtag.report.sheets import check_sheet_path, contact_sheet
     from mhtag.report.text import search_text
 
-    pairs = attribute_pairs(ctx.args) + [_split_filter(f) for f in filter_ or []]
     db = db or DEFAULT_DB
     if sheet:
         check_sheet_path(sheet)
-    result = run_search(db, pairs, where, like, limit, min_confidence, source.value, offset=offset,
-                        like_id=like_id, facets=facets, disputed=disputed, engine=engine.value)
+    result = run_search(db, filter_pairs(ctx.args, filter_), where, like, limit, min_confidence, source.value,
+                        offset=offset, like_id=like_id, facets=facets, disputed=disputed, engine=engine.value)
     names = [a.name for a in require_meta(db).attributes]
     if as_json:
         echo_json(result)
@@ -67,27 +65,3 @@ def search(ctx: typer.Context, db: Db = None,
         contact_sheet(result.results, names, sheet)
         typer.echo(f"contact sheet: {sheet}", err=as_json)
 
-
-def _split_filter(text: str) -> tuple[str, str]:
-    name, eq, value = text.partition("=")
-    if not eq or not name.strip():
-        raise MhtagError(f"--filter {text!r} must look like NAME=VALUE")
-    return name.strip(), value
-
-
-def attribute_pairs(args: list[str]) -> list[tuple[str, str]]:
-    """`--type Dress --view=side` -> [("type", "Dress"), ("view", "side")]."""
-    pairs, i = [], 0
-    while i < len(args):
-        token = args[i]
-        if not token.startswith("--") or len(token) < 3:
-            raise MhtagError(f"unexpected argument {token!r}; attribute filters look like --NAME VALUE")
-        name, eq, value = token[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(args):
-                raise MhtagError(f"--{name} needs a value")
-            value = args[i + 1]
-            i += 1
-        pairs.append((name, value))
-        i += 1
-    return pairs

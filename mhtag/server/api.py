@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 from mhtag.core.errors import ImageError, MhtagError, NotFoundError
 from mhtag.data.images import decode_image
 from mhtag.index.build import add_images, delete_row
+from mhtag.index.export import export_index
 from mhtag.index.search import Source, index_attributes, index_health, search
 from mhtag.index.store import snapshot
 from mhtag.results import (
@@ -33,17 +38,29 @@ ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": E
 router = APIRouter(prefix="/api", responses=ERRORS)
 
 
-class SearchRequest(BaseModel):
+class RowFilter(BaseModel):
+    """Which rows: the filters shared by search and export."""
+
     model_config = ConfigDict(extra="forbid")
     filters: dict[str, list[str]] = Field(default_factory=dict, description="attribute -> values (OR within, "
                                                                              "AND across attributes)")
     source: Source = Source.ANY
     min_confidence: float | None = Field(None, ge=0, le=1)
+    disputed: bool = Field(False, description="only rows whose known label and prediction differ")
+
+
+class SearchRequest(RowFilter):
     like_id: int | None = Field(None, description="rank by similarity to this row")
     limit: int = Field(20, ge=1, le=MAX_LIMIT)
     offset: int = Field(0, ge=0)
     facets: bool = True
-    disputed: bool = Field(False, description="only rows whose known label and prediction differ")
+
+
+class ExportRequest(RowFilter):
+    format: Literal["csv", "parquet", "jsonl"] = "csv"
+
+
+EXPORT_MEDIA = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "jsonl": "application/x-ndjson"}
 
 
 class Unauthorized(MhtagError):
@@ -118,6 +135,23 @@ def search_rows(query: SearchRequest, svc: ServiceDep) -> Response:
     return _json(search(svc.db, query.filters, limit=query.limit, min_confidence=query.min_confidence,
                         source=query.source, offset=query.offset, like_id=query.like_id, facets=query.facets,
                         disputed=query.disputed))
+
+
+@router.post("/export", response_class=FileResponse,
+             responses={200: {"content": {m: {} for m in EXPORT_MEDIA.values()},
+                              "description": "every matched row: answer, label, prediction, confidence"}})
+def export_rows(query: ExportRequest, svc: ServiceDep) -> FileResponse:
+    """Every matched row as a download (written to a private temporary folder, removed once sent)."""
+    folder = Path(tempfile.mkdtemp(prefix="mhtag-export-"))
+    out = folder / f"mhtag-export.{query.format}"
+    try:
+        export_index(out, svc.db, query.filters, source=query.source, min_confidence=query.min_confidence,
+                     disputed=query.disputed)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return FileResponse(out, media_type=EXPORT_MEDIA[query.format], filename=out.name,
+                        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
 
 @router.post("/search/image", response_model=SearchResult)

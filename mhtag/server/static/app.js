@@ -49,9 +49,21 @@ function writeURL() {
 }
 
 // ------------------------------------------------------------------ searching
-function searchBody(offset) {
+function rowFilter() {
   return { filters: state.filters, source: state.source, min_confidence: state.minconf > 0 ? state.minconf : null,
-    like_id: state.queryImage ? null : state.like, limit: PAGE, offset, facets: true, disputed: state.disputed };
+    disputed: state.disputed };
+}
+
+function searchBody(offset) {
+  return { ...rowFilter(), like_id: state.queryImage ? null : state.like, limit: PAGE, offset, facets: true };
+}
+
+async function exportCSV() {
+  const response = await fetch("/api/export", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ ...rowFilter(), format: "csv" }) });
+  if (!response.ok) throw new Error((await response.json()).error || response.statusText);
+  const blob = await response.blob();
+  el("a", { href: URL.createObjectURL(blob), download: "mhtag-export.csv" }).click();
 }
 
 async function runSearch(reset = true) {
@@ -230,6 +242,7 @@ function wire() {
       { type: "application/json" });
     el("a", { href: URL.createObjectURL(blob), download: "mhtag-results.json" }).click();
   });
+  $("export").addEventListener("click", () => exportCSV().catch(showError));
 }
 
 async function start() {

@@ -1,0 +1,151 @@
+"""An index's rows as a file for other tools: per attribute the answer (the known label where there is one,
+else the prediction), the known label, the prediction and its confidence, under the names a search hit uses.
+CSV, Parquet or JSON Lines, streamed from LanceDB batch by batch (a table larger than RAM exports too) into a
+temporary file that replaces the target only when complete. The same filters as `search` select the rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mhtag.core.errors import MhtagError
+from mhtag.core.io import atomic_path
+from mhtag.core.runtime import progress_bar
+from mhtag.core.storage import location
+from mhtag.data.schema import TAG_SEP
+from mhtag.index import ann
+from mhtag.index.columns import StoredAttribute
+from mhtag.index.filters import Source
+from mhtag.index.meta import IndexMeta, current_meta
+from mhtag.index.search import Filters, check_where, resolve_filters
+from mhtag.index.store import DEFAULT_DB, open_table
+from mhtag.results import ExportReport
+
+EXPORT_FORMATS = ("csv", "parquet", "jsonl")
+ROW_COLUMNS = ["rid", "path", "rel", "split", "width", "height"]
+BATCH_ROWS = 8192
+
+
+def export_format(out: str | Path, fmt: str | None = None) -> str:
+    """`fmt`, else the format named by `out`'s suffix (.csv, .parquet, .jsonl)."""
+    chosen = (fmt or Path(out).suffix.lstrip(".")).lower()
+    if chosen not in EXPORT_FORMATS:
+        raise MhtagError(f"{out}: give the format ({', '.join(EXPORT_FORMATS)}), by the file's suffix or by "
+                         f"--format; {chosen or 'no suffix'!r} is not one")
+    return chosen
+
+
+def export_index(out: str | Path, db: str | Path = DEFAULT_DB, filters: Filters | None = None,
+                 where: str | None = None, source: Source | str = Source.ANY, min_confidence: float | None = None,
+                 disputed: bool = False, vectors: bool = False, fmt: str | None = None, overwrite: bool = False,
+                 progress: bool = False) -> ExportReport:
+    """Write the rows of index `db` passing the filters (those of `search`) to `out`. Tag groups are `|`-joined
+    text in CSV and lists of tags in Parquet and JSON Lines; `vectors` adds the embeddings (not in CSV)."""
+    out, fmt = Path(out), export_format(out, fmt)
+    if vectors and fmt == "csv":
+        raise MhtagError("vectors go in Parquet or JSON Lines files, not in CSV: use a .parquet or .jsonl name")
+    if out.exists() and not overwrite:
+        raise MhtagError(f"{out} exists: choose another name, or overwrite it on purpose")
+    db = location(db)
+    meta = current_meta(db)
+    sql = ann.all_of(ann.filter_sql(meta, resolve_filters(meta, filters), Source(source), min_confidence,
+                                    disputed), check_where(where) if where else None)
+    total = _count(db, sql, where)
+    convert = _converter(meta, as_lists=fmt != "csv", vectors=vectors, ids_as_text=fmt == "jsonl")
+    written, columns = 0, []
+    with atomic_path(out) as tmp, _writer(tmp, fmt) as write, progress_bar("exporting", total, progress) as advance:
+        for batch in _batches(db, meta, sql, vectors):
+            table = convert(batch)
+            write(table)
+            written, columns = written + table.num_rows, table.column_names
+            advance(table.num_rows)
+        if not columns:  # no row passed: still a file with the columns (a CSV header)
+            table = convert(open_table(db).schema.empty_table().select(_source_columns(meta, vectors)))
+            write(table)
+            columns = table.column_names
+    return ExportReport(path=str(out), format=fmt, rows=written, columns=columns)
+
+
+def _count(db: Path, sql: str | None, where: str | None) -> int:
+    try:
+        return ann.count(db, sql)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise MhtagError(f"--where {where!r} could not be evaluated: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def _source_columns(meta: IndexMeta, vectors: bool) -> list[str]:
+    stored = [c for a in meta.attributes for c in ([a.label] if a.has_labels else []) +
+              ([a.pred, a.conf] if a.has_head else [])]
+    return ROW_COLUMNS + stored + (["vector"] if vectors else [])
+
+
+def _batches(db: Path, meta: IndexMeta, sql: str | None, vectors: bool) -> Iterator[pa.RecordBatch]:
+    q = open_table(db).search().select(_source_columns(meta, vectors)).limit(None)
+    yield from (q.where(sql, prefilter=True) if sql else q).to_batches(BATCH_ROWS)
+
+
+def _converter(meta: IndexMeta, as_lists: bool, vectors: bool, ids_as_text: bool
+               ) -> Callable[[pa.RecordBatch | pa.Table], pa.Table]:
+    """A function from a batch of stored columns to the exported table."""
+
+    def tags(a: StoredAttribute, column: pa.Array) -> pa.Array:
+        if not a.multi:
+            return column
+        joined = pc.utf8_trim(column, TAG_SEP)  # stored as |a|b|
+        if not as_lists:
+            return joined
+        return pc.if_else(pc.equal(joined, ""), pa.scalar([], pa.list_(pa.string())),
+                          pc.split_pattern(joined, TAG_SEP))
+
+    def convert(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        rid = batch.column("rid")
+        cols: dict[str, pa.Array] = {"id": pc.cast(rid, pa.string()) if ids_as_text else rid}
+        cols |= {name: batch.column(name) for name in ROW_COLUMNS[1:]}
+        for a in meta.attributes:
+            label = batch.column(a.label) if a.has_labels else None
+            pred = batch.column(a.pred) if a.has_head else None
+            answer = pred if label is None else label if pred is None else \
+                pc.if_else(pc.equal(label, ""), pred, label)
+            cols[a.name] = tags(a, answer)
+            if label is not None:
+                cols[f"{a.name}_label"] = tags(a, label)
+            if pred is not None:
+                cols[f"{a.name}_pred"] = tags(a, pred)
+                cols[f"{a.name}_confidence"] = pc.round(pc.cast(batch.column(a.conf), pa.float64()), 4)
+        if vectors:
+            cols["vector"] = batch.column("vector")
+        return pa.table(cols)
+
+    return convert
+
+
+@contextmanager
+def _writer(path: Path, fmt: str) -> Iterator[Callable[[pa.Table], None]]:
+    """`write(table)` appending to `path` in `fmt`; the first table fixes the columns."""
+    if fmt == "jsonl":
+        with path.open("w", encoding="utf-8") as fh:
+            yield lambda table: fh.writelines(json.dumps(row, ensure_ascii=False) + "\n"
+                                              for row in table.to_pylist())
+        return
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    writer = None
+
+    def write(table: pa.Table) -> None:
+        nonlocal writer
+        if writer is None:
+            writer = pacsv.CSVWriter(str(path), table.schema) if fmt == "csv" else \
+                pq.ParquetWriter(str(path), table.schema)
+        writer.write_table(table)
+
+    try:
+        yield write
+    finally:
+        if writer is not None:
+            writer.close()

@@ -1,0 +1,98 @@
+"""`mhtag export`: the index's rows as CSV, Parquet or JSON Lines, selected by the search filters."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from mhtag import cli
+from mhtag.core.errors import MhtagError
+from mhtag.index.export import export_index
+from mhtag.index.search import search
+from mhtag.index.store import open_table, read_columns, vectors_of
+
+
+def _stored(db):
+    return {r["path"]: r for r in read_columns(open_table(db), ["path", "label_colour", "pred_colour", "conf_colour",
+                                                                "label_marks", "pred_marks"]).to_pylist()}
+
+
+def test_csv_holds_the_rows_search_matches_with_answer_label_prediction_and_confidence(indexed, tmp_path):
+    db, report = indexed
+    out = tmp_path / "red.csv"
+    result = export_index(out, db, [("colour", "red")])
+    expected = search(db, [("colour", "red")], limit=1000)
+    got = pd.read_csv(out, keep_default_na=False)
+    assert result.rows == len(got) == expected.matched > 0
+    assert set(got["path"]) == {h.path for h in expected.results}
+    assert list(got.columns) == result.columns
+    stored = _stored(db)
+    for row in got.itertuples():
+        s = stored[row.path]
+        assert (row.colour_label, row.colour_pred) == (s["label_colour"], s["pred_colour"])
+        assert row.colour == (s["label_colour"] or s["pred_colour"]) == "red"
+        assert row.colour_confidence == pytest.approx(s["conf_colour"], abs=1e-4)
+        assert row.marks_label == s["label_marks"].strip("|")  # tags joined by |, as in a labels CSV
+
+
+def test_parquet_and_jsonl_carry_tag_lists_vectors_and_text_ids(indexed, tmp_path):
+    db, _ = indexed
+    everything = export_index(tmp_path / "all.parquet", db, vectors=True)
+    table = pq.read_table(tmp_path / "all.parquet")
+    stored = read_columns(open_table(db), ["rid", "label_marks", "vector"])
+    assert everything.rows == table.num_rows == stored.num_rows
+    by_rid = dict(zip(stored.column("rid").to_pylist(), range(stored.num_rows), strict=True))
+    order = [by_rid[r] for r in table.column("id").to_pylist()]
+    dim = stored.column("vector").type.list_size
+    assert np.allclose(np.array(table.column("vector").to_pylist()), vectors_of(stored, dim)[order])
+    labels = stored.column("label_marks").to_pylist()
+    assert table.column("marks_label").to_pylist() == [[t for t in labels[i].split("|") if t] for i in order]
+
+    export_index(tmp_path / "dots.jsonl", db, {"marks": ["dot"]}, source="label")
+    rows = [json.loads(line) for line in (tmp_path / "dots.jsonl").read_text().splitlines()]
+    assert rows and all("dot" in r["marks_label"] and isinstance(r["id"], str) for r in rows)
+    assert {int(r["id"]) for r in rows} <= set(by_rid)
+
+
+def test_where_disputed_and_no_match(indexed, tmp_path):
+    db, _ = indexed
+    test_rows = export_index(tmp_path / "test.csv", db, where="split = 'test'")
+    assert set(pd.read_csv(tmp_path / "test.csv")["split"]) == {"test"} and test_rows.rows > 0
+    disputed = export_index(tmp_path / "d.csv", db, disputed=True)
+    assert disputed.rows == search(db, disputed=True, limit=1).matched
+    none = export_index(tmp_path / "none.csv", db, where="width < 0")
+    assert none.rows == 0 and (tmp_path / "none.csv").read_text().startswith('"id","path"')  # the header only
+
+
+def test_refusals_leave_files_alone(indexed, tmp_path):
+    db, _ = indexed
+    kept = tmp_path / "labels.csv"
+    kept.write_text("precious\n")
+    with pytest.raises(MhtagError, match="exists"):
+        export_index(kept, db)
+    assert kept.read_text() == "precious\n"
+    with pytest.raises(MhtagError, match="not in CSV"):
+        export_index(tmp_path / "v.csv", db, vectors=True)
+    with pytest.raises(MhtagError, match="'txt' is not one"):
+        export_index(tmp_path / "t.txt", db)
+    with pytest.raises(MhtagError, match="unknown value 'reed'"):
+        export_index(tmp_path / "r.csv", db, [("colour", "reed")])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["labels.csv"]
+    assert export_index(kept, db, overwrite=True).rows > 0
+
+
+def test_cli_filters_json_report_and_usage_errors(indexed, tmp_path):
+    db, _ = indexed
+    runner = CliRunner()
+    out = tmp_path / "blue.csv"
+    r = runner.invoke(cli.app, ["export", str(out), "--db", str(db), "--colour", "blue", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["rows"] == len(pd.read_csv(out)) == search(db, [("colour", "blue")], limit=1).matched
+    again = runner.invoke(cli.app, ["export", str(out), "--db", str(db)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert runner.invoke(cli.app, ["export", str(tmp_path / "v.csv"), "--db", str(db), "--vectors"]).exit_code == 2
+    assert runner.invoke(cli.app, ["export", str(tmp_path / "x.txt"), "--db", str(db)]).exit_code == 2
