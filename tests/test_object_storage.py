@@ -1,5 +1,5 @@
 """An index on object storage (`s3://` + storage options) runs the same code as a local one: indexed, re-run,
-searched, predicted from and written to against a real S3 API (moto's server on a free localhost port), and it
+searched, predicted from, exported and written to against a real S3 API (moto's server on a free localhost port), and it
 gives what the same work on a local folder gives."""
 
 import json
@@ -10,6 +10,7 @@ import pytest
 from mhtag.core.errors import MhtagError
 from mhtag.core.storage import STORAGE_OPTIONS_ENV, storage_options
 from mhtag.index.build import add_images, delete_row, index_images
+from mhtag.index.export import export_index
 from mhtag.index.predict import predict
 from mhtag.index.search import search
 from mhtag.index.store import open_table
@@ -58,6 +59,9 @@ def test_search_and_predict_on_object_storage_answer_like_local(demo, tiny_run, 
         assert search(remote, **question) == search(local, **question)
     images = sorted(demo.parent.rglob("*.png"))[:4]
     assert predict(images, remote).model_dump() == predict(images, local).model_dump()
+    for db, name in ((remote, "remote.csv"), (local, "local.csv")):
+        export_index(name, db, {"colour": ["red"]})
+    assert sorted(Path("remote.csv").read_text().splitlines()) == sorted(Path("local.csv").read_text().splitlines())
 
 
 def test_a_write_to_the_remote_table_is_seen_by_the_next_search(demo, tiny_run, remote):
