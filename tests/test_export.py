@@ -80,6 +80,8 @@ def test_refusals_leave_files_alone(indexed, tmp_path):
         export_index(tmp_path / "t.txt", db)
     with pytest.raises(MhtagError, match="unknown value 'reed'"):
         export_index(tmp_path / "r.csv", db, [("colour", "reed")])
+    with pytest.raises(MhtagError, match="'no_such_column = 1' could not be evaluated"):
+        export_index(tmp_path / "w.csv", db, where="no_such_column = 1")
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["labels.csv"]
     assert export_index(kept, db, overwrite=True).rows > 0
 

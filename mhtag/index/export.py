@@ -22,7 +22,7 @@ from mhtag.index import ann
 from mhtag.index.columns import StoredAttribute
 from mhtag.index.filters import Source
 from mhtag.index.meta import IndexMeta, current_meta
-from mhtag.index.search import Filters, check_where, resolve_filters
+from mhtag.index.search import Filters, check_where, count_matches, resolve_filters
 from mhtag.index.store import DEFAULT_DB, open_table
 from mhtag.results import ExportReport
 
@@ -55,7 +55,7 @@ def export_index(out: str | Path, db: str | Path = DEFAULT_DB, filters: Filters 
     meta = current_meta(db)
     sql = ann.all_of(ann.filter_sql(meta, resolve_filters(meta, filters), Source(source), min_confidence,
                                     disputed), check_where(where) if where else None)
-    total = _count(db, sql, where)
+    total = count_matches(db, sql, where)
     convert = _converter(meta, as_lists=fmt != "csv", vectors=vectors, ids_as_text=fmt == "jsonl")
     written, columns = 0, []
     with atomic_path(out) as tmp, _writer(tmp, fmt) as write, progress_bar("exporting", total, progress) as advance:
@@ -69,13 +69,6 @@ def export_index(out: str | Path, db: str | Path = DEFAULT_DB, filters: Filters 
             write(table)
             columns = table.column_names
     return ExportReport(path=str(out), format=fmt, rows=written, columns=columns)
-
-
-def _count(db: Path, sql: str | None, where: str | None) -> int:
-    try:
-        return ann.count(db, sql)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise MhtagError(f"--where {where!r} could not be evaluated: {str(exc).splitlines()[0][:300]}") from exc
 
 
 def _source_columns(meta: IndexMeta, vectors: bool) -> list[str]:

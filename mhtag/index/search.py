@@ -297,15 +297,20 @@ def _hit_columns(snap: Snapshot, meta: IndexMeta) -> pa.Table:
     return snap.derived[key]
 
 
+def count_matches(db: Path, sql: str | None, where: str | None) -> int:
+    """Rows passing `sql` (the filters' SQL, with the user's `where` in it), counted by LanceDB."""
+    try:
+        return ann.count(db, sql)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise MhtagError(f"--where {where!r} could not be evaluated: {str(exc).splitlines()[0][:300]}") from exc
+
+
 def _search_lance(db: Path, meta: IndexMeta, resolved: dict[str, list[str]], where: str | None, like, like_id,
                   vector, limit: int, offset: int, min_confidence: float | None, source: Source, facets: bool,
                   disputed: bool) -> SearchResult:
     sql = ann.all_of(ann.filter_sql(meta, resolved, source, min_confidence, disputed),
                      check_where(where) if where else None)
-    try:
-        matched = ann.count(db, sql)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise MhtagError(f"--where {where!r} could not be evaluated: {str(exc).splitlines()[0][:300]}") from exc
+    matched = count_matches(db, sql, where)
     result = SearchResult(matched=matched, facets=ann.facets(db, meta, sql, MAX_FACET_VALUES) if facets else {})
     if matched <= offset:
         return result
