@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parents[1] / "mhtag"
 
 # Packages from the bottom up; inside a package, its modules from the bottom up.
 LAYERS = [
-    ("core", ["errors", "io", "storage", "config", "runtime"]),
+    ("core", ["errors", "io", "storage", "progress", "config", "runtime"]),
     ("results", []),
     ("data", ["images", "schema", "labels", "transforms", "datasets", "synthetic", "shifts"]),
     ("models", ["backbones", "tagger", "ensemble", "loss", "checkpoint"]),

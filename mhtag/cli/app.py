@@ -65,11 +65,16 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="show full traceba
         warnings.filterwarnings("ignore")
 
 
-def prepare() -> None:
+def prepare(torch: bool = True) -> None:
     """Process setup before a command computes: threads for torch and FAISS (here, not at import: a usage
-    error should not wait for torch to load)."""
-    from mhtag.core.runtime import setup
+    error should not wait for torch to load). `torch=False`: a command that never runs a model (a search
+    without a query image, an export) sets up FAISS alone and answers without loading torch (seconds)."""
     from mhtag.index.vectors import setup_faiss
+
+    if not torch:
+        setup_faiss(_threads)  # None: FAISS's own default, OMP_NUM_THREADS else every core, as `setup` picks
+        return
+    from mhtag.core.runtime import setup
 
     setup_faiss(setup(_threads))
 

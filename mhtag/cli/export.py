@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, Db, SourceChoice, app, echo_json, filter_pairs
+from mhtag.cli.app import AsJson, Db, SourceChoice, app, echo_json, filter_pairs, prepare
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
@@ -32,6 +32,7 @@ def export(ctx: typer.Context,
            overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
            as_json: AsJson = False) -> None:
     """Write the index's rows (every attribute's answer, label, prediction and confidence) to a file."""
+    prepare(torch=False)
     from mhtag.core.errors import MhtagError
     from mhtag.index.export import export_format, export_index
     from mhtag.index.store import DEFAULT_DB

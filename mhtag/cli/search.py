@@ -44,7 +44,7 @@ def search(ctx: typer.Context, db: Db = None,
            sheet: Annotated[Optional[Path], typer.Option(help="write a contact sheet (.jpg/.png) of the results")
                             ] = None) -> None:
     """Find images by any attribute, optionally ranked by similarity to an image."""
-    prepare()
+    prepare(torch=like is not None)
     from mhtag.index.meta import require_meta
     from mhtag.index.search import search as run_search
     from mhtag.index.store import DEFAULT_DB

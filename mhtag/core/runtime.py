@@ -5,8 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,25 +92,3 @@ def _leave_process_group() -> None:
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on GPU; a no-op on CPU, where fp32 is both faster and exact."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
-
-
-@contextmanager
-def progress_bar(description: str, total: int | None, enabled: bool = True) -> Iterator:
-    """A rich progress bar showing rate and ETA; yields `advance(n)`."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TaskProgressColumn(show_speed=True),
-                  TimeRemainingColumn(), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)

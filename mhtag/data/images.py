@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mhtag.core.errors import ImageError, MhtagError
 from mhtag.core.io import atomic_write_text, cache_dir
+from mhtag.core.progress import progress_bar
 
 # What a folder walk picks up. A file named explicitly is tried whatever its extension.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -127,7 +128,6 @@ def probe_image_files(paths: list[str], workers: int = 4) -> list[ImageInfo]:
 
 def probe_in_chunks(paths: list[str], workers: int = 4, progress: bool = False) -> Iterator[list[ImageInfo]]:
     """`probe_image_files` a chunk at a time, with a progress bar: what a long check is made of."""
-    from mhtag.core.runtime import progress_bar  # here: reading an image should not wait for torch to load
 
     with progress_bar("checking images", len(paths), progress and bool(paths)) as advance:
         for start in range(0, len(paths), CHECK_CHUNK):

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_path
-from mhtag.core.runtime import progress_bar
+from mhtag.core.progress import progress_bar
 from mhtag.core.storage import location
 from mhtag.data.schema import TAG_SEP
 from mhtag.index import ann

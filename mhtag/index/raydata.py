@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from mhtag.core.errors import MhtagError
-from mhtag.core.runtime import progress_bar
+from mhtag.core.progress import progress_bar
 from mhtag.core.storage import storage_options
 from mhtag.data.labels import absolute
 from mhtag.index.columns import arrow_schema, rid_for

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mhtag.core.errors import MhtagError
-from mhtag.core.runtime import progress_bar
+from mhtag.core.progress import progress_bar
 from mhtag.data.images import load_image
 from mhtag.data.labels import FILE, absolute, drop_unreadable, read_labels
 from mhtag.data.schema import is_blank

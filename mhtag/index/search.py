@@ -21,9 +21,7 @@ from mhtag.index import ann
 from mhtag.index.columns import StoredAttribute
 from mhtag.index.filters import Source, source_term
 from mhtag.index.meta import IndexMeta, current_meta
-from mhtag.index.predict import check_compatible
 from mhtag.index.store import DEFAULT_DB, Snapshot, coded_mask, open_table, snapshot, table_rows, version_key
-from mhtag.inference.encoder import load_encoder
 from mhtag.results import AttributeInfo, Attributes, Health, SearchHit, SearchResult, ValueCount
 
 MAX_FACET_VALUES = 200
@@ -187,6 +185,9 @@ def _user_where(db: Path, where: str) -> np.ndarray:
 
 def embed_query(meta: IndexMeta, db: Path, image: str | Path) -> np.ndarray:
     """The image's embedding under the index's own model."""
+    from mhtag.index.predict import check_compatible  # here: only a query image needs torch loaded
+    from mhtag.inference.encoder import load_encoder
+
     enc = load_encoder(meta.model_path, meta.backbone)
     check_compatible(meta, enc, db)
     batch = next(enc.encode_files([str(image)], workers=0))

@@ -7,6 +7,7 @@ import fcntl
 import glob
 import hashlib
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -141,6 +142,10 @@ def coded_mask(codes: np.ndarray, vocab: list[str], accept) -> np.ndarray:
 
 
 def _search_device() -> str | None:
+    """"cuda" when torch sees a GPU. Without an NVIDIA driver there is none, and torch is not even imported
+    for the question: a search that runs no model need not wait seconds for it to load."""
+    if "torch" not in sys.modules and not Path("/proc/driver/nvidia").exists():
+        return None
     import torch
 
     return "cuda" if torch.cuda.is_available() else None

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mhtag.core.runtime import auto_workers, autocast, default_device, progress_bar
+from mhtag.core.progress import progress_bar
+from mhtag.core.runtime import auto_workers, autocast, default_device
 from mhtag.data.datasets import FileFacts, SafeImageDataset, collate_safe
 from mhtag.data.transforms import build_transform
 from mhtag.models.backbones import Backbone, create_backbone

@@ -30,7 +30,8 @@ from timm.utils import ModelEmaV3
 from mhtag.core.config import RESUMABLE_KEYS, TrainConfig, config_from_dict, saved_config
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_path, atomic_write_json, atomic_write_text
-from mhtag.core.runtime import DistInfo, autocast, default_device, init_distributed, progress_bar, seed_everything
+from mhtag.core.progress import progress_bar
+from mhtag.core.runtime import DistInfo, autocast, default_device, init_distributed, seed_everything
 from mhtag.data.labels import FILE, LabelTable, Skipped
 from mhtag.data.schema import LabelSchema
 from mhtag.data.transforms import mirroring_forbidden
