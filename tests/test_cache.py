@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import mhtag.inference.cache as cache
+import mhtag.inference.encoder as encoder
 from mhtag import cli
 from mhtag.models.backbones import create_backbone
 
@@ -29,8 +30,8 @@ def backbone():
 def embedded(monkeypatch):
     """The file lists that were really embedded (not answered from the cache)."""
     calls = []
-    real = cache.embed_files
-    monkeypatch.setattr(cache, "embed_files", lambda b, fs, *a, **k: calls.append(fs) or real(b, fs, *a, **k))
+    real = encoder.embed_files  # the cache imports it when it must embed
+    monkeypatch.setattr(encoder, "embed_files", lambda b, fs, *a, **k: calls.append(fs) or real(b, fs, *a, **k))
     return calls
 
 

@@ -1,4 +1,5 @@
 import json
+import subprocess
 import sys
 
 import pytest
@@ -81,3 +82,18 @@ def test_index_and_predict_through_the_cli(demo_copy, tiny_run, tmp_path):
     assert "broken.png" in out and "1 unreadable file(s) skipped" in out
     text = invoke("predict", demo.parent / "images" / "00003.png", "--db", tmp_path / "db")
     assert "00003.png" in text and "colour" in text and "head" in text and "neighbours" in text
+
+
+def test_commands_that_run_no_model_never_load_torch(indexed, demo, tmp_path):
+    """Torch takes seconds to import: a search without a query image, an export, the cache report and the data
+    check must not wait for it (a query image, training or indexing does)."""
+    db, _ = indexed
+    probe = ("import sys\nfrom mhtag.cli import main\nsys.argv = ['mhtag'] + sys.argv[1:]\ntry:\n    main()\n"
+             "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+             "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')\n")
+    for args in (["search", "--db", str(db), "--colour", "red", "--facets"],
+                 ["export", str(tmp_path / "rows.csv"), "--db", str(db), "--shape", "circle"],
+                 ["cache"], ["inspect", str(demo), "--out", str(tmp_path / "health")]):
+        run = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip().endswith("torch not loaded"), (args, run.stdout[-300:])

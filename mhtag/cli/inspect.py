@@ -17,7 +17,7 @@ def inspect(labels: Annotated[Path, typer.Argument(help="labels CSV")], images: 
             out: Annotated[Optional[Path], typer.Option(help="folder for health.json and classes.png")] = None,
             as_json: AsJson = False) -> None:
     """Data health before training: balance, missing values, image sizes/modes, unreadable files, duplicates."""
-    prepare()
+    prepare(torch=False)
     from mhtag.audit.health import inspect_labels
     from mhtag.core.io import atomic_write_json
     from mhtag.report.html import class_distribution_png

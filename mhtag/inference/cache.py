@@ -10,17 +10,19 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_path, cache_dir
 from mhtag.data.images import check_image_files, forget_vanished_checks
-from mhtag.inference.encoder import embed_files
-from mhtag.models.backbones import Backbone
 from mhtag.results import CacheReport
+
+if TYPE_CHECKING:  # showing or pruning the cache (`mhtag cache`) should not wait for torch to load
+    import torch
+
+    from mhtag.models.backbones import Backbone
 
 _logger = logging.getLogger(__name__)
 FEATURES = "features"
@@ -41,6 +43,8 @@ def cached_embeddings(backbone: Backbone, files: list[str], data_config: dict[st
                       device: torch.device | None = None, workers: int | None = None,
                       progress: bool = False) -> np.ndarray:
     """Embeddings of `files` (all must be readable), reused from disk when backbone, contents and size match."""
+    from mhtag.inference.encoder import embed_files
+
     path = cache_dir() / FEATURES / f"{_cache_key(backbone, files, data_config)}.npy"
     if path.is_file():
         _logger.info("reusing cached embeddings %s", path)
