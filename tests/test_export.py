@@ -98,3 +98,29 @@ def test_cli_filters_json_report_and_usage_errors(indexed, tmp_path):
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert runner.invoke(cli.app, ["export", str(tmp_path / "v.csv"), "--db", str(db), "--vectors"]).exit_code == 2
     assert runner.invoke(cli.app, ["export", str(tmp_path / "x.txt"), "--db", str(db)]).exit_code == 2
+
+
+def test_an_export_stopped_midway_leaves_the_old_file_and_no_partial_one(indexed, tmp_path, monkeypatch):
+    import mhtag.index.export as export
+
+    db, _ = indexed
+    out = tmp_path / "rows.csv"
+    out.write_text("the previous export\n")
+    monkeypatch.setattr(export, "BATCH_ROWS", 16)  # 120 rows: eight batches
+    real, seen = export._converter, []
+
+    def converter(*args, **kwargs):
+        convert = real(*args, **kwargs)
+
+        def stop_at_third(batch):
+            seen.append(batch.num_rows)
+            if len(seen) == 3:
+                raise KeyboardInterrupt
+            return convert(batch)
+        return stop_at_third
+
+    monkeypatch.setattr(export, "_converter", converter)
+    with pytest.raises(KeyboardInterrupt):
+        export_index(out, db, overwrite=True)
+    assert seen == [16, 16, 16] and out.read_text() == "the previous export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db", "rows.csv"]  # no temporary file left behind
