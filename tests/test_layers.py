@@ -12,7 +12,7 @@ LAYERS = [
     ("core", ["errors", "io", "storage", "progress", "config", "runtime"]),
     ("results", []),
     ("data", ["images", "schema", "labels", "transforms", "datasets", "synthetic", "shifts"]),
-    ("models", ["backbones", "tagger", "ensemble", "loss", "checkpoint"]),
+    ("models", ["colour", "backbones", "tagger", "ensemble", "loss", "checkpoint"]),
     ("report", ["text", "html", "sheets", "audit"]),
     ("inference", ["encoder", "cache", "fusion"]),
     ("training", ["metrics", "calibration", "optim", "batches", "distill", "fit", "evaluate", "ensemble", "crossfit"]),

@@ -39,6 +39,8 @@ class TrainConfig:
     min_count: int = 0  # classes with fewer training rows merge into "other"; 0 = off
     augment: bool = True
     aug_strength: float = 1.0  # geometric augmentation's range: 1 = mild shift/scale, 2 = twice that + 5 deg rotation
+    # bins per RGB channel of a global colour histogram appended to the backbone's features (0 = off; 8 adds 512)
+    colour_histogram: int = 0
     tta_flip: bool = False  # inference embeds each image and its mirror and averages (off if a head forbids flips)
     aug_forbid: dict[str, list[str]] = field(default_factory=dict)  # attribute -> ops in AUG_OPS
     # heads and loss
@@ -135,7 +137,7 @@ _RANGES = {
     "probe_lr": (0, False, None), "backbone_lr_mult": (0, True, None), "weight_decay": (0, True, None),
     "dropout": (0, True, 1), "label_smoothing": (0, True, 1), "class_weight_cap": (0, False, None),
     "max_minutes": (0, False, None), "patience": (1, True, None), "ema": (0, False, 1),
-    "aug_strength": (0, False, None), "layer_decay": (0, False, None),
+    "aug_strength": (0, False, None), "layer_decay": (0, False, None), "colour_histogram": (0, True, 17),
 }
 
 

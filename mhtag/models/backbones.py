@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mhtag.core.errors import MhtagError
+from mhtag.models.colour import colour_features, colour_histogram
 
 _logger = logging.getLogger(__name__)
 
@@ -30,16 +31,25 @@ class Backbone(nn.Module):
     def __init__(self, body: nn.Module, num_features: int, data_config: dict[str, Any], name: str):
         super().__init__()
         self.body = body
-        self.num_features = num_features
+        self.body_features = num_features
         self.data_config = data_config
         self.name = name
 
+    @property
+    def num_features(self) -> int:
+        return self.body_features + colour_features(self.data_config)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features; in eval mode with `data_config["tta_flip"]`, the mean of the image's and its mirror's
-        (so the probe's cached features, index vectors and predictions all see the same test-time flip)."""
+        """Pooled features (then the colour histogram, where `data_config` asks for one); in eval mode with
+        `data_config["tta_flip"]`, the mean of the image's and its mirror's (so the probe's cached features,
+        index vectors and predictions all see the same test-time flip)."""
         if self.training or not self.data_config.get("tta_flip"):
-            return self.body(x)
-        return self.body(torch.cat([x, x.flip(-1)])).unflatten(0, (2, len(x))).mean(0)
+            pooled = self.body(x)
+        else:
+            pooled = self.body(torch.cat([x, x.flip(-1)])).unflatten(0, (2, len(x))).mean(0)
+        if not colour_features(self.data_config):
+            return pooled
+        return torch.cat([pooled.float(), colour_histogram(x, self.data_config)], dim=1)
 
 
 def register_backbone(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:

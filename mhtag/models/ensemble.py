@@ -26,6 +26,10 @@ class EnsembleBackbone(Backbone):
         self.register_buffer("scale", torch.tensor(scales, dtype=torch.float32))  # a buffer: in embedding cache keys
 
     @property
+    def num_features(self) -> int:
+        return sum(self.widths)
+
+    @property
     def scales(self) -> list[float]:
         return self.scale.tolist()
 

@@ -38,6 +38,7 @@ from mhtag.data.transforms import mirroring_forbidden
 from mhtag.inference.encoder import resolve_data_config
 from mhtag.models.backbones import create_backbone
 from mhtag.models.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
+from mhtag.models.colour import COLOUR_BINS
 from mhtag.models.loss import MultiHeadLoss
 from mhtag.models.tagger import Tagger
 from mhtag.report.html import write_run_report
@@ -303,6 +304,8 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
                              f"({'; '.join(dropped.values())})")
         backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.checkpoint)
         data_config = {**resolve_data_config(backbone, cfg.image_size), "tta_flip": _tta_flip(cfg, schema)}
+        if cfg.colour_histogram:
+            data_config[COLOUR_BINS] = cfg.colour_histogram
         backbone.data_config = data_config
         model = Tagger(backbone, schema, cfg.head, cfg.head_hidden, cfg.dropout)
     schema = model.schema
