@@ -76,6 +76,9 @@ class TrainConfig:
     # finetune only: heads first trained on frozen features (the probe), then the whole network from them (LP-FT)
     lp_ft: bool = True
     freeze_bn: bool = True  # finetune: keep the backbone's BatchNorm statistics as pretrained (LP-FT: measured)
+    # finetune: normalise the features with fixed statistics (under lp_ft, the probe's standard scaler) instead of
+    # each batch's; the norm's scale and shift still train
+    freeze_feature_norm: bool = False
     ema: float | None = None  # finetune: validate and ship an EMA of the weights with this decay per step
     keep: str = "best-of"  # best-of: ship the probe if its val macro-F1 beats the fine-tune's | finetune
     report: bool = True  # write report.html (confusion matrices, curves) at the end

@@ -361,7 +361,7 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
                 train_loader.sampler.set_epoch(epoch)
             t0 = time.monotonic()
             net.train()
-            if mode == "probe":
+            if mode == "probe" or cfg.freeze_feature_norm:
                 model.feature_norm.eval()
             if cfg.freeze_bn and mode == "finetune":
                 _freeze_batchnorm(model.backbone)
