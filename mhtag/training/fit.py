@@ -35,7 +35,7 @@ from mhtag.core.runtime import DistInfo, autocast, default_device, init_distribu
 from mhtag.data.labels import FILE, LabelTable, Skipped
 from mhtag.data.schema import LabelSchema
 from mhtag.data.transforms import mirroring_forbidden
-from mhtag.inference.encoder import resolve_data_config
+from mhtag.inference.encoder import memory_format, resolve_data_config
 from mhtag.models.backbones import create_backbone
 from mhtag.models.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
 from mhtag.models.colour import COLOUR_BINS
@@ -53,6 +53,7 @@ PROBE_DIR = "probe"  # a fine-tune's phase one, inside its run folder
 # last.pt and metrics.json are written at most this often (and after the last epoch, and on any stop): the probe's
 # epochs take half a second, and writing the whole model after each one cost a sixth of its training time.
 LAST_EVERY_S = 30.0
+FINITE_CHECK_EVERY = 16  # steps between reading the summed loss back to check it is finite
 Data = tuple[LabelTable, Any, Any]  # prepare_data's labels table, train rows, val rows
 
 
@@ -93,32 +94,40 @@ class EpochResult:
 
 
 class _Totals:
-    """Running, sample-weighted means of the total and per-head losses."""
+    """Running, sample-weighted sums of the total and per-head losses, kept on the loss's device: reading a GPU's
+    loss back every step (`.item()`, `isfinite`) would make the CPU wait for it before queueing the next step."""
 
     def __init__(self):
-        self.total, self.seen, self.heads = 0.0, 0, defaultdict(float)
+        self.total: torch.Tensor | float = 0.0
+        self.heads: dict[str, torch.Tensor | float] = defaultdict(float)
+        self.seen = 0
 
     def add(self, loss: torch.Tensor, per_head: dict[str, torch.Tensor], n: int) -> None:
-        self.total += loss.item() * n
+        self.total = self.total + loss.detach().float() * n
         self.seen += n
         for k, v in per_head.items():
-            self.heads[k] += v.item() * n
+            self.heads[k] = self.heads[k] + v.detach().float() * n
+
+    def check_finite(self) -> None:
+        """A non-finite step loss leaves its sum non-finite, so checking the sums now and then (one read back)
+        catches every diverged step, naming its heads."""
+        if self.seen and not math.isfinite(float(self.total)):
+            bad = [k for k, v in self.heads.items() if not math.isfinite(float(v))]
+            raise NonFiniteLoss(f"loss became {float(self.total) / self.seen} (head(s): {', '.join(bad)})")
 
     def result(self, **kw) -> EpochResult:
+        self.check_finite()
         seen = max(self.seen, 1)
-        return EpochResult(self.total / seen, {k: v / seen for k, v in self.heads.items()}, **kw)
+        return EpochResult(float(self.total) / seen, {k: float(v) / seen for k, v in self.heads.items()}, **kw)
 
 
 def _loss(forward: Callable, loss_fn: MultiHeadLoss, x: torch.Tensor, y: dict[str, torch.Tensor],
           device: torch.device, amp: bool):
-    x = x.to(device, non_blocking=True)
+    x = x.to(device, non_blocking=True, memory_format=memory_format(device) if x.dim() == 4 else torch.preserve_format)
     y = {k: v.to(device, non_blocking=True) for k, v in y.items()}
     with autocast(device, amp):
         logits = forward(x)
     loss, per_head = loss_fn(logits, y)
-    if not torch.isfinite(loss):
-        bad = [k for k, v in per_head.items() if not torch.isfinite(v)]
-        raise NonFiniteLoss(f"loss became {loss.item()} (head(s): {', '.join(bad)})")
     return logits, y, loss, per_head
 
 
@@ -133,8 +142,11 @@ def train_one_epoch(forward: Callable, loader: Iterable, loss_fn: MultiHeadLoss,
     totals = _Totals()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     with progress_bar(description, steps, progress) as advance:
-        for x, y in loader:
+        for step, (x, y) in enumerate(loader):
             _, _, loss, per_head = _loss(forward, loss_fn, x, y, device, amp)
+            totals.add(loss, per_head, len(x))
+            if step % FINITE_CHECK_EVERY == 0:  # the first step's before its update: a loss non-finite from the
+                totals.check_finite()           # start never reaches the weights
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -142,7 +154,6 @@ def train_one_epoch(forward: Callable, loader: Iterable, loss_fn: MultiHeadLoss,
             scheduler.step()
             if after_step is not None:
                 after_step()
-            totals.add(loss, per_head, len(x))
             advance(1)
     return totals.result()
 
@@ -327,7 +338,7 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
         if state is None:
             standardise_features(model.feature_norm, train_loader.x)
         model.feature_norm.requires_grad_(False)
-    model.to(device)
+    model.to(device, memory_format=memory_format(device))  # channels_last on a GPU, as the encoder
     # training's random stream (dropout, augmentation) starts here, from the seed: embedding the data (a cold
     # cache runs a DataLoader, which draws from it) must not change the model a seed gives
     seed_everything(cfg.seed)
