@@ -71,9 +71,13 @@ def test_the_ema_is_what_is_validated_and_shipped(demo, ema_cfg, tmp_path):
     assert not all(torch.allclose(last["ema"][k], last["model"][k], atol=1e-4) for k in heads)
 
 
-def test_an_interrupted_ema_fine_tune_resumes_to_the_uninterrupted_result(demo, ema_cfg, tmp_path, monkeypatch):
+# 2: decoding processes that persist across epochs (slow: each of the three runs starts them, 6 s each here)
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_an_interrupted_ema_fine_tune_resumes_to_the_uninterrupted_result(demo, ema_cfg, tmp_path, monkeypatch,
+                                                                          workers):
     from mhtag.training import fit as loop
 
+    ema_cfg = config_from_dict({"num_workers": workers}, ema_cfg)
     clean = fit(ema_cfg, demo, out=tmp_path / "clean")
     real, calls = loop.train_one_epoch, {"n": 0}
 

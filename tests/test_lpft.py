@@ -110,6 +110,16 @@ def test_a_fine_tune_stopped_in_its_probe_phase_resumes_to_the_uninterrupted_res
     assert run.history[-1]["val_loss"] == pytest.approx(clean.history[-1]["val_loss"], rel=1e-5)
 
 
+def test_a_fine_tune_gives_the_same_model_whatever_the_number_of_decoding_processes(demo, finetune_cfg, tmp_path):
+    """Augmentation is drawn per (seed, epoch, image), so persistent decoding processes change nothing."""
+    cfg = config_from_dict({"epochs": 2, "keep": "finetune"}, finetune_cfg)
+    runs = {n: fit(config_from_dict({"num_workers": n}, cfg), demo, out=tmp_path / str(n)) for n in (0, 2)}
+    states = {n: load_checkpoint(tmp_path / str(n))["model"] for n in runs}
+    assert len(runs[2].history) == 2 and all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+    other_seed = fit(config_from_dict({"seed": 1}, cfg), demo, out=tmp_path / "seed1")
+    assert other_seed.history[-1]["train_loss"] != runs[0].history[-1]["train_loss"]
+
+
 TORCHRUN_TRAIN = """
 import sys
 sys.path.insert(0, {tests!r})

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from mhtag.core.errors import ImageError
 from mhtag.data.images import decode_image, read_image_bytes
@@ -36,6 +36,45 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         img = decode_image(read_image_bytes(self.files[i]), self.files[i], self.draft)
         return self.transform(img), {k: torch.as_tensor(v[i]) for k, v in self.targets.items()}
+
+
+class AugmentedDataset(ImageDataset):
+    """Training images whose random augmentation is drawn from (seed, epoch, index) alone, so a run gives the same
+    model whatever the number of decoding processes, whether they persist across epochs, and across a resume.
+    Items are keyed `(epoch, index)`, as `EpochSampler` yields them."""
+
+    def __init__(self, files: list[str], transform, targets: dict[str, np.ndarray] | None = None, seed: int = 0):
+        super().__init__(files, transform, targets)
+        self.seed = seed
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        item_seed = int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1, np.uint64)[0])
+        if get_worker_info() is not None:  # a decoding process: its generator serves nothing else
+            torch.default_generator.manual_seed(item_seed)
+            return super().__getitem__(i)
+        with torch.random.fork_rng(devices=[]):  # the training process: leave its stream (dropout) as it was
+            torch.default_generator.manual_seed(item_seed)
+            return super().__getitem__(i)
+
+
+class EpochSampler(Sampler):
+    """Wraps an index sampler to yield `(epoch, index)` keys for `AugmentedDataset`; `set_epoch` each epoch."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):  # DistributedSampler's own shuffle
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 @dataclass

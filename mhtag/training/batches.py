@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from mhtag.core.config import TrainConfig
 from mhtag.core.errors import MhtagError
 from mhtag.core.runtime import DistInfo
-from mhtag.data.datasets import ImageDataset
+from mhtag.data.datasets import AugmentedDataset, EpochSampler, ImageDataset
 from mhtag.data.labels import FILE, LabelTable, drop_unreadable, read_labels
 from mhtag.data.transforms import build_transform, forbidden_augmentations
 from mhtag.inference.cache import cached_embeddings
@@ -74,11 +74,18 @@ def make_loaders(model: Tagger, cfg: TrainConfig, mode: str, train_df, val_df, y
         return (TensorBatches(embed(train_df), y_train, PROBE_BATCH, True, generator),
                 TensorBatches(embed(val_df), y_val, PROBE_BATCH * 2, False))
     forbid = forbidden_augmentations(model.schema.names, cfg.aug_forbid)
-    train_ds = ImageDataset(train_df[FILE].tolist(), build_transform(data_config, train=cfg.augment, forbid=forbid,
-                                                                   strength=cfg.aug_strength), y_train)
+    train_ds = AugmentedDataset(train_df[FILE].tolist(), build_transform(data_config, train=cfg.augment,
+                                                                       forbid=forbid, strength=cfg.aug_strength),
+                                y_train, seed=cfg.seed)
     val_ds = ImageDataset(val_df[FILE].tolist(), build_transform(data_config), y_val)
     kw = loader_kwargs(device, cfg.num_workers)
-    sampler = DistributedSampler(train_ds, seed=cfg.seed) if dist.enabled else None
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                              drop_last=len(train_ds) > cfg.batch_size, generator=generator, **kw)
+    # decoding processes live as long as the run: started anew each epoch, they cost seconds an epoch on a GPU
+    kw["persistent_workers"] = kw["num_workers"] > 0
+    # each iterator draws a seed for its processes; from a generator of its own, not the process's (which dropout
+    # uses), since persistent processes draw it once and fresh ones each epoch. Augmentation does not depend on it.
+    kw["generator"] = torch.Generator().manual_seed(cfg.seed)
+    order = DistributedSampler(train_ds, seed=cfg.seed) if dist.enabled else RandomSampler(train_ds,
+                                                                                            generator=generator)
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=EpochSampler(order),
+                              drop_last=len(train_ds) > cfg.batch_size, **kw)
     return train_loader, DataLoader(val_ds, batch_size=cfg.batch_size * 2, **kw)

@@ -368,7 +368,7 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
     try:
         for epoch in range(start_epoch, epochs):
             generator.manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's order, independent of resumes
-            if dist.enabled:
+            if mode == "finetune":  # the probe's batches come from memory, in the generator's order
                 train_loader.sampler.set_epoch(epoch)
             t0 = time.monotonic()
             net.train()
