@@ -9,7 +9,8 @@ out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out" /tmp/data
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/wheels/*.whl
 export PYTHONPATH=/tmp/site:$PWD
-tar -xJf .gpu/fashion12k.tar.xz -C /tmp/data
+# Python's own xz reader: the image may have no xz program
+python3 -c "import tarfile; tarfile.open('.gpu/fashion12k.tar.xz').extractall('/tmp/data', filter='data')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, timm, numpy, pandas, sklearn; print('torch', torch.__version__, 'timm', timm.__version__,
 'numpy', numpy.__version__, 'pandas', pandas.__version__, 'sklearn', sklearn.__version__)"
