@@ -339,8 +339,8 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
             standardise_features(model.feature_norm, train_loader.x)
         model.feature_norm.requires_grad_(False)
     model.to(device, memory_format=memory_format(device))  # channels_last on a GPU, as the encoder
-    # training's random stream (dropout, augmentation) starts here, from the seed: embedding the data (a cold
-    # cache runs a DataLoader, which draws from it) must not change the model a seed gives
+    # training's random stream (dropout; augmentation draws per image) starts here, from the seed: embedding the
+    # data (a cold cache runs a DataLoader, which draws from it) must not change the model a seed gives
     seed_everything(cfg.seed)
     optimizer = make_optimizer(model, cfg, mode)
     scheduler = cosine_with_warmup(optimizer, epochs * len(train_loader))
