@@ -115,6 +115,31 @@ def test_aug_strength_scales_the_geometry(strength, degrees, shift, scale):
     assert affine.scale == pytest.approx(scale)
 
 
+def test_an_images_augmentation_depends_on_seed_epoch_and_index_alone_and_leaves_trainings_stream(tmp_path):
+    import torch
+
+    from mhtag.data.datasets import AugmentedDataset
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(2):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(files[-1])
+    tf = build_transform({"input_size": [32, 24], "mean": [0.5] * 3, "std": [0.5] * 3}, train=True)
+
+    def draw(seed, epoch, i):
+        return AugmentedDataset(files, tf, seed=seed)[(epoch, i)][0]
+
+    torch.manual_seed(123)
+    draw(0, 0, 0)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), after)  # dropout's stream in the training process is untouched
+    assert torch.equal(draw(0, 3, 1), draw(0, 3, 1))
+    assert not torch.equal(draw(0, 3, 1), draw(0, 4, 1))  # a new draw each epoch
+    assert not torch.equal(draw(0, 3, 1), draw(1, 3, 1))  # and for each seed
+
+
 def _csv(tmp_path, rows, header="path,colour,kind"):
     p = tmp_path / "labels.csv"
     p.write_text(header + "\n" + "\n".join(rows) + "\n")
