@@ -110,6 +110,28 @@ def split_file(path: Path, dest: Path, stem: str) -> list[str]:
     return names
 
 
+def train_candidates(report: dict, results: Path, common: dict, labels: Path, images: Path, runs_dir: Path,
+                     deadline: float, most: int) -> dict[str, Path]:
+    """Train CANDIDATES in order, each scored on val, until `most` have run or the deadline has passed."""
+    runs: dict[str, Path] = {}
+    for name, overrides in CANDIDATES.items():
+        if time.monotonic() > deadline or len(runs) == most:
+            report["candidates"][name] = {"overrides": overrides, "skipped": "time budget spent"}
+            continue
+        cfg = load_config(ROOT / "configs" / "fashion_finetune.yaml", {**common, **overrides})
+        t0 = time.monotonic()
+        run = fit(cfg, labels, images, out=runs_dir / name)
+        best = run.best or {"heads": {}}
+        report["candidates"][name] = {
+            "overrides": overrides, "seconds": round(time.monotonic() - t0, 1), "kept": run.kept,
+            "epochs_run": len(run.history), "epoch_seconds": [round(h["seconds"], 1) for h in run.history],
+            "val": summary(evaluate(runs_dir / name, labels, images, split="val")["heads"]),
+            "val_finetune_best_epoch": summary(best["heads"]) if best["heads"] else None}
+        runs[name] = runs_dir / name
+        save(report, results)
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=DATA)
@@ -145,22 +167,9 @@ def main() -> None:
             "channels_last": step_throughput(size, torch.channels_last)}
         save(report, results)
 
-    runs, report["candidates"] = {}, {}
-    for name, overrides in CANDIDATES.items():
-        if (time.monotonic() - t_start) / 60 > args.budget_minutes or (args.smoke and len(runs) == 2):
-            report["candidates"][name] = {"overrides": overrides, "skipped": "time budget spent"}
-            continue
-        cfg = load_config(ROOT / "configs" / "fashion_finetune.yaml", {**common, **overrides})
-        t0 = time.monotonic()
-        run = fit(cfg, labels, images, out=args.runs / name)
-        best = run.best or {"heads": {}}
-        report["candidates"][name] = {
-            "overrides": overrides, "seconds": round(time.monotonic() - t0, 1), "kept": run.kept,
-            "epochs_run": len(run.history), "epoch_seconds": [round(h["seconds"], 1) for h in run.history],
-            "val": summary(evaluate(args.runs / name, labels, images, split="val")["heads"]),
-            "val_finetune_best_epoch": summary(best["heads"]) if best["heads"] else None}
-        runs[name] = args.runs / name
-        save(report, results)
+    report["candidates"] = {}
+    runs = train_candidates(report, results, common, labels, images, args.runs,
+                            deadline=t_start + args.budget_minutes * 60, most=2 if args.smoke else len(CANDIDATES))
 
     single = max(runs, key=lambda n: (report["candidates"][n]["val"]["mean_accuracy"],
                                       report["candidates"][n]["val"]["mean_macro_f1"]))
