@@ -27,7 +27,7 @@ from fashion import DATA, HEADS, ROOT, TARGETS
 from fashion_val import accuracy_and_f1
 
 from mhtag.core.config import load_config, parse_overrides
-from mhtag.core.runtime import setup
+from mhtag.core.runtime import autocast, setup
 from mhtag.inference.encoder import load_encoder
 from mhtag.models.backbones import create_backbone
 from mhtag.training.ensemble import build_ensemble
@@ -57,7 +57,7 @@ def step_throughput(size: list[int], layout: torch.memory_format, batch: int = 1
         if i == 5:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with autocast(x.device):
             loss = net(x).float().square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
