@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,10 +51,9 @@ class AugmentedDataset(ImageDataset):
     def __getitem__(self, key: tuple[int, int]):
         epoch, i = key
         item_seed = int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1, np.uint64)[0])
-        if get_worker_info() is not None:  # a decoding process: its generator serves nothing else
-            torch.default_generator.manual_seed(item_seed)
-            return super().__getitem__(i)
-        with torch.random.fork_rng(devices=[]):  # the training process: leave its stream (dropout) as it was
+        # in the training process, leave its stream (dropout) as it was; a decoding process's serves nothing else
+        in_worker = get_worker_info() is not None
+        with nullcontext() if in_worker else torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(item_seed)
             return super().__getitem__(i)
 
