@@ -8,7 +8,7 @@ from mhtag.models.checkpoint import checkpoint_state, load_checkpoint, tagger_fr
 from mhtag.report.html import write_eval_report
 from mhtag.training.calibration import apply_platt, apply_temperature, fit_platt, fit_temperature, platt_helps
 from mhtag.training.evaluate import evaluate
-from mhtag.training.metrics import expected_calibration_error, tag_calibration_error
+from mhtag.training.metrics import calibrated_ece_band, expected_calibration_error, tag_calibration_error
 
 
 def _nll(probs, y):
@@ -29,6 +29,41 @@ def test_temperature_scaling_fixes_over_and_under_confident_heads():
         assert _nll(calibrated, y) < _nll(probs, y)
         assert expected_calibration_error(calibrated, y) < expected_calibration_error(probs, y)
         assert (calibrated.argmax(1) == probs.argmax(1)).all()  # the ranking is kept
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _draw_labels(probs, rng):
+    """One label per row drawn from that row's own distribution: the model is calibrated by construction."""
+    return (rng.random(len(probs))[:, None] > np.cumsum(probs, 1)).sum(1).clip(0, probs.shape[1] - 1)
+
+
+def test_a_calibrated_models_ece_falls_inside_its_band_and_an_overconfident_ones_above_it():
+    rng = np.random.default_rng(0)
+    probs = _softmax(rng.normal(size=(1200, 20)) * 2.0)  # confidences spread over many bins, like a colour head
+    band = calibrated_ece_band(probs.max(1))
+    honest = [expected_calibration_error(probs, _draw_labels(probs, rng)) for _ in range(40)]
+    assert abs(np.mean(honest) - band["ece_floor"]) < 0.2 * band["ece_floor"]  # the band is what honesty scores
+    assert np.mean(np.array(honest) > band["ece_floor_p95"]) <= 0.15
+    assert band["ece_floor"] > 0.02  # on 1,200 rows even a perfect model is far from ECE 0
+    sharp = _softmax(np.log(probs) * 3.0)  # same answers, over-confident
+    y = _draw_labels(probs, rng)
+    assert expected_calibration_error(sharp, y) > 3 * calibrated_ece_band(sharp.max(1))["ece_floor_p95"]
+
+
+def test_the_band_narrows_with_rows_and_brackets_each_bins_confidence():
+    rng = np.random.default_rng(1)
+    conf = rng.uniform(0.3, 1.0, 16000)
+    small, large = calibrated_ece_band(conf[:1000]), calibrated_ece_band(conf)
+    assert 0.18 < large["ece_floor"] / small["ece_floor"] < 0.35  # about 1 / sqrt(16)
+    low, high = np.array(small["band_low"]), np.array(small["band_high"])
+    assert len(low) == 11 and (low < high).all()  # the 11 bins from .3 up, each its 5-95% range
+    centres = (np.arange(15) + 0.5) / 15
+    assert (low <= centres[4:] + 0.04).all() and (high >= centres[4:] - 0.04).all()
+    assert calibrated_ece_band(conf[:1000], seed=0) == small  # seeded: eval is reproducible
 
 
 def test_the_fitted_temperatures_are_stored_and_used_by_the_index(indexed, tiny_run):
@@ -113,6 +148,7 @@ def test_eval_reports_ece_before_and_after_and_writes_reliability_diagrams(demo,
     result = evaluate(tiny_run, demo, split="val")
     for name, m in result["heads"].items():
         assert {"ece", "ece_uncalibrated"} <= set(m)
+        assert 0 < m["ece_floor"] <= m["ece_floor_p95"] < 1
         curves = result["reliability"][name]
         assert set(curves) == {"before", "after"}
         assert abs(curves["after"]["ece"] - m["ece"]) < 1e-9

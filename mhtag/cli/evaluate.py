@@ -28,7 +28,7 @@ def eval_(model: Annotated[Path, typer.Option("--model", help="run folder or che
         _eval_shift(model, labels, images, split, db, as_json)
         return
     from mhtag.report.html import write_eval_report
-    from mhtag.report.text import metrics_table
+    from mhtag.report.text import FLOOR_NOTE, metrics_table
     from mhtag.training.evaluate import evaluate
 
     result = evaluate(model, labels, images, split.value, progress=sys.stderr.isatty())
@@ -39,6 +39,7 @@ def eval_(model: Annotated[Path, typer.Option("--model", help="run folder or che
         return
     typer.echo(f"{result['n']} rows of split {split.value!r}")
     typer.echo(metrics_table(result["heads"]))
+    typer.echo(FLOOR_NOTE)
     if report is not None:
         typer.echo(f"report: {report}")
     unknown = {k: v for k, v in result["unknown_labels"].items() if v}

@@ -76,10 +76,15 @@ def curves_png(history: list[dict[str, Any]]) -> str:
 def reliability_png(name: str, multi: bool, curves: dict[str, dict[str, Any]], path: Path | None = None) -> str:
     """A reliability diagram: per confidence bin, the share right against the mean confidence, one line per
     curve (e.g. before / after calibration), each point's area its share of the rows, ECE in the legend; the
-    diagonal is perfect calibration."""
+    diagonal is perfect calibration, and grey bars around it the 5-95% range a perfectly calibrated model with the
+    last curve's confidences would show in each bin on this many rows (its consistency bars)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(3.6, 3.4))
     ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--")
+    last = list(curves.values())[-1] if curves else {}
+    if last.get("band_low"):
+        ax.vlines(last["confidence"], last["band_low"], last["band_high"], color="#bbb", lw=4,
+                  label=f"90% range if calibrated (ECE p95 {last['ece_floor_p95']:.3f})")
     for label, c in curves.items():
         line, = ax.plot(c["confidence"], c["accuracy"], lw=1, label=f"{label} (ECE {c['ece']:.3f})")
         share = np.asarray(c["count"], float) / max(sum(c["count"]), 1)

@@ -8,9 +8,12 @@ from typing import Any
 from mhtag.data.schema import AttributeKind
 from mhtag.results import PredictResult, SearchResult
 
-SINGLE_COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece", "ece_uncalibrated")
+SINGLE_COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece", "ece_floor_p95",
+                  "ece_uncalibrated")
 MULTI_COLUMNS = ("micro_f1", "micro_precision", "micro_recall", "macro_f1", "mAP", "exact_match", "hamming_accuracy",
-                 "ece", "ece_uncalibrated")
+                 "ece", "ece_floor_p95", "ece_uncalibrated")
+FLOOR_NOTE = ("ece_floor_p95: 95% of perfectly calibrated models with these confidences score an ECE below it on "
+              "this many rows; an ece under it is calibration this split cannot fault")
 
 
 def metrics_table(heads: dict[str, dict[str, Any]]) -> str:

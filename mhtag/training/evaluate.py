@@ -71,7 +71,9 @@ def evaluate(run: str | Path, labels: str | Path, images: str | Path | None = No
              batch_size: int = 128, progress: bool = False, tta_flip: bool | None = None) -> dict[str, Any]:
     """`{"heads": {attr: metrics}, "n": rows, "skipped": [...], "unknown_labels": {attr: count},
     "reliability": {attr: {"before": curve, "after": curve}}}`: metrics of the calibrated model, each head's
-    `ece_uncalibrated` beside its `ece`, and reliability curves before and after calibration.
+    `ece_uncalibrated` beside its `ece`, `ece_floor` / `ece_floor_p95` (the mean and 95th percentile of the ECE a
+    perfectly calibrated model with the same confidences scores on this many rows), and reliability curves before
+    and after calibration.
     `tta_flip` overrides the model's saved test-time flip (an ablation; None keeps what was saved)."""
     state = load_checkpoint(run)
     model = tagger_from_checkpoint(state)
@@ -85,6 +87,8 @@ def evaluate(run: str | Path, labels: str | Path, images: str | Path | None = No
     reliability = reliability_curves(model.schema, targets, before=raw, after=probs)
     for name, curves in reliability.items():
         heads[name]["ece_uncalibrated"] = curves["before"]["ece"]
+        heads[name]["ece_floor"] = curves["after"]["ece_floor"]
+        heads[name]["ece_floor_p95"] = curves["after"]["ece_floor_p95"]
     return {
         "heads": heads,
         "reliability": reliability,

@@ -8,6 +8,8 @@ import numpy as np
 
 from mhtag.data.schema import AttributeKind, LabelSchema
 
+FLOOR_DRAWS = 200  # draws for the ECE a calibrated model would score: the p95 moves by about .001 between seeds
+
 
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -25,6 +27,36 @@ def _ece_of(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
     mean_conf, accuracy, count = reliability_bins(confidence, correct, bins)
     seen = count > 0
     return float((count[seen] * np.abs(accuracy[seen] - mean_conf[seen])).sum() / max(count.sum(), 1))
+
+
+def calibrated_ece_draws(confidence: np.ndarray, bins: int = 15, draws: int = FLOOR_DRAWS, seed: int = 0
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Consistency resampling (Broecker & Smith 2007): `draws` samples of what a perfectly calibrated forecaster
+    with these confidences would show, each forecast coming true with exactly its confidence. Returns its ECE per
+    draw, its share right per draw and non-empty bin (draws x bins), and which bins are non-empty."""
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    seen = count > 0
+    mean_conf = np.bincount(which, weights=confidence, minlength=bins)[seen] / count[seen]
+    shares = np.empty((draws, int(seen.sum())))
+    for d in range(draws):
+        right = rng.random(len(confidence)) < confidence
+        shares[d] = np.bincount(which, weights=right.astype(float), minlength=bins)[seen] / count[seen]
+    eces = (count[seen] * np.abs(shares - mean_conf)).sum(1) / max(int(count.sum()), 1)
+    return eces, shares, seen
+
+
+def calibrated_ece_band(confidence: np.ndarray, bins: int = 15, draws: int = FLOOR_DRAWS, seed: int = 0
+                        ) -> dict[str, Any]:
+    """The ECE a perfectly calibrated model with these confidences scores on this many rows (mean and 95th
+    percentile over `calibrated_ece_draws`), and per non-empty bin the 5-95% range of its share right. An ECE
+    inside the band cannot be told apart from perfect calibration on this sample."""
+    eces, shares, _ = calibrated_ece_draws(confidence, bins, draws, seed)
+    low, high = np.quantile(shares, [0.05, 0.95], axis=0)
+    return {"ece_floor": float(eces.mean()), "ece_floor_p95": float(np.quantile(eces, 0.95)),
+            "band_low": [round(float(v), 4) for v in low], "band_high": [round(float(v), 4) for v in high]}
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -46,13 +78,15 @@ def _forecasts(probs: np.ndarray, y: np.ndarray, multi: bool) -> tuple[np.ndarra
 
 
 def reliability_curve(probs: np.ndarray, y: np.ndarray, multi: bool, bins: int = 15) -> dict[str, Any]:
-    """A reliability diagram's points (the non-empty bins: mean confidence, share right, rows) and the ECE."""
+    """A reliability diagram's points (the non-empty bins: mean confidence, share right, rows), the ECE, and what
+    a perfectly calibrated model with the same confidences would show (`calibrated_ece_band`)."""
     conf, right = _forecasts(probs, y, multi)
     mean_conf, accuracy, count = reliability_bins(conf, right, bins)
     seen = count > 0
     return {"confidence": [round(float(v), 4) for v in mean_conf[seen]],
             "accuracy": [round(float(v), 4) for v in accuracy[seen]],
-            "count": [int(v) for v in count[seen]], "ece": _ece_of(conf, right, bins) if len(conf) else 0.0}
+            "count": [int(v) for v in count[seen]], "ece": _ece_of(conf, right, bins) if len(conf) else 0.0,
+            **calibrated_ece_band(conf, bins)}
 
 
 def calibration_errors(schema: LabelSchema, probs: dict[str, np.ndarray], targets: dict[str, np.ndarray]
