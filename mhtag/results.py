@@ -70,7 +70,8 @@ class IndexReport(BaseModel):
     unmatched_labels: int = 0  # rows of the labels CSV that match no indexed image
     seconds: float = 0.0
     has_heads: bool = False
-    fusion: dict[str, float] = Field(default_factory=dict)
+    fusion: dict[str, float] = Field(default_factory=dict)  # attribute -> head weight, tuned on val rows
+    fusion_tau: dict[str, float] = Field(default_factory=dict)  # attribute -> neighbour vote temperature, tuned too
     ids: list[RowId] = Field(default_factory=list)  # row ids written by this run
 
     @property

@@ -13,6 +13,7 @@ from mhtag.core.errors import MhtagError
 from mhtag.index.build import index_images
 from mhtag.index.meta import read_meta
 from mhtag.index.store import open_table, read_columns, writer_lock
+from mhtag.inference.fusion import TAU_GRID
 
 
 def _rows(db):
@@ -34,7 +35,9 @@ def test_index_stores_one_row_per_image_with_predictions_and_known_labels(indexe
     assert meta.dim == 32 and meta.backbone == "tiny_cnn" and meta.schema_version
     assert {a.name for a in meta.attributes if a.has_head and a.has_labels} == {
         "shape", "colour", "size", "background", "marks"}
-    assert set(meta.fusion) == {"shape", "colour", "size", "background"}
+    assert set(meta.fusion) == set(meta.fusion_tau) == {"shape", "colour", "size", "background"}
+    assert set(meta.fusion_tau.values()) <= set(TAU_GRID)
+    assert report.fusion == meta.fusion and report.fusion_tau == meta.fusion_tau
 
 
 def test_same_bytes_with_a_new_mtime_or_new_labels_update_columns_without_embedding(demo_copy, tiny_run, tmp_path,

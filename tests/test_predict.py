@@ -3,13 +3,14 @@ import logging
 import shutil
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from mhtag import cli
 from mhtag.index.build import index_images
 from mhtag.index.meta import read_meta, write_meta
 from mhtag.index.predict import Predictor, predict
-from mhtag.inference.fusion import fuse, neighbour_shares, tune_head_weight
+from mhtag.inference.fusion import fuse, log_score, neighbour_shares, tune_fusion, tune_head_weight, vote_matrix
 from mhtag.training.metrics import macro_f1_of
 
 
@@ -86,6 +87,57 @@ def test_fusion_weights_follow_the_better_witness():
     assert tune_head_weight(perfect, noise, y, macro_f1_of) == 0.5  # the head is right, the vote is noise
     assert tune_head_weight(noise, perfect, y, macro_f1_of) == 0.0
     assert tune_head_weight(noise, 0.3 * perfect + 0.7 * noise, y, macro_f1_of) < 0.5
+
+
+def _votes(sims, labels, taus):
+    return {tau: vote_matrix(sims, labels, ["a", "b", "c"], tau) for tau in taus}
+
+
+def test_the_vote_temperature_follows_where_the_truth_lies():
+    """Nearest neighbour right, the next four a crowd for one wrong label: the sharp vote wins. The nearest
+    neighbour noise and the crowd right: the soft vote wins. The head (uniform) learns nothing either way."""
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.integers(0, 3, n)
+    names = np.array(["a", "b", "c"], dtype=object)
+    sims = np.tile([0.95, 0.9, 0.9, 0.9, 0.9], (n, 1))
+    wrong = names[(y + 1) % 3]
+    nearest_right = np.stack([names[y]] + [wrong] * 4, axis=1)
+    crowd_right = np.stack([names[rng.integers(0, 3, n)]] + [names[y]] * 4, axis=1)
+    head = np.full((n, 3), 1 / 3)
+    w, tau = tune_fusion(head, _votes(sims, nearest_right, (0.005, 0.05, 0.5)), y)
+    assert tau == 0.005 and w < 0.5
+    w, tau = tune_fusion(head, _votes(sims, crowd_right, (0.005, 0.05, 0.5)), y)
+    assert tau == 0.5 and w < 0.5
+    assert log_score(np.eye(3)[y], y) == 0.0
+
+
+def test_the_vote_matrix_is_the_vote_of_each_row():
+    sims = np.array([[0.9, 0.8, 0.7], [0.9, 0.5, 0.0]])
+    labels = np.array([["a", "b", "a"], ["c", "", "z"]], dtype=object)  # "" has no label, "z" is not a class
+    m = vote_matrix(sims, labels, ["a", "b", "c"], 0.05)
+    shares = neighbour_shares(sims[0], labels[0], False, 0.05)
+    assert np.allclose(m[0], [shares["a"], shares["b"], 0.0])
+    assert m[1, 2] == pytest.approx(1 / (1 + np.exp(-0.9 / 0.05))) and m[1, :2].sum() == 0
+
+
+def test_predict_votes_with_the_temperature_tuned_for_each_attribute(indexed):
+    db, _ = indexed
+    img = str(read_meta(db).root) + "/images/00003.png"
+
+    def colour_vote(tau):
+        meta = read_meta(db)
+        meta.fusion_tau["colour"] = tau
+        write_meta(db, meta)
+        return dict(_dump(predict([img], db))["predictions"][0]["attributes"]["colour"]["neighbours"])
+
+    tuned = read_meta(db)
+    try:
+        sharp, soft = colour_vote(1e-4), colour_vote(10.0)
+    finally:
+        write_meta(db, tuned)  # the fixture's index is shared
+    assert max(sharp.values()) == pytest.approx(1.0, abs=1e-3)  # the nearest neighbour alone
+    assert max(soft.values()) < max(sharp.values())  # every neighbour about equally
 
 
 def test_vote_and_fusion_arithmetic():

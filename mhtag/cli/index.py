@@ -71,6 +71,7 @@ def index(folder: Annotated[Path, typer.Argument(help="folder of images, walked 
         typer.echo("no --model: embeddings only (similarity search and known labels work; heads are absent)")
     if r.fusion:
         typer.echo(f"fusion weights (head vs neighbours, tuned on val rows): {r.fusion}")
+        typer.echo(f"neighbour vote temperatures (tuned with them): {r.fusion_tau}")
     if r.vanished:
         typer.echo(f"{r.vanished} indexed file(s) no longer exist; `--prune` drops their rows", err=True)
     if r.unmatched_labels:

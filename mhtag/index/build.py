@@ -97,7 +97,8 @@ def _build_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, 
     return IndexMeta(enc.model_id, enc.model_path, enc.backbone, enc.dim, enc.data_config,
                      enc.tagger.schema.version if enc.tagger else None, list(attrs.values()),
                      old.root if old and old.root else str(absolute(root)),
-                     dict(old.fusion) if old else {}, old.fusion_k if old else 20)
+                     dict(old.fusion) if old else {}, old.fusion_k if old else 20,
+                     dict(old.fusion_tau) if old else {})
 
 
 # ---------------------------------------------------------------- plan
@@ -293,6 +294,7 @@ def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, r
     report.vanished = 0 if prune else len(plan.vanished)
     if dist.is_main and tune_fusion and known is not None and enc.tagger is not None:
         report.fusion = calibrate_fusion(db)
+        report.fusion_tau = {a: t for a, t in read_meta(db).fusion_tau.items() if a in report.fusion}
     report.rows = open_table(db).count_rows()
     report.seconds = time.monotonic() - t0
     return report

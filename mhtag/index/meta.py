@@ -28,6 +28,7 @@ class IndexMeta:
     root: str | None = None
     fusion: dict[str, float] = field(default_factory=dict)  # attribute -> weight of the head vs neighbours
     fusion_k: int = 20  # the neighbour count the fusion weights were tuned with
+    fusion_tau: dict[str, float] = field(default_factory=dict)  # attribute -> its vote's softmax temperature
     format: int = INDEX_FORMAT
 
     def attribute(self, name: str) -> StoredAttribute:

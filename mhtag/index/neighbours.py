@@ -12,8 +12,7 @@ from mhtag.core.storage import location
 from mhtag.index.meta import require_meta, write_meta
 from mhtag.index.store import open_table, read_columns, snapshot
 from mhtag.index.vectors import VectorIndex
-from mhtag.inference.fusion import neighbour_shares, tune_head_weight
-from mhtag.training.metrics import macro_f1_of
+from mhtag.inference.fusion import TAU_GRID, tune_fusion, vote_matrix
 
 _logger = logging.getLogger(__name__)
 
@@ -53,8 +52,10 @@ def _build_labelled(db: str | Path, snap) -> LabelledIndex | None:
 
 
 def calibrate_fusion(db: str | Path, k: int = 20) -> dict[str, float]:
-    """Per single-label attribute with both a head and known labels: the head weight that maximises macro-F1
-    when validation rows are predicted from their stored head probabilities and their training-row neighbours."""
+    """Per single-label attribute with both a head and known labels: the head weight and the vote temperature that
+    give the truth the highest mean log-probability when validation rows are predicted from their stored head
+    probabilities and their training-row neighbours (`tune_fusion`). Stored in the index meta; returns the
+    weights."""
     db = location(db)
     meta = require_meta(db)
     both = [a for a in meta.attributes if a.has_head and a.has_labels and not a.multi]
@@ -70,20 +71,14 @@ def calibrate_fusion(db: str | Path, k: int = 20) -> dict[str, float]:
     row_of = {r: i for i, r in enumerate(arrow.column("rid").to_pylist())}
     val_rows = [row_of[r] for r in lab.vectors.rids[val]]
     sims, pos = lab.vectors.search(lab.vectors.vectors[val], k, rows=train)
-    weights: dict[str, float] = {}
     for a in both:
         probs = np.asarray(arrow.column(a.probs).to_pylist(), dtype=np.float32)[val_rows]
         index = {c: j for j, c in enumerate(a.classes)}
         y = np.array([index.get(t, -1) for t in lab.labels[a.name][val]])
-        nbr = np.zeros_like(probs)
-        for r in range(len(val)):
-            keep = pos[r] >= 0
-            for label, share in neighbour_shares(sims[r][keep], lab.labels[a.name][pos[r][keep]], False).items():
-                if label in index:
-                    nbr[r, index[label]] = share
         known = y >= 0
-        weights[a.name] = tune_head_weight(probs[known], nbr[known], y[known], macro_f1_of)
-    meta.fusion.update(weights)
+        voters = np.where(pos >= 0, lab.labels[a.name][np.maximum(pos, 0)], "")[known]
+        votes = {tau: vote_matrix(sims[known], voters, a.classes, tau) for tau in TAU_GRID}
+        meta.fusion[a.name], meta.fusion_tau[a.name] = tune_fusion(probs[known], votes, y[known])
     meta.fusion_k = k
     write_meta(db, meta)
-    return weights
+    return {a.name: meta.fusion[a.name] for a in both}

@@ -22,7 +22,7 @@ from mhtag.index.meta import IndexMeta, read_meta
 from mhtag.index.neighbours import labelled_index
 from mhtag.index.store import DEFAULT_DB, open_table, read_columns, snapshot
 from mhtag.inference.encoder import DEFAULT_BACKBONE, Encoder, load_encoder
-from mhtag.inference.fusion import attribute_answer, head_distribution, neighbour_shares
+from mhtag.inference.fusion import NEIGHBOUR_TAU, attribute_answer, head_distribution, neighbour_shares
 from mhtag.results import Failure, ImagePrediction, PredictResult, RowDetail
 
 _logger = logging.getLogger(__name__)
@@ -108,8 +108,9 @@ class Predictor:
             answers = {}
             for a in self.attributes:
                 head = head_distribution(a, probs[a.name][row]) if a.has_head and a.name in probs else {}
-                nbr = neighbour_shares(near[0], lab.labels[a.name][near[1]], a.multi) if near and a.has_labels \
-                    else {}
+                tau = self.meta.fusion_tau.get(a.name, NEIGHBOUR_TAU) if self.meta else NEIGHBOUR_TAU
+                nbr = neighbour_shares(near[0], lab.labels[a.name][near[1]], a.multi, tau) \
+                    if near and a.has_labels else {}
                 weight = self.meta.fusion.get(a.name, 0.5) if self.meta else 1.0
                 th = dict(zip(a.classes, thresholds.get(a.name, []), strict=False)) if a.multi else None
                 answers[a.name] = attribute_answer(a, head, nbr, weight, th)

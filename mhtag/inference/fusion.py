@@ -1,5 +1,5 @@
 """Fusion of two witnesses per attribute: the head's probabilities and the similarity-weighted vote of labelled
-neighbours, mixed with a per-attribute head weight tuned on validation rows."""
+neighbours, mixed with a per-attribute head weight and vote temperature tuned on validation rows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 from mhtag.data.schema import AttributeSpec, decode_tags
 from mhtag.results import AttributeAnswer, Fused
 
-NEIGHBOUR_TAU = 0.05  # softmax temperature over cosine similarities for neighbour weights
+NEIGHBOUR_TAU = 0.05  # softmax temperature over cosine similarities for neighbour weights, where none was tuned
+TAU_GRID = (0.005, 0.01, 0.02, 0.05, 0.1)  # low: the nearest neighbours decide (a product's own variants)
 WEIGHT_GRID = np.linspace(0, 1, 11)
 
 
@@ -28,6 +29,20 @@ def neighbour_shares(sims: np.ndarray, labels: np.ndarray, multi: bool, tau: flo
         for tag in decode_tags(value) if multi else [value]:
             shares[tag] = shares.get(tag, 0.0) + float(weight)
     return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
+def vote_matrix(sims: np.ndarray, labels: np.ndarray, classes: list[str], tau: float = NEIGHBOUR_TAU
+                ) -> np.ndarray:
+    """The single-label vote of every row's neighbours as a rows x classes matrix. `sims` and `labels` are rows x
+    k (a neighbour's label "" where it has none; pad missing neighbours with an empty label); votes for a label
+    outside `classes` are dropped."""
+    index = {c: j for j, c in enumerate(classes)}
+    out = np.zeros((len(sims), len(classes)), np.float32)
+    for r in range(len(sims)):
+        for label, share in neighbour_shares(sims[r], labels[r], False, tau).items():
+            if label in index:
+                out[r, index[label]] = share
+    return out
 
 
 def fuse(head: dict[str, float], neighbours: dict[str, float], weight: float) -> dict[str, float]:
@@ -63,6 +78,22 @@ def attribute_answer(a: AttributeSpec, head: dict[str, float], nbr: dict[str, fl
     agree = next(iter(head)) == next(iter(nbr)) if head and nbr else None
     return AttributeAnswer(head=_top(head), neighbours=_top(nbr),
                            fused=Fused(label=label, confidence=round(float(confidence), 4)), agree=agree)
+
+
+def log_score(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean log-probability of the true class (a proper score: higher is better)."""
+    return float(np.log(np.clip(probs[np.arange(len(y)), y], 1e-6, 1.0)).mean()) if len(y) else 0.0
+
+
+def tune_fusion(head: np.ndarray, votes: dict[float, np.ndarray], y: np.ndarray) -> tuple[float, float]:
+    """(head weight, vote temperature): of the votes made at each temperature, the pair whose mix with the head
+    gives the truth the highest mean log-probability. A proper score, unlike accuracy or macro-F1, rewards every
+    row's probability, so the choice holds on rows it was not tuned on (benchmarks/fusion_val.py)."""
+    best = (-np.inf, 1.0, NEIGHBOUR_TAU)
+    for tau, nbr in votes.items():
+        w = tune_head_weight(head, nbr, y, log_score)
+        best = max(best, (log_score(w * head + (1 - w) * nbr, y), w, tau), key=lambda b: b[0])
+    return best[1], best[2]
 
 
 def tune_head_weight(head: np.ndarray, neighbours: np.ndarray, y: np.ndarray,

@@ -1,0 +1,145 @@
+"""How the neighbour vote should be fused, chosen on validation rows only: index train+val with their labels,
+then predict every val row from its stored head probabilities and its training-row neighbours, for each
+neighbour count k, vote temperature tau and tuning criterion of the head weight. The weight is tuned on one
+half of val and scored on the other (10 halvings), so the figures are held out. Writes
+benchmarks/results/fusion_val_<name>.json.
+
+    python benchmarks/fusion_val.py --model runs/fashion_val_lpft_lite2_smooth01 --name lpft_lite2_smooth01
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from fashion import DATA, HEADS, ROOT
+from fashion_index import linked_folder
+
+from mhtag.index.build import index_images
+from mhtag.index.meta import require_meta
+from mhtag.index.neighbours import labelled_index
+from mhtag.index.store import open_table, read_columns
+from mhtag.inference.fusion import TAU_GRID, log_score, tune_fusion, tune_head_weight, vote_matrix
+from mhtag.training.metrics import macro_f1_of
+
+KS = (5, 10, 20, 50)
+TAUS = (0.01, 0.02, 0.05, 0.1)
+TUNED_K = 20  # the index's default neighbour count, with which `calibrate_fusion` tunes the temperature
+HALVINGS = 10
+
+
+def accuracy_of(probs: np.ndarray, y: np.ndarray) -> float:
+    return float((probs.argmax(1) == y).mean())
+
+
+CRITERIA = {"macro_f1": macro_f1_of, "accuracy": accuracy_of, "log_score": log_score}
+
+
+def build_index(model: Path, data: Path, db_dir: Path) -> Path:
+    db = db_dir / "db"
+    if not db.exists():
+        labels = pd.read_csv(data / "labels.csv", dtype=str, keep_default_na=False)
+        folder = linked_folder(labels[labels["split"] != "test"], data, db_dir / "trainval")
+        index_images(folder, db, model=model, labels=folder / "labels.csv", batch_size=64)
+    return db
+
+
+def halves(n: int):
+    """10 random halvings of n rows, each used both ways: (rows to tune on, rows to score)."""
+    for seed in range(HALVINGS):
+        order = np.random.default_rng(seed).permutation(n)
+        a, b = order[: n // 2], order[n // 2:]
+        yield a, b
+        yield b, a
+
+
+def held_out(head: np.ndarray, nbr: np.ndarray, y: np.ndarray, criterion: str) -> dict[str, float]:
+    """Weight tuned by `criterion` on one half, fused accuracy and macro-F1 on the other, averaged."""
+    scores = []
+    for fit_rows, score_rows in halves(len(y)):
+        w = tune_head_weight(head[fit_rows], nbr[fit_rows], y[fit_rows], CRITERIA[criterion])
+        scores.append((w, w * head[score_rows] + (1 - w) * nbr[score_rows], y[score_rows]))
+    return _mean_scores(scores)
+
+
+def held_out_tuned(head: np.ndarray, votes: dict[float, np.ndarray], y: np.ndarray) -> dict[str, float]:
+    """What `calibrate_fusion` does (weight and temperature by log score, `tune_fusion`), held out."""
+    scores, taus = [], []
+    for fit_rows, score_rows in halves(len(y)):
+        w, tau = tune_fusion(head[fit_rows], {t: v[fit_rows] for t, v in votes.items()}, y[fit_rows])
+        scores.append((w, w * head[score_rows] + (1 - w) * votes[tau][score_rows], y[score_rows]))
+        taus.append(tau)
+    return {**_mean_scores(scores), "tau_median": float(np.median(taus))}
+
+
+def _mean_scores(scores: list) -> dict[str, float]:
+    return {"accuracy": round(float(np.mean([accuracy_of(f, y) for _, f, y in scores])), 4),
+            "macro_f1": round(float(np.mean([macro_f1_of(f, y) for _, f, y in scores])), 4),
+            "weight": round(float(np.mean([w for w, _, _ in scores])), 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--data", type=Path, default=DATA)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    db = build_index(args.model, args.data, ROOT / "runs" / f"index_{args.name}")
+    meta = require_meta(db)
+    lab = labelled_index(db)
+    is_val = lab.splits[lab.positions] == "val"
+    val, train = lab.positions[is_val], lab.positions[~is_val]
+    arrow = read_columns(open_table(db), ["rid"] + [a.probs for a in meta.attributes if a.name in HEADS])
+    row_of = {r: i for i, r in enumerate(arrow.column("rid").to_pylist())}
+    val_rows = [row_of[r] for r in lab.vectors.rids[val]]
+    sims, pos = lab.vectors.search(lab.vectors.vectors[val], max(KS), rows=train)
+    heads = {}
+    for a in (a for a in meta.attributes if a.name in HEADS):
+        head = np.asarray(arrow.column(a.probs).to_pylist(), dtype=np.float32)[val_rows]
+        index = {c: j for j, c in enumerate(a.classes)}
+        y = np.array([index.get(t, -1) for t in lab.labels[a.name][val]])
+        known = y >= 0
+        head, y = head[known], y[known]
+        voters = np.where(pos >= 0, lab.labels[a.name][np.maximum(pos, 0)], "")[known]
+        result = {"head": {"accuracy": round(accuracy_of(head, y), 4), "macro_f1": round(macro_f1_of(head, y), 4)},
+                  "grid": {}}
+        for k in KS:
+            for tau in TAUS:
+                nbr = vote_matrix(sims[known, :k], voters[:, :k], a.classes, tau)
+                result["grid"][f"k={k} tau={tau}"] = {"neighbours": {"accuracy": round(accuracy_of(nbr, y), 4)},
+                                                      **{c: held_out(head, nbr, y, c) for c in CRITERIA}}
+        votes = {tau: vote_matrix(sims[known, :TUNED_K], voters[:, :TUNED_K], a.classes, tau) for tau in TAU_GRID}
+        result["tuned"] = held_out_tuned(head, votes, y)
+        heads[a.name] = result
+    report = {"benchmark": f"fusion_val_{args.name}", "model": str(args.model), "split": "val",
+              "val_rows": int(len(val)), "train_rows": int(len(train)), "halvings": HALVINGS, "heads": heads}
+    out = ROOT / "benchmarks" / "results" / f"fusion_val_{args.name}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(summary(report))
+
+
+def summary(report: dict) -> str:
+    """Per setting: mean over heads of the held-out fused accuracy and macro-F1."""
+    lines = []
+    heads = report["heads"]
+    first = next(iter(heads.values()))
+    lines.append(f"head only: acc {np.mean([h['head']['accuracy'] for h in heads.values()]):.4f} "
+                 f"f1 {np.mean([h['head']['macro_f1'] for h in heads.values()]):.4f}")
+    tuned = [h["tuned"] for h in heads.values()]
+    lines.append(f"tuned per attribute (k={TUNED_K}): acc {np.mean([t['accuracy'] for t in tuned]):.4f} "
+                 f"f1 {np.mean([t['macro_f1'] for t in tuned]):.4f}")
+    for setting in first["grid"]:
+        for c in CRITERIA:
+            acc = np.mean([h["grid"][setting][c]["accuracy"] for h in heads.values()])
+            f1 = np.mean([h["grid"][setting][c]["macro_f1"] for h in heads.values()])
+            lines.append(f"{setting:16s} {c:9s} acc {acc:.4f} f1 {f1:.4f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
