@@ -9,13 +9,11 @@ scored on the other, 10 halvings). Writes benchmarks/results/ece_floor_<name>.js
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
-from fashion import DATA, HEADS, ROOT
+from fashion import HEADS, ROOT, model_arguments
 
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
 from mhtag.training.calibration import apply_temperature, fit_temperature
@@ -57,12 +55,7 @@ def _r(x: float) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--data", type=Path, default=DATA)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.ERROR)
+    args = model_arguments(logging.ERROR)
     state = load_checkpoint(args.model)
     model = tagger_from_checkpoint(state)
     rows = split_rows(model, state["config"], args.data / "labels.csv", None, "val")

@@ -30,6 +30,17 @@ HEAD_FIGURES = ("accuracy", "macro_f1", "macro_f1_true_classes", "balanced_accur
 TARGETS = {"articleType": .88, "subCategory": .96, "gender": .90, "baseColour": .70, "season": .70, "usage": .88}
 
 
+def model_arguments(level: int = logging.WARNING) -> argparse.Namespace:
+    """`--model RUN --name NAME [--data DIR]`, the arguments of a benchmark that studies one trained run."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--name", required=True, help="names the results file")
+    ap.add_argument("--data", type=Path, default=DATA)
+    args = ap.parse_args()
+    logging.basicConfig(level=level)
+    return args
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["probe", "finetune"])

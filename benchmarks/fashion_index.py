@@ -65,7 +65,8 @@ def main() -> None:
     result = {"benchmark": "fashion12k_index_predict", "model": str(args.model), "k": args.k,
               "indexed_rows": rep.rows, "index_seconds": round(index_s, 1),
               "index_images_per_second": round(rep.images_per_second, 1), "test_rows": len(by_path),
-              "predict_seconds": round(predict_s, 1), "fusion_weights": rep.fusion, "fusion_tau": rep.fusion_tau, "heads": {}}
+              "predict_seconds": round(predict_s, 1), "fusion_weights": rep.fusion, "fusion_tau": rep.fusion_tau,
+              "heads": {}}
     for h in heads:
         truth = [test.loc[i, h] for i in range(len(test)) if Path(test.loc[i, "path"]).name in by_path]
         rows = [by_path[Path(p).name][h] for p in test["path"] if Path(p).name in by_path]

@@ -9,14 +9,12 @@ benchmarks/results/fusion_val_<name>.json.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fashion import DATA, HEADS, ROOT
+from fashion import HEADS, ROOT, model_arguments
 from fashion_index import linked_folder
 
 from mhtag.index.build import index_images
@@ -83,12 +81,7 @@ def _mean_scores(scores: list) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--data", type=Path, default=DATA)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    args = model_arguments()
     db = build_index(args.model, args.data, ROOT / "runs" / f"index_{args.name}")
     meta = require_meta(db)
     lab = labelled_index(db)
