@@ -83,6 +83,7 @@ def test_once(run: Path, labels: Path, images: Path) -> dict:
     result = evaluate(run, labels, images, split="test")
     acc = {h: round(result["heads"][h]["accuracy"], 4) for h in HEADS if h in result["heads"]}
     return {**summary(result["heads"]), "ece": {h: round(result["heads"][h]["ece"], 4) for h in acc},
+            "ece_floor_p95": {h: round(result["heads"][h]["ece_floor_p95"], 4) for h in acc},
             "floors_met": {h: acc[h] >= f for h, f in TARGETS.items() if h in acc}}
 
 

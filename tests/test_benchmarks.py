@@ -57,6 +57,8 @@ def test_the_gpu_protocol_runs_whole_without_the_packages_the_device_lacks(tmp_p
     assert report["chosen_on_val"]["single"] == max(trained, key=lambda n: (
         report["candidates"][n]["val"]["mean_accuracy"], report["candidates"][n]["val"]["mean_macro_f1"]))
     assert set(report["test"]) == {"single", "ensemble"} and report["ensemble"]["members"] == trained
+    looked = report["test"]["single"]
+    assert set(looked["ece_floor_p95"]) == set(looked["ece"]) and all(v > 0 for v in looked["ece_floor_p95"].values())
     assert report["encode"]["images"] == 144  # 48 rows of each split
     pieces = sorted(tmp_path.glob("gpu_*_best.pt.part*"))
     assert [p.name for p in pieces] == report["brought_back"] and len(pieces) >= 2
