@@ -8,19 +8,24 @@ import numpy as np
 
 from mhtag.data.schema import AttributeKind, LabelSchema
 
-FLOOR_DRAWS = 200  # draws for the ECE a calibrated model would score: the p95 moves by about .001 between seeds
+FLOOR_DRAWS = 200  # draws for the ECE a calibrated model would score; on 1,316 rows its p95 moves by up to .004
+# between seeds and its mean by .002 (fashion12k val), precise enough to read an ECE against it
 
 
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per equal-width confidence bin: mean confidence, share correct and rows (empty bins: NaN, NaN, 0)."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    which = _bin_of(confidence, bins)
     count = np.bincount(which, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(which, weights=confidence, minlength=bins) / count
         accuracy = np.bincount(which, weights=correct.astype(float), minlength=bins) / count
     return mean_conf, accuracy, count
+
+
+def _bin_of(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """Each confidence's equal-width bin, 0 to bins - 1."""
+    return np.clip(np.digitize(confidence, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
 
 
 def _ece_of(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
@@ -35,11 +40,10 @@ def calibrated_ece_draws(confidence: np.ndarray, bins: int = 15, draws: int = FL
     with these confidences would show, each forecast coming true with exactly its confidence. Returns its ECE per
     draw, its share right per draw and non-empty bin (draws x bins), and which bins are non-empty."""
     rng = np.random.default_rng(seed)
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    count = np.bincount(which, minlength=bins)
+    which = _bin_of(confidence, bins)
+    mean_conf, _, count = reliability_bins(confidence, np.zeros(len(confidence), bool), bins)
     seen = count > 0
-    mean_conf = np.bincount(which, weights=confidence, minlength=bins)[seen] / count[seen]
+    mean_conf = mean_conf[seen]
     shares = np.empty((draws, int(seen.sum())))
     for d in range(draws):
         right = rng.random(len(confidence)) < confidence
