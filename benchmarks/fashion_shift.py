@@ -3,6 +3,7 @@ under each controlled shift (`mhtag eval --shift`), scoring the head, the labell
 answer per attribute -> benchmarks/results/fashion_shift.json.
 
     python benchmarks/fashion_shift.py --model runs/fashion_probe
+    python benchmarks/fashion_shift.py --model runs/fashion_val_lpft_lite2_seeded_aug --name fashion_shift_lpft_lite2
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=ROOT / "runs" / "fashion_probe")
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--name", default="fashion_shift", help="writes benchmarks/results/<name>.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     labels = pd.read_csv(args.data / "labels.csv", dtype=str, keep_default_na=False)
@@ -37,7 +39,7 @@ def main() -> None:
         result = evaluate_shifts(args.data / "labels.csv", tmp / "db", split="test")
     report = {"benchmark": "fashion12k_shift", "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(
         ROOT) else args.model), "seconds": round(time.time() - t0, 1), **result}
-    (ROOT / "benchmarks" / "results" / "fashion_shift.json").write_text(json.dumps(report, indent=2) + "\n")
+    (ROOT / "benchmarks" / "results" / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 
