@@ -1,8 +1,9 @@
 """How the neighbour vote should be fused, chosen on validation rows only: index train+val with their labels,
-then predict every val row from its stored head probabilities and its training-row neighbours, for each
-neighbour count k, vote temperature tau and tuning criterion of the head weight. The weight is tuned on one
-half of val and scored on the other (10 halvings), so the figures are held out. Writes
-benchmarks/results/fusion_val_<name>.json.
+then predict every val row from its stored head probabilities and its training-row neighbours
+(`validation_votes`), for each neighbour count k, vote temperature tau and tuning criterion of the head weight,
+and for what the index does (`calibrate_fusion`: weight and temperature tuned together by log score). The tuning
+uses one half of val and the scoring the other (10 halvings, each both ways), so the figures are held out.
+Writes benchmarks/results/fusion_val_<name>.json.
 
     python benchmarks/fusion_val.py --model runs/fashion_val_lpft_lite2_smooth01 --name lpft_lite2_smooth01
 """
@@ -14,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fashion import HEADS, ROOT, model_arguments
+from fashion import ROOT, model_arguments
 from fashion_index import linked_folder
 
 from mhtag.index.build import index_images
-from mhtag.index.meta import require_meta
-from mhtag.index.neighbours import labelled_index
-from mhtag.index.store import open_table, read_columns
+from mhtag.index.neighbours import validation_votes
 from mhtag.inference.fusion import TAU_GRID, log_score, tune_fusion, tune_head_weight, vote_matrix
 from mhtag.training.metrics import macro_f1_of
 
@@ -83,34 +82,20 @@ def _mean_scores(scores: list) -> dict[str, float]:
 def main() -> None:
     args = model_arguments()
     db = build_index(args.model, args.data, ROOT / "runs" / f"index_{args.name}")
-    meta = require_meta(db)
-    lab = labelled_index(db)
-    is_val = lab.splits[lab.positions] == "val"
-    val, train = lab.positions[is_val], lab.positions[~is_val]
-    arrow = read_columns(open_table(db), ["rid"] + [a.probs for a in meta.attributes if a.name in HEADS])
-    row_of = {r: i for i, r in enumerate(arrow.column("rid").to_pylist())}
-    val_rows = [row_of[r] for r in lab.vectors.rids[val]]
-    sims, pos = lab.vectors.search(lab.vectors.vectors[val], max(KS), rows=train)
     heads = {}
-    for a in (a for a in meta.attributes if a.name in HEADS):
-        head = np.asarray(arrow.column(a.probs).to_pylist(), dtype=np.float32)[val_rows]
-        index = {c: j for j, c in enumerate(a.classes)}
-        y = np.array([index.get(t, -1) for t in lab.labels[a.name][val]])
-        known = y >= 0
-        head, y = head[known], y[known]
-        voters = np.where(pos >= 0, lab.labels[a.name][np.maximum(pos, 0)], "")[known]
-        result = {"head": {"accuracy": round(accuracy_of(head, y), 4), "macro_f1": round(macro_f1_of(head, y), 4)},
-                  "grid": {}}
+    for name, r in validation_votes(db, max(KS)).items():
+        result = {"rows": len(r.y), "head": {"accuracy": round(accuracy_of(r.head, r.y), 4),
+                                             "macro_f1": round(macro_f1_of(r.head, r.y), 4)}, "grid": {}}
         for k in KS:
             for tau in TAUS:
-                nbr = vote_matrix(sims[known, :k], voters[:, :k], a.classes, tau)
-                result["grid"][f"k={k} tau={tau}"] = {"neighbours": {"accuracy": round(accuracy_of(nbr, y), 4)},
-                                                      **{c: held_out(head, nbr, y, c) for c in CRITERIA}}
-        votes = {tau: vote_matrix(sims[known, :TUNED_K], voters[:, :TUNED_K], a.classes, tau) for tau in TAU_GRID}
-        result["tuned"] = held_out_tuned(head, votes, y)
-        heads[a.name] = result
+                nbr = vote_matrix(r.sims[:, :k], r.voters[:, :k], r.classes, tau)
+                result["grid"][f"k={k} tau={tau}"] = {"neighbours": {"accuracy": round(accuracy_of(nbr, r.y), 4)},
+                                                      **{c: held_out(r.head, nbr, r.y, c) for c in CRITERIA}}
+        votes = {tau: vote_matrix(r.sims[:, :TUNED_K], r.voters[:, :TUNED_K], r.classes, tau) for tau in TAU_GRID}
+        result["tuned"] = held_out_tuned(r.head, votes, r.y)
+        heads[name] = result
     report = {"benchmark": f"fusion_val_{args.name}", "model": str(args.model), "split": "val",
-              "val_rows": int(len(val)), "train_rows": int(len(train)), "halvings": HALVINGS, "heads": heads}
+              "halvings": HALVINGS, "heads": heads}
     out = ROOT / "benchmarks" / "results" / f"fusion_val_{args.name}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(summary(report))

@@ -293,8 +293,7 @@ def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, r
     report.pruned = len(plan.vanished) if prune else 0
     report.vanished = 0 if prune else len(plan.vanished)
     if dist.is_main and tune_fusion and known is not None and enc.tagger is not None:
-        report.fusion = calibrate_fusion(db)
-        report.fusion_tau = {a: t for a, t in read_meta(db).fusion_tau.items() if a in report.fusion}
+        report.fusion, report.fusion_tau = calibrate_fusion(db)
     report.rows = open_table(db).count_rows()
     report.seconds = time.monotonic() - t0
     return report

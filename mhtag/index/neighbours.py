@@ -51,12 +51,21 @@ def _build_labelled(db: str | Path, snap) -> LabelledIndex | None:
     return LabelledIndex(snap.vectors, positions, column("path"), labels, column("split"))
 
 
-def calibrate_fusion(db: str | Path, k: int = 20) -> dict[str, float]:
-    """Per single-label attribute with both a head and known labels: the head weight and the vote temperature that
-    give the truth the highest mean log-probability when validation rows are predicted from their stored head
-    probabilities and their training-row neighbours (`tune_fusion`). Stored in the index meta; returns the
-    weights."""
-    db = location(db)
+@dataclass
+class ValidationVotes:
+    """One attribute's validation rows that carry a known class: their stored head probabilities, the
+    similarities and labels of their k nearest training rows ("" where a neighbour has no label), the true class."""
+
+    classes: list[str]
+    head: np.ndarray  # rows x classes
+    sims: np.ndarray  # rows x k
+    voters: np.ndarray  # rows x k
+    y: np.ndarray  # rows
+
+
+def validation_votes(db: str | Path, k: int) -> dict[str, ValidationVotes]:
+    """Per single-label attribute with both a head and known labels, what fusion is tuned on: validation rows
+    predicted from their training-row neighbours. Empty without validation or training rows."""
     meta = require_meta(db)
     both = [a for a in meta.attributes if a.has_head and a.has_labels and not a.multi]
     lab = labelled_index(db)
@@ -71,14 +80,29 @@ def calibrate_fusion(db: str | Path, k: int = 20) -> dict[str, float]:
     row_of = {r: i for i, r in enumerate(arrow.column("rid").to_pylist())}
     val_rows = [row_of[r] for r in lab.vectors.rids[val]]
     sims, pos = lab.vectors.search(lab.vectors.vectors[val], k, rows=train)
+    out = {}
     for a in both:
-        probs = np.asarray(arrow.column(a.probs).to_pylist(), dtype=np.float32)[val_rows]
         index = {c: j for j, c in enumerate(a.classes)}
         y = np.array([index.get(t, -1) for t in lab.labels[a.name][val]])
         known = y >= 0
-        voters = np.where(pos >= 0, lab.labels[a.name][np.maximum(pos, 0)], "")[known]
-        votes = {tau: vote_matrix(sims[known], voters, a.classes, tau) for tau in TAU_GRID}
-        meta.fusion[a.name], meta.fusion_tau[a.name] = tune_fusion(probs[known], votes, y[known])
+        head = np.asarray(arrow.column(a.probs).to_pylist(), dtype=np.float32)[val_rows]
+        voters = np.where(pos >= 0, lab.labels[a.name][np.maximum(pos, 0)], "")
+        out[a.name] = ValidationVotes(list(a.classes), head[known], sims[known], voters[known], y[known])
+    return out
+
+
+def calibrate_fusion(db: str | Path, k: int = 20) -> tuple[dict[str, float], dict[str, float]]:
+    """Per single-label attribute with both a head and known labels: the head weight and the vote temperature that
+    give the truth the highest mean log-probability on `validation_votes` (`tune_fusion`). Stored in the index
+    meta; returns (weights, temperatures)."""
+    db = location(db)
+    rows = validation_votes(db, k)
+    if not rows:
+        return {}, {}
+    meta = require_meta(db)
+    for name, r in rows.items():
+        votes = {tau: vote_matrix(r.sims, r.voters, r.classes, tau) for tau in TAU_GRID}
+        meta.fusion[name], meta.fusion_tau[name] = tune_fusion(r.head, votes, r.y)
     meta.fusion_k = k
     write_meta(db, meta)
-    return {a.name: meta.fusion[a.name] for a in both}
+    return {n: meta.fusion[n] for n in rows}, {n: meta.fusion_tau[n] for n in rows}
