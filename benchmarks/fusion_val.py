@@ -84,6 +84,8 @@ def main() -> None:
     db = build_index(args.model, args.data, ROOT / "runs" / f"index_{args.name}")
     heads = {}
     for name, r in validation_votes(db, max(KS)).items():
+        if r.multi:  # a tag group: benchmarks/fusion_tags_val.py
+            continue
         result = {"rows": len(r.y), "head": {"accuracy": round(accuracy_of(r.head, r.y), 4),
                                              "macro_f1": round(macro_f1_of(r.head, r.y), 4)}, "grid": {}}
         for k in KS:

@@ -35,7 +35,7 @@ def test_index_stores_one_row_per_image_with_predictions_and_known_labels(indexe
     assert meta.dim == 32 and meta.backbone == "tiny_cnn" and meta.schema_version
     assert {a.name for a in meta.attributes if a.has_head and a.has_labels} == {
         "shape", "colour", "size", "background", "marks"}
-    assert set(meta.fusion) == set(meta.fusion_tau) == {"shape", "colour", "size", "background"}
+    assert set(meta.fusion) == set(meta.fusion_tau) == {"shape", "colour", "size", "background", "marks"}
     assert set(meta.fusion_tau.values()) <= set(TAU_GRID)
     assert report.fusion == meta.fusion and report.fusion_tau == meta.fusion_tau
 

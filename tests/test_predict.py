@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from mhtag import cli
 from mhtag.index.build import index_images
 from mhtag.index.meta import read_meta, write_meta
+from mhtag.index.neighbours import validation_votes
 from mhtag.index.predict import Predictor, predict
 from mhtag.inference.fusion import fuse, log_score, neighbour_shares, tune_fusion, tune_head_weight, vote_matrix
 from mhtag.training.metrics import macro_f1_of
@@ -119,6 +120,33 @@ def test_the_vote_matrix_is_the_vote_of_each_row():
     shares = neighbour_shares(sims[0], labels[0], False, 0.05)
     assert np.allclose(m[0], [shares["a"], shares["b"], 0.0])
     assert m[1, 2] == pytest.approx(1 / (1 + np.exp(-0.9 / 0.05))) and m[1, :2].sum() == 0
+
+
+def test_a_tag_group_votes_per_tag_and_is_tuned_by_its_tags_likelihood():
+    """Each tag's share is the vote weight of the neighbours carrying it; with votes that know the tags and a head
+    that does not, tuning trusts the vote, and a perfect answer scores a log-likelihood of 0."""
+    sims = np.array([[0.9, 0.9], [0.9, 0.9]])
+    labels = np.array([["|a|b|", "|a|"], ["", "|c|"]], dtype=object)
+    m = vote_matrix(sims, labels, ["a", "b", "c"], 0.05, multi=True)
+    assert np.allclose(m, [[1.0, 0.5, 0.0], [0.0, 0.0, 1.0]])  # shares of one row may sum above 1
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 3)) < 0.4).astype(np.float32)
+    knowing_vote = 0.1 + 0.8 * y
+    head = np.full_like(y, 0.4)
+    w, _ = tune_fusion(head, {0.05: knowing_vote}, y)
+    assert w == 0.0
+    assert log_score(y, y) == pytest.approx(0.0, abs=1e-4)
+    assert log_score(knowing_vote, y) > log_score(head, y)
+
+
+def test_validation_votes_give_a_tag_group_its_tags_as_a_matrix(indexed):
+    db, _ = indexed
+    votes = validation_votes(db, 5)
+    marks = votes["marks"]
+    assert marks.multi and not votes["colour"].multi
+    assert marks.y.shape == marks.head.shape == (len(marks.sims), len(marks.classes))
+    assert set(np.unique(marks.y)) <= {0.0, 1.0} and (marks.y.sum(1) >= 1).all()  # unknown rows are left out
+    assert marks.votes(0.05).shape == marks.y.shape
 
 
 def test_predict_votes_with_the_temperature_tuned_for_each_attribute(indexed):

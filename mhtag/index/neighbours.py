@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mhtag.core.storage import location
+from mhtag.data.schema import decode_tags
 from mhtag.index.meta import require_meta, write_meta
 from mhtag.index.store import open_table, read_columns, snapshot
 from mhtag.index.vectors import VectorIndex
@@ -53,21 +54,25 @@ def _build_labelled(db: str | Path, snap) -> LabelledIndex | None:
 
 @dataclass
 class ValidationVotes:
-    """One attribute's validation rows that carry a known class: their stored head probabilities, the
-    similarities and labels of their k nearest training rows ("" where a neighbour has no label), the true class."""
+    """One attribute's validation rows that carry a known label: their stored head probabilities, the
+    similarities and labels of their k nearest training rows ("" where a neighbour has no label), the truth."""
 
-    classes: list[str]
+    classes: list[str]  # a tag group's tags
+    multi: bool
     head: np.ndarray  # rows x classes
     sims: np.ndarray  # rows x k
     voters: np.ndarray  # rows x k
-    y: np.ndarray  # rows
+    y: np.ndarray  # rows: class indices; a tag group: rows x tags, 0/1
+
+    def votes(self, tau: float) -> np.ndarray:
+        return vote_matrix(self.sims, self.voters, self.classes, tau, self.multi)
 
 
 def validation_votes(db: str | Path, k: int) -> dict[str, ValidationVotes]:
-    """Per single-label attribute with both a head and known labels, what fusion is tuned on: validation rows
-    predicted from their training-row neighbours. Empty without validation or training rows."""
+    """Per attribute with both a head and known labels, what fusion is tuned on: validation rows predicted from
+    their training-row neighbours. Empty without validation or training rows."""
     meta = require_meta(db)
-    both = [a for a in meta.attributes if a.has_head and a.has_labels and not a.multi]
+    both = [a for a in meta.attributes if a.has_head and a.has_labels]
     lab = labelled_index(db)
     if not both or lab is None:
         return {}
@@ -82,27 +87,36 @@ def validation_votes(db: str | Path, k: int) -> dict[str, ValidationVotes]:
     sims, pos = lab.vectors.search(lab.vectors.vectors[val], k, rows=train)
     out = {}
     for a in both:
-        index = {c: j for j, c in enumerate(a.classes)}
-        y = np.array([index.get(t, -1) for t in lab.labels[a.name][val]])
-        known = y >= 0
+        y, known = _truth(a.classes, lab.labels[a.name][val], a.multi)
         head = np.asarray(arrow.column(a.probs).to_pylist(), dtype=np.float32)[val_rows]
         voters = np.where(pos >= 0, lab.labels[a.name][np.maximum(pos, 0)], "")
-        out[a.name] = ValidationVotes(list(a.classes), head[known], sims[known], voters[known], y[known])
+        out[a.name] = ValidationVotes(list(a.classes), a.multi, head[known], sims[known], voters[known], y[known])
     return out
 
 
+def _truth(classes: list[str], labels: np.ndarray, multi: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, which rows have one): class indices, or for a tag group a 0/1 matrix over its tags."""
+    index = {c: j for j, c in enumerate(classes)}
+    if not multi:
+        y = np.array([index.get(t, -1) for t in labels])
+        return y, y >= 0
+    y = np.zeros((len(labels), len(classes)), np.float32)
+    for r, value in enumerate(labels):
+        y[r, [index[t] for t in decode_tags(value) if t in index]] = 1
+    return y, labels != ""
+
+
 def calibrate_fusion(db: str | Path, k: int = 20) -> tuple[dict[str, float], dict[str, float]]:
-    """Per single-label attribute with both a head and known labels: the head weight and the vote temperature that
-    give the truth the highest mean log-probability on `validation_votes` (`tune_fusion`). Stored in the index
-    meta; returns (weights, temperatures)."""
+    """Per attribute with both a head and known labels: the head weight and the vote temperature that give the
+    truth the highest mean log-probability on `validation_votes` (`tune_fusion`; a tag group's tags count each).
+    Stored in the index meta; returns (weights, temperatures)."""
     db = location(db)
     rows = validation_votes(db, k)
     if not rows:
         return {}, {}
     meta = require_meta(db)
     for name, r in rows.items():
-        votes = {tau: vote_matrix(r.sims, r.voters, r.classes, tau) for tau in TAU_GRID}
-        meta.fusion[name], meta.fusion_tau[name] = tune_fusion(r.head, votes, r.y)
+        meta.fusion[name], meta.fusion_tau[name] = tune_fusion(r.head, {t: r.votes(t) for t in TAU_GRID}, r.y)
     meta.fusion_k = k
     write_meta(db, meta)
     return {n: meta.fusion[n] for n in rows}, {n: meta.fusion_tau[n] for n in rows}

@@ -31,15 +31,15 @@ def neighbour_shares(sims: np.ndarray, labels: np.ndarray, multi: bool, tau: flo
     return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
 
 
-def vote_matrix(sims: np.ndarray, labels: np.ndarray, classes: list[str], tau: float = NEIGHBOUR_TAU
-                ) -> np.ndarray:
-    """The single-label vote of every row's neighbours as a rows x classes matrix. `sims` and `labels` are rows x
-    k (a neighbour's label "" where it has none; pad missing neighbours with an empty label); votes for a label
-    outside `classes` are dropped."""
+def vote_matrix(sims: np.ndarray, labels: np.ndarray, classes: list[str], tau: float = NEIGHBOUR_TAU,
+                multi: bool = False) -> np.ndarray:
+    """The vote of every row's neighbours as a rows x classes matrix (a tag group: rows x tags, each tag's share
+    of the vote). `sims` and `labels` are rows x k (a neighbour's label "" where it has none; pad missing
+    neighbours with an empty label); votes for a label outside `classes` are dropped."""
     index = {c: j for j, c in enumerate(classes)}
     out = np.zeros((len(sims), len(classes)), np.float32)
     for r in range(len(sims)):
-        for label, share in neighbour_shares(sims[r], labels[r], False, tau).items():
+        for label, share in neighbour_shares(sims[r], labels[r], multi, tau).items():
             if label in index:
                 out[r, index[label]] = share
     return out
@@ -81,14 +81,21 @@ def attribute_answer(a: AttributeSpec, head: dict[str, float], nbr: dict[str, fl
 
 
 def log_score(probs: np.ndarray, y: np.ndarray) -> float:
-    """Mean log-probability of the true class (a proper score: higher is better)."""
-    return float(np.log(np.clip(probs[np.arange(len(y)), y], 1e-6, 1.0)).mean()) if len(y) else 0.0
+    """Mean log-probability of the truth per row (a proper score: higher is better). `y` holds class indices, or
+    for a tag group a rows x tags 0/1 matrix, scored as the sum of its tags' Bernoulli log-likelihoods."""
+    if not len(y):
+        return 0.0
+    if y.ndim == 2:
+        p = np.clip(probs, 1e-6, 1 - 1e-6)
+        return float(np.where(y > 0, np.log(p), np.log1p(-p)).sum(1).mean())
+    return float(np.log(np.clip(probs[np.arange(len(y)), y], 1e-6, 1.0)).mean())
 
 
 def tune_fusion(head: np.ndarray, votes: dict[float, np.ndarray], y: np.ndarray) -> tuple[float, float]:
     """(head weight, vote temperature): of the votes made at each temperature, the pair whose mix with the head
-    gives the truth the highest mean log-probability. A proper score, unlike accuracy or macro-F1, rewards every
-    row's probability, so the choice holds on rows it was not tuned on (benchmarks/fusion_val.py)."""
+    gives the truth the highest mean log-probability (`log_score`: classes or tags). A proper score, unlike
+    accuracy or macro-F1, rewards every row's probability, so the choice holds on rows it was not tuned on
+    (benchmarks/fusion_val.py)."""
     best = (-np.inf, 1.0, NEIGHBOUR_TAU)
     for tau, nbr in votes.items():
         w = tune_head_weight(head, nbr, y, log_score)
