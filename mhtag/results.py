@@ -179,7 +179,23 @@ class DuplicateGroup(BaseModel):
     conflicting: list[str] = Field(description="attributes whose labels differ inside the group")
 
 
+class RuleBreak(BaseModel):
+    """A label that breaks a rule the other rows follow ("articleType=Sandals -> subCategory=Sandal")."""
+
+    path: str
+    row: int = Field(description="line in the labels CSV")
+    split: str
+    attribute: str = Field(description="the attribute whose label breaks the rule")
+    given: str
+    expected: str = Field(description="what the rule says")
+    rule: str
+    support: int = Field(description="rows that follow the rule")
+    rows: int = Field(description="rows the rule is about (those with the rule's first value)")
+
+
 class AuditResult(BaseModel):
     suspects: list[Suspect]
     duplicates: list[DuplicateGroup]
     summary: dict[str, Any]
+    rule_breaks: list[RuleBreak] = Field(default_factory=list,
+                                         description="labels against a hierarchy the other labels follow")

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from mhtag import cli
 from mhtag.audit.labels import audit_labels, export_suspects
+from mhtag.audit.rules import rule_breaks
 from mhtag.core.errors import MhtagError
 from mhtag.data.schema import LabelSchema
 from mhtag.training.crossfit import fold_of, out_of_fold_probabilities
@@ -87,12 +88,13 @@ def test_audit_cli_json_html_export_and_bad_input(demo_copy, tmp_path):
                                 "--json", "--html", str(tmp_path / "a.html"), "--export", str(tmp_path / "s.csv")])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert set(out) == {"suspects", "duplicates", "summary"} and out["suspects"][0]["attribute"] == "colour"
+    assert set(out) == {"suspects", "duplicates", "summary", "rule_breaks"}
+    assert out["suspects"][0]["attribute"] == "colour" and out["rule_breaks"] == []  # one attribute: no rule
     assert {"path", "attribute", "given", "suggested", "score"} <= set(out["suspects"][0])
     page = (tmp_path / "a.html").read_text()
     assert "data:image/jpeg;base64," in page and "suggested" in page
     header = (tmp_path / "s.csv").read_text().splitlines()[0]
-    assert header == "path,row,attribute,given,suggested,score,flagged,fix"
+    assert header == "path,row,attribute,given,suggested,score,flagged,source,fix"
     with pytest.raises(MhtagError, match="does not exist"):
         audit_labels(tmp_path / "missing.csv", backbone="tiny_cnn")
     with pytest.raises(MhtagError, match="unknown attribute"):
@@ -118,3 +120,55 @@ def test_the_audit_can_embed_with_a_trained_runs_backbone(demo_copy, tiny_run):
     result = audit_labels(demo_copy, model=tiny_run, attributes=["colour", "marks"], epochs=3, folds=3)
     kinds = {s.attribute: isinstance(s.given, list) for s in result.suspects}
     assert kinds == {"colour": False, "marks": True}  # the run's tag group is read as tags
+
+
+def _catalogue(n_per_type=60):
+    """type determines group (a hierarchy); colour is independent of both."""
+    groups = {"sandal": "shoes", "boot": "shoes", "tie": "accessories", "belt": "accessories", "rare": "misc"}
+    rows = []
+    for t, g in groups.items():
+        for i in range(n_per_type if t != "rare" else 3):
+            rows.append({"path": f"images/{t}{i}.png", "type": t, "group": g,
+                         "colour": ["red", "blue", "black"][i % 3], "split": "train", "__row__": len(rows) + 2})
+    return pd.DataFrame(rows)
+
+
+def test_a_label_against_the_hierarchy_the_others_follow_is_found():
+    frame = _catalogue()
+    frame.loc[3, "group"] = "accessories"  # a sandal filed under accessories
+    frame.loc[60 * 4 + 1, "group"] = "shoes"  # a "rare" row: 3 rows are too few for a rule
+    breaks = rule_breaks(frame, ["type", "group", "colour"])
+    assert [(b.path, b.attribute, b.given, b.expected) for b in breaks] == [
+        ("images/sandal3.png", "group", "accessories", "shoes")]
+    b = breaks[0]
+    assert b.rule == "type=sandal -> group=shoes" and (b.support, b.rows, b.row) == (59, 60, 5)
+    assert rule_breaks(_catalogue(), ["type", "group", "colour"]) == []  # nothing broken, nothing found
+
+
+def test_no_rule_where_one_attribute_does_not_determine_the_other():
+    frame = _catalogue()
+    frame.loc[[*range(10), *range(60, 70)], "group"] = "accessories"  # a sixth of sandals and boots
+    assert rule_breaks(frame, ["type", "group"]) == []  # only ties and belts (49% of rows) follow a rule
+    assert len(rule_breaks(frame, ["type", "group"], min_share=0.8, min_covered=0.9)) == 20
+    assert rule_breaks(frame, ["type", "colour"]) == []  # colour varies within every type
+
+
+def test_the_audit_reports_exports_and_fixes_a_hierarchy_break(demo_copy, tmp_path):
+    frame = pd.read_csv(demo_copy, dtype=str, keep_default_na=False)
+    frame["family"] = frame["shape"].map({"circle": "round", "square": "angular", "triangle": "angular"})
+    frame.loc[5, "family"] = "angular" if frame.loc[5, "shape"] == "circle" else "round"
+    frame.to_csv(demo_copy, index=False)
+    r = CliRunner().invoke(cli.app, ["audit", "--labels", str(demo_copy), "--backbone", "tiny_cnn", "--attribute",
+                                     "shape", "--attribute", "family", "--export", str(tmp_path / "s.csv")])
+    assert r.exit_code == 0, r.output
+    assert "labels against a rule the other rows follow: 1" in r.output and frame.loc[5, "path"] in r.output
+    export = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False)
+    rule_row = export[export["source"].str.startswith("rule: shape=")]
+    assert len(rule_row) == 1 and rule_row["path"].iat[0] == frame.loc[5, "path"]
+    export.loc[rule_row.index, "fix"] = rule_row["suggested"]
+    export.to_csv(tmp_path / "s.csv", index=False)
+    r = CliRunner().invoke(cli.app, ["apply-fixes", "--labels", str(demo_copy), "--fixes", str(tmp_path / "s.csv"),
+                                     "--out", str(tmp_path / "fixed.csv")])
+    assert r.exit_code == 0 and "1 label(s) fixed" in r.output
+    fixed = pd.read_csv(tmp_path / "fixed.csv", dtype=str, keep_default_na=False)
+    assert rule_breaks(fixed.assign(__row__=range(2, len(fixed) + 2)), ["shape", "family"]) == []

@@ -18,7 +18,7 @@ LAYERS = [
     ("training", ["metrics", "calibration", "optim", "batches", "distill", "fit", "evaluate", "ensemble", "crossfit"]),
     ("index", ["columns", "filters", "meta", "vectors", "store", "neighbours", "predict", "rows", "raydata", "build",
                "synthetic", "ann", "search", "export", "robustness"]),
-    ("audit", ["health", "labels"]),
+    ("audit", ["health", "rules", "labels"]),
     ("server", ["service", "api", "app"]),
     ("cli", ["app", "audit", "backbones", "cache", "demo", "ensemble", "evaluate", "export", "index", "inspect",
              "predict", "search", "serve", "train"]),

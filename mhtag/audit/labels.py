@@ -3,6 +3,7 @@
 Two independent, out-of-sample witnesses judge every label: linear heads cross-fitted on frozen embeddings
 (K folds; a row's own label never trains the model that judges it) and the similarity-weighted vote of its
 nearest labelled neighbours from the other folds. cleanlab ranks and flags labels on the mean of the two.
+The label table alone finds the labels that break a hierarchy the other rows follow (`rules`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mhtag.audit.rules import rule_breaks
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_write_text
 from mhtag.data.images import check_image_files
@@ -139,14 +141,16 @@ def audit_labels(labels: str | Path, images: str | Path | None = None, model: st
         suspects += _suspects(a, frame, targets[a.name], witnesses)
     suspects.sort(key=lambda s: -s.score)
     duplicates = find_duplicates(table, x, schema.names, near)
+    breaks = rule_breaks(frame, [a.name for a in schema.attributes if not a.multi])
     summary = {"rows": len(frame), "skipped": len(table.skipped), "folds": folds, "k": k,
                "near_duplicate_cosine": near, "attributes": schema.names,
                "flagged": {a.name: sum(1 for s in suspects if s.attribute == a.name and s.flagged)
                            for a in schema.attributes},
                "duplicate_groups": len(duplicates),
                "duplicate_groups_crossing_splits": sum(g.crosses_splits for g in duplicates),
-               "duplicate_groups_conflicting": sum(bool(g.conflicting) for g in duplicates)}
-    return AuditResult(suspects=suspects, duplicates=duplicates, summary=summary)
+               "duplicate_groups_conflicting": sum(bool(g.conflicting) for g in duplicates),
+               "rule_breaks": len(breaks)}
+    return AuditResult(suspects=suspects, duplicates=duplicates, summary=summary, rule_breaks=breaks)
 
 
 def _chosen(table: LabelTable, attributes: list[str] | None) -> list[str]:
@@ -231,16 +235,20 @@ def find_duplicates(table: LabelTable, vectors: np.ndarray, attributes: list[str
 
 
 def export_suspects(result: AuditResult, path: str | Path, flagged_only: bool = False) -> Path:
-    """A CSV a person can edit: one row per suspect, `suggested` beside `given`, and an empty `fix` column."""
-    rows = [s for s in result.suspects if s.flagged or not flagged_only]
-    table = pd.DataFrame({"path": [s.path for s in rows], "row": [s.row for s in rows],
-                          "attribute": [s.attribute for s in rows],
-                          "given": ["|".join(s.given) if isinstance(s.given, list) else s.given for s in rows],
-                          "suggested": ["|".join(s.suggested) if isinstance(s.suggested, list) else s.suggested
-                                        for s in rows],
-                          "score": [s.score for s in rows], "flagged": [s.flagged for s in rows],
-                          "fix": [""] * len(rows)})
-    return atomic_write_text(path, table.to_csv(index=False))
+    """A CSV a person can edit: one row per suspect, then one per rule break (`source` says which; a break's
+    `score` is the share of rows that follow its rule), `suggested` beside `given`, and an empty `fix` column."""
+    def text(v: str | list[str]) -> str:
+        return "|".join(v) if isinstance(v, list) else v
+
+    rows = [{"path": s.path, "row": s.row, "attribute": s.attribute, "given": text(s.given),
+             "suggested": text(s.suggested), "score": s.score, "flagged": s.flagged, "source": "witnesses"}
+            for s in result.suspects if s.flagged or not flagged_only]
+    rows += [{"path": b.path, "row": b.row, "attribute": b.attribute, "given": b.given, "suggested": b.expected,
+              "score": round(b.support / b.rows, 4), "flagged": True, "source": f"rule: {b.rule}"}
+             for b in result.rule_breaks]
+    table = pd.DataFrame(rows, columns=["path", "row", "attribute", "given", "suggested", "score", "flagged",
+                                        "source"])
+    return atomic_write_text(path, table.assign(fix="").to_csv(index=False))
 
 
 def apply_fixes(labels: str | Path, fixes: str | Path, out: str | Path) -> int:

@@ -51,6 +51,9 @@ def audit(labels: Labels, images: Images = None,
             typer.echo(f"  {s.score:.3f}  {shown(s.path)}  {s.given} -> {s.suggested}")
     typer.echo(f"duplicate groups: {len(result.duplicates)} ({result.summary['duplicate_groups_crossing_splits']} "
                f"cross splits, {result.summary['duplicate_groups_conflicting']} with differing labels)")
+    typer.echo(f"labels against a rule the other rows follow: {len(result.rule_breaks)}")
+    for b in result.rule_breaks[:top]:
+        typer.echo(f"  {shown(b.path)}  {b.attribute} {b.given} -> {b.expected}  ({b.rule}: {b.support} of {b.rows})")
     for path in filter(None, (html, export)):
         typer.echo(f"wrote {path}")
 

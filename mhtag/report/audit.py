@@ -1,5 +1,6 @@
 """The audit as a page a person can judge at a glance: per attribute, the top suspects with their given and
-suggested labels, beside their nearest labelled neighbours; then the duplicate groups."""
+suggested labels, beside their nearest labelled neighbours; then the labels that break a rule the other rows
+follow, and the duplicate groups."""
 
 from __future__ import annotations
 
@@ -58,6 +59,11 @@ def write_audit_html(result: AuditResult, root: Path, path: Path, per_attribute:
         labels_of = {s.path: _text(s.given) for s in mine}
         parts.append(f"<h2>{html.escape(name)}: top {min(per_attribute, len(mine))} suspects</h2>")
         parts += [_suspect(root, s, labels_of) for s in mine[:per_attribute]]
+    parts.append(f"<h2>Labels against a rule the other rows follow ({len(result.rule_breaks)})</h2>")
+    parts += [f'<div class="s">{_figure(root, b.path, "")}<div><b>{html.escape(b.path)}</b> (row {b.row}, '
+              f'{b.split})<br>{html.escape(b.attribute)} <span class="given">{html.escape(b.given)}</span> &rarr; '
+              f'<span class="sugg">{html.escape(b.expected)}</span><br>{html.escape(b.rule)}: {b.support} of '
+              f'{b.rows} rows</div></div>' for b in result.rule_breaks[:200]]
     parts.append(f"<h2>Duplicate groups ({len(result.duplicates)})</h2>")
     for g in result.duplicates[:200]:
         what = f"{g.kind}{'' if g.similarity is None else f' (cosine ≥ {g.similarity})'}"
