@@ -14,6 +14,7 @@ from mhtag.audit.labels import audit_labels, export_suspects
 from mhtag.audit.rules import rule_breaks
 from mhtag.core.errors import MhtagError
 from mhtag.data.schema import LabelSchema
+from mhtag.inference.fusion import TAU_GRID
 from mhtag.training.crossfit import fold_of, out_of_fold_probabilities
 
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -43,6 +44,7 @@ def test_the_audit_finds_flipped_labels(demo_copy):
     assert auc >= 0.85 and len(top & flipped) >= 4, (auc, top, flipped)  # chance: AUC 0.5, 0.5 of 8 in the top 8
     s = result.suspects[0]
     assert s.given != s.suggested and s.neighbour_paths and 0 <= s.score <= 1
+    assert result.summary["vote_tau"]["colour"] in TAU_GRID  # tuned on the out-of-fold votes
     assert [x.score for x in result.suspects] == sorted((x.score for x in result.suspects), reverse=True)
 
 
@@ -103,7 +105,8 @@ def test_audit_cli_json_html_export_and_bad_input(demo_copy, tmp_path):
 
 def test_an_edited_export_feeds_back_into_the_labels(demo_copy, tmp_path):
     flipped = _flip(demo_copy, 4)
-    result = audit_labels(demo_copy, backbone="tiny_cnn", attributes=["colour"], epochs=5)
+    result = audit_labels(demo_copy, backbone="tiny_cnn", attributes=["colour"], epochs=5, vote_tau=0.3)
+    assert result.summary["vote_tau"] == {"colour": 0.3}  # a temperature given is kept
     export_suspects(result, tmp_path / "s.csv")
     edited = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False)
     edited.loc[edited["path"].isin(flipped), "fix"] = "red"

@@ -120,6 +120,16 @@ def test_the_vote_matrix_is_the_vote_of_each_row():
     shares = neighbour_shares(sims[0], labels[0], False, 0.05)
     assert np.allclose(m[0], [shares["a"], shares["b"], 0.0])
     assert m[1, 2] == pytest.approx(1 / (1 + np.exp(-0.9 / 0.05))) and m[1, :2].sum() == 0
+    rng = np.random.default_rng(0)  # every row at once equals row by row, for classes and for tags
+    cells = np.array(["a", "b", "c", "z", "", "|a|", "|a|c|", "|b|z|"], dtype=object)
+    sims = rng.uniform(-0.2, 1.0, (50, 7))
+    for multi, pool in ((False, cells[:5]), (True, cells[4:])):
+        labels = rng.choice(pool, (50, 7))
+        labels[0] = ""  # a row without a known voter votes for nothing
+        m = vote_matrix(sims, labels, ["a", "b", "c"], 0.02, multi)
+        for r in range(50):
+            shares = neighbour_shares(sims[r], labels[r], multi, 0.02)
+            assert np.allclose(m[r], [shares.get(c, 0.0) for c in "abc"], atol=1e-6)
 
 
 def test_a_tag_group_votes_per_tag_and_is_tuned_by_its_tags_likelihood():

@@ -24,7 +24,7 @@ from mhtag.data.schema import Attribute, LabelSchema, split_tags
 from mhtag.index.vectors import VectorIndex
 from mhtag.inference.cache import cached_embeddings
 from mhtag.inference.encoder import DEFAULT_BACKBONE, resolve_data_config
-from mhtag.inference.fusion import neighbour_shares
+from mhtag.inference.fusion import TAU_GRID, log_score, vote_matrix
 from mhtag.models.backbones import Backbone, create_backbone
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
 from mhtag.results import AuditResult, DuplicateGroup, Suspect
@@ -42,6 +42,7 @@ class Witnesses:
     head: dict[str, np.ndarray]
     neighbours: dict[str, np.ndarray]
     nearest: np.ndarray  # (rows, SHOWN_NEIGHBOURS) positions of the nearest labelled rows of other folds
+    tau: dict[str, float]  # per attribute, the neighbour vote's temperature
 
 
 def embed_table(table: LabelTable, backbone: Backbone, progress: bool = False) -> np.ndarray:
@@ -61,24 +62,26 @@ def _backbone(model: str | Path | None, name: str, image_size: list[int] | None)
 
 
 def neighbour_witness(vectors: np.ndarray, labels: dict[str, np.ndarray], schema: LabelSchema, fold: np.ndarray,
-                      k: int = 20) -> Witnesses:
-    """Each row's vote from its k nearest rows of the other folds: its own label never votes for it."""
+                      targets: dict[str, np.ndarray], k: int = 20, tau: float | None = None) -> Witnesses:
+    """Each row's vote from its k nearest rows of the other folds: its own label never votes for it. The vote's
+    temperature is `tau`, or where None, per attribute the one of TAU_GRID whose out-of-fold votes give the rows'
+    labels (`targets`) the highest mean log-probability, as the index tunes its fused vote."""
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     index = VectorIndex(unit, np.arange(len(unit)))
-    shares = {a.name: np.zeros((len(unit), a.num_outputs), dtype=np.float32) for a in schema.attributes}
-    nearest = np.full((len(unit), SHOWN_NEIGHBOURS), -1, dtype=np.int64)
+    sims, pos = np.zeros((len(unit), k)), np.full((len(unit), k), -1, dtype=np.int64)
     for f in np.unique(fold):
         held = np.flatnonzero(fold == f)
-        sims, pos = index.search(unit[held], k, rows=fold != f)
-        nearest[held] = pos[:, :SHOWN_NEIGHBOURS]
-        for a in schema.attributes:
-            col = {c: j for j, c in enumerate(a.classes)}
-            for r, i in enumerate(held):
-                keep = pos[r] >= 0
-                for label, share in neighbour_shares(sims[r][keep], labels[a.name][pos[r][keep]], a.multi).items():
-                    if label in col:
-                        shares[a.name][i, col[label]] = share
-    return Witnesses({}, shares, nearest)
+        s, p = index.search(unit[held], k, rows=fold != f)
+        sims[held, :s.shape[1]], pos[held, :p.shape[1]] = s, p
+    shares, taus = {}, {}
+    for a in schema.attributes:
+        voters = np.where(pos >= 0, labels[a.name][np.maximum(pos, 0)], "")
+        votes = {t: vote_matrix(sims, voters, a.classes, t, a.multi) for t in (TAU_GRID if tau is None else [tau])}
+        y = targets[a.name]
+        known = y.sum(1) > 0 if a.multi else y >= 0
+        taus[a.name] = max(votes, key=lambda t: log_score(votes[t][known], y[known]))
+        shares[a.name] = votes[taus[a.name]]
+    return Witnesses({}, shares, pos[:, :SHOWN_NEIGHBOURS], taus)
 
 
 def _stored_labels(frame, a: Attribute) -> np.ndarray:
@@ -114,9 +117,10 @@ def audit_labels(labels: str | Path, images: str | Path | None = None, model: st
                  backbone: str = DEFAULT_BACKBONE, attributes: list[str] | None = None,
                  multilabel: list[str] | tuple = (), ignore: list[str] | tuple = (), folds: int = 5, k: int = 20,
                  near: float = NEAR_DUPLICATE, image_size: list[int] | None = None, epochs: int = 40,
-                 seed: int = 0, progress: bool = False) -> AuditResult:
-    """Suspect labels (sorted by score, highest first), duplicate groups (conflicting and split-crossing first)
-    and a summary. See the module docstring."""
+                 seed: int = 0, vote_tau: float | None = None, progress: bool = False) -> AuditResult:
+    """Suspect labels (sorted by score, highest first), duplicate groups (conflicting and split-crossing first),
+    labels against a hierarchy, and a summary. `vote_tau`: the neighbour vote's temperature (None: tuned per
+    attribute, `neighbour_witness`). See the module docstring."""
     if folds < 2:
         raise MhtagError(f"folds must be at least 2, not {folds}")
     bb, tag_groups = _backbone(model, backbone, image_size)
@@ -134,7 +138,8 @@ def audit_labels(labels: str | Path, images: str | Path | None = None, model: st
     x = embed_table(table, bb, progress)
     targets, _ = schema.encode(frame)
     fold = fold_of(len(frame), folds, seed)
-    witnesses = neighbour_witness(x, {a.name: _stored_labels(frame, a) for a in schema.attributes}, schema, fold, k)
+    witnesses = neighbour_witness(x, {a.name: _stored_labels(frame, a) for a in schema.attributes}, schema, fold,
+                                  targets, k, vote_tau)
     witnesses.head = out_of_fold_probabilities(x, targets, schema, fold, epochs, seed)
     suspects = []
     for a in schema.attributes:
@@ -142,7 +147,7 @@ def audit_labels(labels: str | Path, images: str | Path | None = None, model: st
     suspects.sort(key=lambda s: -s.score)
     duplicates = find_duplicates(table, x, schema.names, near)
     breaks = rule_breaks(frame, [a.name for a in schema.attributes if not a.multi])
-    summary = {"rows": len(frame), "skipped": len(table.skipped), "folds": folds, "k": k,
+    summary = {"rows": len(frame), "skipped": len(table.skipped), "folds": folds, "k": k, "vote_tau": witnesses.tau,
                "near_duplicate_cosine": near, "attributes": schema.names,
                "flagged": {a.name: sum(1 for s in suspects if s.attribute == a.name and s.flagged)
                            for a in schema.attributes},

@@ -33,16 +33,28 @@ def neighbour_shares(sims: np.ndarray, labels: np.ndarray, multi: bool, tau: flo
 
 def vote_matrix(sims: np.ndarray, labels: np.ndarray, classes: list[str], tau: float = NEIGHBOUR_TAU,
                 multi: bool = False) -> np.ndarray:
-    """The vote of every row's neighbours as a rows x classes matrix (a tag group: rows x tags, each tag's share
-    of the vote). `sims` and `labels` are rows x k (a neighbour's label "" where it has none; pad missing
+    """`neighbour_shares` of every row at once, as a rows x classes matrix (a tag group: rows x tags, each tag's
+    share of the vote). `sims` and `labels` are rows x k (a neighbour's label "" where it has none; pad missing
     neighbours with an empty label); votes for a label outside `classes` are dropped."""
+    labels = np.asarray(labels, dtype=object).reshape(np.shape(sims))
+    known = labels != ""
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = np.where(known, sims, -np.inf)
+        top = s.max(1, keepdims=True) if s.shape[1] else np.zeros((len(s), 1))
+        w = np.exp((s - np.where(np.isfinite(top), top, 0.0)) / tau)
+    w /= np.maximum(w.sum(1, keepdims=True), np.finfo(np.float64).tiny)  # a row with no known voter stays 0
+    values, inverse = np.unique(labels, return_inverse=True)
     index = {c: j for j, c in enumerate(classes)}
-    out = np.zeros((len(sims), len(classes)), np.float32)
-    for r in range(len(sims)):
-        for label, share in neighbour_shares(sims[r], labels[r], multi, tau).items():
-            if label in index:
-                out[r, index[label]] = share
-    return out
+    member = np.zeros((len(values), len(classes)))  # label value -> the classes (tags) it votes for
+    for v, value in enumerate(values):
+        for tag in decode_tags(value) if multi else [value] if value else []:
+            if tag in index:
+                member[v, index[tag]] = 1.0
+    inverse = inverse.reshape(labels.shape)
+    out = np.zeros((len(labels), len(classes)))
+    for j in range(labels.shape[1]):
+        out += w[:, j, None] * member[inverse[:, j]]
+    return out.astype(np.float32)
 
 
 def fuse(head: dict[str, float], neighbours: dict[str, float], weight: float) -> dict[str, float]:
