@@ -17,18 +17,14 @@ WEIGHT_GRID = np.linspace(0, 1, 11)
 
 def neighbour_shares(sims: np.ndarray, labels: np.ndarray, multi: bool, tau: float = NEIGHBOUR_TAU
                      ) -> dict[str, float]:
-    """Similarity-weighted vote of the neighbours that carry a label: {label or tag: share in [0, 1]}."""
-    known = labels != ""
-    if not known.any():
+    """Similarity-weighted vote of the neighbours that carry a label: {label or tag: share in [0, 1]}, highest
+    first (equal shares: the label of the nearer neighbour first)."""
+    labels = np.asarray(labels, dtype=object)
+    seen = list(dict.fromkeys(t for v in labels if v for t in (decode_tags(v) if multi else [v])))
+    if not seen:
         return {}
-    s = sims[known]
-    w = np.exp((s - s.max()) / tau)
-    w /= w.sum()
-    shares: dict[str, float] = {}
-    for weight, value in zip(w, labels[known], strict=True):
-        for tag in decode_tags(value) if multi else [value]:
-            shares[tag] = shares.get(tag, 0.0) + float(weight)
-    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+    shares = _votes(np.asarray(sims)[None], labels[None], seen, tau, multi)[0]
+    return dict(sorted(zip(seen, map(float, shares), strict=True), key=lambda kv: -kv[1]))
 
 
 def vote_matrix(sims: np.ndarray, labels: np.ndarray, classes: list[str], tau: float = NEIGHBOUR_TAU,
@@ -36,6 +32,10 @@ def vote_matrix(sims: np.ndarray, labels: np.ndarray, classes: list[str], tau: f
     """`neighbour_shares` of every row at once, as a rows x classes matrix (a tag group: rows x tags, each tag's
     share of the vote). `sims` and `labels` are rows x k (a neighbour's label "" where it has none; pad missing
     neighbours with an empty label); votes for a label outside `classes` are dropped."""
+    return _votes(sims, labels, classes, tau, multi).astype(np.float32)
+
+
+def _votes(sims: np.ndarray, labels: np.ndarray, classes: list[str], tau: float, multi: bool) -> np.ndarray:
     labels = np.asarray(labels, dtype=object).reshape(np.shape(sims))
     known = labels != ""
     with np.errstate(invalid="ignore", over="ignore"):
@@ -54,7 +54,7 @@ def vote_matrix(sims: np.ndarray, labels: np.ndarray, classes: list[str], tau: f
     out = np.zeros((len(labels), len(classes)))
     for j in range(labels.shape[1]):
         out += w[:, j, None] * member[inverse[:, j]]
-    return out.astype(np.float32)
+    return out
 
 
 def fuse(head: dict[str, float], neighbours: dict[str, float], weight: float) -> dict[str, float]:
