@@ -307,18 +307,7 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
         model = tagger_from_checkpoint(state).train()
         data_config, dropped = state["data_config"], state.get("dropped", {})
     else:
-        schema, dropped = LabelSchema.fit(train_df, table.attributes, table.multilabel, cfg.min_count)
-        for name, why in dropped.items():
-            _logger.warning("attribute %r is not a head: %s", name, why)
-        if not schema.attributes:
-            raise MhtagError(f"{labels}: no attribute has two or more classes to learn "
-                             f"({'; '.join(dropped.values())})")
-        backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.checkpoint)
-        data_config = {**resolve_data_config(backbone, cfg.image_size), "tta_flip": _tta_flip(cfg, schema)}
-        if cfg.colour_histogram:
-            data_config[COLOUR_BINS] = cfg.colour_histogram
-        backbone.data_config = data_config
-        model = Tagger(backbone, schema, cfg.head, cfg.head_hidden, cfg.dropout)
+        model, data_config, dropped = _new_model(cfg, labels, data)
     schema = model.schema
     if start is not None:
         _copy_heads(start, model)
@@ -348,7 +337,6 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
     start_epoch = 0
     if state is not None:
         history, start_epoch = _restore(state, optimizer, scheduler)
-    best_score = max((h["score"] for h in history), default=-1.0)
     ema = _make_ema(model, cfg, mode, state)
     shipped = ema.module if ema is not None else model  # what is validated, checkpointed and calibrated
     after_step = None if ema is None else lambda: ema.update(model, step=scheduler.last_epoch)
@@ -362,9 +350,9 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
         atomic_write_json(out / "schema.json", schema.to_dict())
     deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     extra = {"dropped": dropped, "mode": mode}
+    checkpoints = _Checkpoints(out, mode, best_score=max((h["score"] for h in history), default=-1.0))
     interrupted = False
     show = progress and dist.is_main and mode == "finetune"
-    pending, last_written = None, time.monotonic()  # pending: the newest epoch's resumable state, not yet on disk
     try:
         for epoch in range(start_epoch, epochs):
             generator.manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's order, independent of resumes
@@ -383,25 +371,18 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
                 va = validate(_forward(shipped, mode), shipped, val_loader, loss_fn, device, cfg.amp, show,
                               len(val_loader))
                 heads = evaluate_outputs(shipped, va, tune=True)
-                score = mean_macro_f1(heads)
                 history.append({"epoch": epoch, "train_loss": tr.loss, "train_head_losses": tr.head_losses,
                                 "val_loss": va.loss, "val_head_losses": va.head_losses, "heads": heads,
-                                "score": score, "seconds": time.monotonic() - t0})
+                                "score": mean_macro_f1(heads), "seconds": time.monotonic() - t0})
                 _log_epoch(history[-1], epochs, mode)
-                if score > best_score:
-                    best_score = score
-                    save_checkpoint(checkpoint_state(shipped, cfg.to_dict(), data_config, {**extra, "epoch": epoch}),
-                                    out / "best.pt")
+                checkpoints.save_best(history[-1]["score"], checkpoint_state(shipped, cfg.to_dict(), data_config,
+                                                                             {**extra, "epoch": epoch}))
                 last = {**checkpoint_state(model, cfg.to_dict(), data_config, extra), "epoch": epoch,
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": torch.get_rng_state(), "history": list(history)}
                 if ema is not None:
                     last["ema"] = ema.module.state_dict()
-                if time.monotonic() - last_written >= LAST_EVERY_S or epoch == epochs - 1:
-                    _write_last(out, last, mode)
-                    pending, last_written = None, time.monotonic()
-                else:  # a copy only when it is kept: training goes on changing the tensors it refers to
-                    pending = _held_copy(last, mode)
+                checkpoints.save_last(last, final=epoch == epochs - 1)
             stop = _rank0_value(_stop_reason(cfg, history, deadline) if dist.is_main else None, dist)
             if stop:
                 _logger.warning("stopping after epoch %d: %s", epoch + 1, stop)
@@ -413,24 +394,76 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
             else "no checkpoint was saved"
         raise MhtagError(f"{exc}; {kept}. Lower the learning rate or check the inputs") from None
     finally:
-        if pending is not None:  # stopped early, interrupted or failed: the last finished epoch is resumable
-            _write_last(out, pending, mode)
+        checkpoints.flush()  # stopped early, interrupted or failed: the last finished epoch is resumable
     if not (out / "best.pt").exists():
         raise MhtagError("training stopped before the first epoch finished; nothing was saved")
     best = tagger_from_checkpoint(load_checkpoint(out / "best.pt"))
     run = Run(out, best, cfg, data_config, history, table.skipped, dropped, interrupted, kept=mode)
     if dist.is_main and not interrupted:
-        best.to(device)
-        va = validate(_forward(best, mode), best, val_loader, loss_fn, device, cfg.amp)
-        uncalibrated = _calibrate(best, va, out, cfg, data_config, extra)
-        if cfg.report:
-            run.report = write_run_report(out, history, evaluate_outputs(best, va, tune=False), va.probs,
-                                          va.targets, best.schema,
-                                          title=f"mhtag run {out.name} ({mode}, {cfg.backbone})",
-                                          reliability=reliability_curves(best.schema, va.targets,
-                                                                         before=uncalibrated, after=va.probs))
-        best.cpu()
+        run.report = _finish(best, val_loader, loss_fn, device, cfg, out, data_config, extra, history, mode)
     return run
+
+
+def _new_model(cfg: TrainConfig, labels, data: Data) -> tuple[Tagger, dict[str, Any], dict[str, str]]:
+    """A fresh tagger with a head per attribute of the training rows that has something to learn; returns it,
+    its preprocessing and the attributes left out (with why)."""
+    table, train_df, _ = data
+    schema, dropped = LabelSchema.fit(train_df, table.attributes, table.multilabel, cfg.min_count)
+    for name, why in dropped.items():
+        _logger.warning("attribute %r is not a head: %s", name, why)
+    if not schema.attributes:
+        raise MhtagError(f"{labels}: no attribute has two or more classes to learn "
+                         f"({'; '.join(dropped.values())})")
+    backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.checkpoint)
+    data_config = {**resolve_data_config(backbone, cfg.image_size), "tta_flip": _tta_flip(cfg, schema)}
+    if cfg.colour_histogram:
+        data_config[COLOUR_BINS] = cfg.colour_histogram
+    backbone.data_config = data_config
+    return Tagger(backbone, schema, cfg.head, cfg.head_hidden, cfg.dropout), data_config, dropped
+
+
+class _Checkpoints:
+    """best.pt whenever validation improves; last.pt (resumable) and metrics.json at most every LAST_EVERY_S and
+    after the last epoch, the newest epoch's state held in memory in between, so that any stop can still write it."""
+
+    def __init__(self, out: Path, mode: str, best_score: float):
+        self.out, self.mode, self.best_score = out, mode, best_score
+        self.pending: dict[str, Any] | None = None  # the newest epoch's resumable state, not yet on disk
+        self.last_written = time.monotonic()
+
+    def save_best(self, score: float, state: dict[str, Any]) -> None:
+        if score > self.best_score:
+            self.best_score = score
+            save_checkpoint(state, self.out / "best.pt")
+
+    def save_last(self, state: dict[str, Any], final: bool) -> None:
+        if final or time.monotonic() - self.last_written >= LAST_EVERY_S:
+            _write_last(self.out, state, self.mode)
+            self.pending, self.last_written = None, time.monotonic()
+        else:  # a copy only when it is kept: training goes on changing the tensors it refers to
+            self.pending = _held_copy(state, self.mode)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            _write_last(self.out, self.pending, self.mode)
+            self.pending = None
+
+
+def _finish(best: Tagger, val_loader, loss_fn: MultiHeadLoss, device: torch.device, cfg: TrainConfig, out: Path,
+            data_config: dict[str, Any], extra: dict[str, Any], history: list[dict[str, Any]],
+            mode: str) -> Path | None:
+    """Calibrate the best model on the validation rows and write the run's report (its path, if written)."""
+    best.to(device)
+    va = validate(_forward(best, mode), best, val_loader, loss_fn, device, cfg.amp)
+    uncalibrated = _calibrate(best, va, out, cfg, data_config, extra)
+    report = None
+    if cfg.report:
+        report = write_run_report(out, history, evaluate_outputs(best, va, tune=False), va.probs, va.targets,
+                                  best.schema, title=f"mhtag run {out.name} ({mode}, {cfg.backbone})",
+                                  reliability=reliability_curves(best.schema, va.targets, before=uncalibrated,
+                                                                 after=va.probs))
+    best.cpu()
+    return report
 
 
 def _held_copy(state: dict[str, Any], mode: str) -> dict[str, Any]:
