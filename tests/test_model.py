@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mhtag.core.config import TrainConfig
+from mhtag.core.config import TrainConfig, load_config
 from mhtag.core.errors import MhtagError
 from mhtag.data.schema import MISSING, LabelSchema
 from mhtag.models.backbones import create_backbone
@@ -75,10 +75,25 @@ def test_tag_groups_take_their_own_weighting(schema):
 
 
 def test_unknown_head_weight_is_refused(schema):
-    from mhtag.core.errors import MhtagError
-
     with pytest.raises(MhtagError, match="unknown attribute"):
         MultiHeadLoss(schema, head_weights={"colour_typo": 1.0})
+    with pytest.raises(MhtagError, match="head_label_smoothing names unknown attribute"):
+        MultiHeadLoss(schema, head_label_smoothing={"colour_typo": 0.0})
+
+
+def test_a_head_can_keep_its_own_label_smoothing():
+    frame = pd.DataFrame({"colour": ["red", "blue", "green"] * 3, "shape": ["round", "square", "star"] * 3})
+    schema = LabelSchema.fit(frame, ["colour", "shape"], set())[0]
+    loss_fn = MultiHeadLoss(schema, label_smoothing=0.1, head_label_smoothing={"colour": 0.0})
+    logits = {"colour": torch.randn(6, 3), "shape": torch.randn(6, 3)}
+    y = {"colour": torch.tensor([0, 1, 2, 0, 1, 2]), "shape": torch.tensor([2, 1, 0, 0, 1, 2])}
+    _, per_head = loss_fn(logits, y)
+    assert per_head["colour"].item() == pytest.approx(F.cross_entropy(logits["colour"], y["colour"]).item())
+    smoothed = F.cross_entropy(logits["shape"], y["shape"], label_smoothing=0.1)
+    assert per_head["shape"].item() == pytest.approx(smoothed.item())
+    assert smoothed.item() != pytest.approx(F.cross_entropy(logits["shape"], y["shape"]).item())
+    with pytest.raises(MhtagError, match=r"head_label_smoothing\[colour\] must be at least 0 and below 1"):
+        load_config(overrides={"head_label_smoothing": {"colour": 1.0}})
 
 
 def test_finetune_overfits_four_images(schema):

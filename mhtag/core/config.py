@@ -54,6 +54,7 @@ class TrainConfig:
     pos_weights: str = "sqrt"  # tag groups: BCE's pos_weight (negatives / positives per tag)
     class_weight_cap: float = 10.0
     label_smoothing: float = 0.0
+    head_label_smoothing: dict[str, float] = field(default_factory=dict)  # attribute -> its own smoothing
     # knowledge distillation: each training row's target mixes its label with a trained run's (or an ensemble's)
     # calibrated probabilities for that image, `distill` being the teacher's share (0 = labels only)
     teacher: str | None = None
@@ -126,6 +127,9 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     _check_ranges(cfg)
     if not 0 <= cfg.distill <= 1:
         raise MhtagError(f"config key 'distill' must be between 0 and 1, not {cfg.distill}")
+    for attr, value in cfg.head_label_smoothing.items():
+        if not 0 <= value < 1:
+            raise MhtagError(f"head_label_smoothing[{attr}] must be at least 0 and below 1, not {value}")
     for attr, ops in cfg.aug_forbid.items():
         bad = [op for op in ops if op not in AUG_OPS]
         if bad:

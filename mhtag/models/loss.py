@@ -40,21 +40,26 @@ def pos_weights(counts: list[int], total: int, scheme: str, cap: float) -> torch
     return w.clamp(max=cap).float()
 
 
+def _per_head(schema: LabelSchema, key: str, values: dict[str, float] | None, default: float) -> dict[str, float]:
+    """A value per head: `values`' where it names the head, else `default`; a name that is no head is refused."""
+    values = values or {}
+    unknown = set(values) - set(schema.names)
+    if unknown:
+        raise MhtagError(f"{key} names unknown attribute(s) {sorted(unknown)}; heads are {schema.names}")
+    return {a.name: float(values.get(a.name, default)) for a in schema.attributes}
+
+
 class MultiHeadLoss(nn.Module):
     """Total = sum over heads of weight * loss. Rows with a blank or unknown label are left out of that head.
     A head whose targets include `soft_key(name)` learns those probabilities instead of the one-hot labels."""
 
     def __init__(self, schema: LabelSchema, head_weights: dict[str, float] | None = None,
                  weighting: str = "none", cap: float = 10.0, label_smoothing: float = 0.0, n_train: int = 0,
-                 tag_weighting: str = "sqrt"):
+                 tag_weighting: str = "sqrt", head_label_smoothing: dict[str, float] | None = None):
         super().__init__()
-        head_weights = head_weights or {}
-        unknown = set(head_weights) - set(schema.names)
-        if unknown:
-            raise MhtagError(f"head_weights names unknown attribute(s) {sorted(unknown)}; heads are {schema.names}")
         self.schema = schema
-        self.head_weights = {a.name: float(head_weights.get(a.name, 1.0)) for a in schema.attributes}
-        self.label_smoothing = label_smoothing
+        self.head_weights = _per_head(schema, "head_weights", head_weights, 1.0)
+        self.label_smoothing = _per_head(schema, "head_label_smoothing", head_label_smoothing, label_smoothing)
         for a in schema.attributes:
             w = self._weights(a, tag_weighting if a.multi else weighting, cap, n_train)
             self.register_buffer(f"w_{a.name}", w if w is not None else torch.empty(0), persistent=False)
@@ -81,10 +86,10 @@ class MultiHeadLoss(nn.Module):
                 continue
             if soft is None:
                 per_head[a.name] = F.cross_entropy(out, y.clamp(min=-1), weight=w, ignore_index=-1,
-                                                   label_smoothing=self.label_smoothing)
+                                                   label_smoothing=self.label_smoothing[a.name])
             else:
                 per_head[a.name] = F.cross_entropy(out[known], soft[known].float(), weight=w,
-                                                   label_smoothing=self.label_smoothing)
+                                                   label_smoothing=self.label_smoothing[a.name])
         if not per_head:
             raise MhtagError("a batch had no usable label for any head")
         total = sum(self.head_weights[k] * v for k, v in per_head.items())

@@ -318,7 +318,8 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
         y_train = {**y_train, **teacher_targets(cfg.teacher, cfg.distill, schema, train_df[FILE].tolist(), y_train,
                                                 cfg.batch_size, device, cfg.num_workers, progress and dist.is_main)}
     loss_fn = MultiHeadLoss(schema, cfg.head_weights, cfg.class_weights, cfg.class_weight_cap,
-                            cfg.label_smoothing, n_train=len(train_df), tag_weighting=cfg.pos_weights).to(device)
+                            cfg.label_smoothing, n_train=len(train_df), tag_weighting=cfg.pos_weights,
+                            head_label_smoothing=cfg.head_label_smoothing).to(device)
     epochs = cfg.probe_epochs if mode == "probe" else cfg.epochs
     generator = torch.Generator()
     train_loader, val_loader = make_loaders(model, cfg, mode, train_df, val_df, y_train, y_val, data_config,
