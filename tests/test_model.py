@@ -79,6 +79,8 @@ def test_unknown_head_weight_is_refused(schema):
         MultiHeadLoss(schema, head_weights={"colour_typo": 1.0})
     with pytest.raises(MhtagError, match="head_label_smoothing names unknown attribute"):
         MultiHeadLoss(schema, head_label_smoothing={"colour_typo": 0.0})
+    with pytest.raises(MhtagError, match=r"names tag group\(s\) \['tags'\]"):
+        MultiHeadLoss(schema, head_label_smoothing={"tags": 0.1})
 
 
 def test_a_head_can_keep_its_own_label_smoothing():

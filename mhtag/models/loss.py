@@ -60,6 +60,10 @@ class MultiHeadLoss(nn.Module):
         self.schema = schema
         self.head_weights = _per_head(schema, "head_weights", head_weights, 1.0)
         self.label_smoothing = _per_head(schema, "head_label_smoothing", head_label_smoothing, label_smoothing)
+        tags = sorted(set(head_label_smoothing or {}) & {a.name for a in schema.attributes if a.multi})
+        if tags:
+            raise MhtagError(f"head_label_smoothing names tag group(s) {tags}; label smoothing is for single-label "
+                             "heads (a tag group's loss is per-tag BCE)")
         for a in schema.attributes:
             w = self._weights(a, tag_weighting if a.multi else weighting, cap, n_train)
             self.register_buffer(f"w_{a.name}", w if w is not None else torch.empty(0), persistent=False)
