@@ -78,7 +78,7 @@ def neighbour_witness(vectors: np.ndarray, labels: dict[str, np.ndarray], schema
         voters = np.where(pos >= 0, labels[a.name][np.maximum(pos, 0)], "")
         votes = {t: vote_matrix(sims, voters, a.classes, t, a.multi) for t in (TAU_GRID if tau is None else [tau])}
         y = targets[a.name]
-        known = y.sum(1) > 0 if a.multi else y >= 0
+        known = _labelled(y, a.multi)
         taus[a.name] = max(votes, key=lambda t: log_score(votes[t][known], y[known]))
         shares[a.name] = votes[taus[a.name]]
     return Witnesses({}, shares, pos[:, :SHOWN_NEIGHBOURS], taus)
@@ -167,9 +167,14 @@ def _chosen(table: LabelTable, attributes: list[str] | None) -> list[str]:
     return list(attributes)
 
 
+def _labelled(y: np.ndarray, multi: bool) -> np.ndarray:
+    """Rows that carry a label to judge: a known class, or for a tag group at least one tag."""
+    return y.sum(1) > 0 if multi else y >= 0
+
+
 def _suspects(a: Attribute, frame, y: np.ndarray, w: Witnesses) -> list[Suspect]:
     head, nbr = w.head[a.name], w.neighbours[a.name]
-    rows = np.flatnonzero(y.sum(1) > 0 if a.multi else y >= 0)
+    rows = np.flatnonzero(_labelled(y, a.multi))
     score, flagged, suggested = score_attribute(a, y[rows], head[rows], nbr[rows])
     paths = frame["path"].to_numpy()
     out = []
