@@ -46,7 +46,8 @@ class SearchHit(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     id: RowId
-    path: str
+    path: str = Field(description="the file (in API answers: under the indexed folder, as `rel`)")
+    rel: str = Field("", description="the file's path under the folder it was indexed from")
     score: float
 
 
@@ -129,6 +130,7 @@ class Attributes(BaseModel):
 class RowDetail(BaseModel):
     id: RowId
     path: str
+    rel: str = ""
     size: int
     width: int
     height: int

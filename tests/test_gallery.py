@@ -5,6 +5,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,18 +15,17 @@ SHOTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 
 
-@pytest.fixture
-def server(indexed):
+@contextmanager
+def serving(settings):
+    """A real uvicorn on a free localhost port, in a thread."""
     import uvicorn
 
     from mhtag.server.app import create_app
-    from mhtag.server.service import Settings
 
-    db, _ = indexed
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(Settings(db=db)), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -35,6 +35,14 @@ def server(indexed):
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture
+def server(indexed):
+    from mhtag.server.service import Settings
+
+    with serving(Settings(db=indexed[0])) as url:
+        yield url
 
 
 @pytest.fixture
@@ -91,3 +99,21 @@ def test_gallery_filters_reranks_and_shows_details(server, page, demo):
     page.goto(server + "/?colour=red&shape=circle")  # a bookmarked view restores its filters
     page.wait_for_selector(".card, #matched:has-text('0 matched')")
     assert page.is_checked("input[data-attribute='shape'][data-value='circle']")
+
+
+def test_a_private_gallery_asks_for_the_key_once(indexed, page, tmp_path):
+    from mhtag.server.service import Settings
+
+    key = tmp_path / "key"
+    key.write_text("s" * 32)
+    with serving(Settings(db=indexed[0], api_key_file=key, private=True)) as url:
+        page.goto(url + "/")
+        page.wait_for_selector("#key-dialog[open]")
+        assert page.locator(".card").count() == 0
+        page.fill("#key-input", "s" * 32)
+        page.click("#key-form button")
+        page.wait_for_selector(".card")
+        assert page.locator(".card").count() == 40
+        page.wait_for_load_state("networkidle")
+        loaded = page.evaluate("[...document.querySelectorAll('.card img')].filter(i => i.naturalWidth > 0).length")
+        assert loaded > 0  # thumbnails, fetched by the page itself with the key's cookie

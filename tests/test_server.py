@@ -4,6 +4,7 @@ request gets a 4xx JSON error while the server keeps serving."""
 import io
 import json
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from mhtag.server.app import create_app
 from mhtag.server.service import Settings
 
 KEY = "k" * 32
+LOCAL = "http://localhost"  # a loopback-bound server answers loopback Host names only
 
 
 @pytest.fixture
@@ -24,8 +26,16 @@ def served(indexed, tmp_path):
     db, _ = indexed
     key = tmp_path / "key"
     key.write_text(KEY)
-    client = TestClient(create_app(Settings(db=db, api_key_file=key, max_upload_bytes=200_000)))
+    client = TestClient(create_app(Settings(db=db, api_key_file=key, max_upload_bytes=200_000)), base_url=LOCAL)
     return client, db
+
+
+def as_served(result) -> dict:
+    """A library search result as the API sends it: paths under the indexed folder."""
+    body = json.loads(result.model_dump_json())
+    for hit in body["results"]:
+        hit["path"] = hit["rel"]
+    return body
 
 
 def _png(img=None) -> bytes:
@@ -55,7 +65,7 @@ def test_search_equals_the_library_and_pages_cover_every_row_once(served):
     body = {"filters": {"colour": ["red", "blue"]}, "source": "label", "limit": 7}
     first = client.post("/api/search", json=body).json()
     lib = search(db, {"colour": ["red", "blue"]}, source="label", limit=7, facets=True)
-    assert first == json.loads(lib.model_dump_json())
+    assert first == as_served(lib)
     seen = []
     for offset in range(0, first["matched"] + 7, 7):
         page = client.post("/api/search", json={**body, "offset": offset}).json()
@@ -74,7 +84,7 @@ def test_export_downloads_every_matched_row_as_the_library_writes_it(served, tmp
     r = client.post("/api/export", json=body)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert 'filename="mhtag-export.csv"' in r.headers["content-disposition"]
-    lib = export_index(tmp_path / "lib.csv", db, body["filters"], source="label")
+    lib = export_index(tmp_path / "lib.csv", db, body["filters"], source="label", relative_paths=True)
     assert r.content == (tmp_path / "lib.csv").read_bytes() and lib.rows == search(db, body["filters"],
                                                                                    source="label").matched
     lines = client.post("/api/export", json={"format": "jsonl"}).text.splitlines()
@@ -112,14 +122,15 @@ def test_predict_answers_what_the_library_answers(served, demo, tmp_path):
         assert np.allclose([x[1] for x in api[name]["head"]], [x[1] for x in lib[name]["head"]], atol=2e-3)
 
 
-def test_row_detail_and_images(served):
+def test_row_detail_and_images(served, demo):
     client, db = served
     rid = client.post("/api/search", json={"limit": 1}).json()["results"][0]["id"]
     row = client.get(f"/api/rows/{rid}").json()
     assert row["id"] == rid and set(row["attributes"]["colour"]) == {"head", "neighbours", "fused", "agree"}
     assert row["labels"]["colour"] in {"red", "green", "blue", "yellow"}
     original = client.get(f"/api/images/{rid}")
-    assert original.status_code == 200 and original.content == open(row["path"], "rb").read()
+    assert row["path"] == row["rel"] == "images/" + Path(row["path"]).name  # no server path in an answer
+    assert original.status_code == 200 and original.content == (demo.parent / row["rel"]).read_bytes()
     thumb = client.get(f"/api/images/{rid}/thumb")
     assert thumb.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
@@ -180,7 +191,7 @@ def test_writes_need_the_key_and_the_same_image_twice_is_one_row(served):
 
 def test_without_a_key_file_writes_are_refused(indexed):
     db, _ = indexed
-    client = TestClient(create_app(Settings(db=db)))
+    client = TestClient(create_app(Settings(db=db)), base_url=LOCAL)
     assert "disabled" in _error(client.post("/api/images", files={"image": ("a.png", _png())}), 403)
 
 
@@ -218,11 +229,11 @@ def test_worker_processes_build_the_same_app_from_the_environment(indexed, tmp_p
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)
     assert Settings.from_env() == settings
-    client = TestClient(create_app_from_env())
+    client = TestClient(create_app_from_env(), base_url=LOCAL)
     rid = search(db, limit=1).results[0].id
     body = {"filters": {"colour": ["red"]}, "like_id": rid, "limit": 5, "facets": False}
     assert client.post("/api/search", json=body).json() == \
-        json.loads(search(db, {"colour": ["red"]}, like_id=rid, limit=5).model_dump_json())
+        as_served(search(db, {"colour": ["red"]}, like_id=rid, limit=5))
     assert client.app.state.service.api_key == KEY
 
 
@@ -255,7 +266,7 @@ def test_serve_with_two_workers_answers_like_the_library(indexed):
             except httpx.HTTPError:
                 time.sleep(0.3)
         rid = search(db, limit=1).results[0].id
-        expected = json.loads(search(db, {"shape": ["circle"]}, like_id=rid, limit=7).model_dump_json())
+        expected = as_served(search(db, {"shape": ["circle"]}, like_id=rid, limit=7))
         for _ in range(20):  # several connections: both workers answer some of them
             got = httpx.post(url + "/api/search", json={"filters": {"shape": ["circle"]}, "like_id": rid,
                                                          "limit": 7, "facets": False}, timeout=30)

@@ -155,5 +155,13 @@ def main() -> None:
             raise
         exc.show()
         sys.exit(getattr(exc, "exit_code", 2))
+    except OSError as exc:  # a full disk or a read-only folder outside an index (the cache, a report, an export)
+        from mhtag.index.guard import storage_message
+
+        message = storage_message(exc, exc.filename or "the output")
+        if message is None or _debug:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(1)
     if isinstance(code, int) and code:
         sys.exit(code)

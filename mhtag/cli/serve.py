@@ -19,6 +19,8 @@ def serve(db: Db = None,
           port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
           api_key_file: Annotated[Optional[Path], typer.Option(help="file holding the key that writes need; "
                                                                     "without one, writes are refused")] = None,
+          private: Annotated[bool, typer.Option("--private", help="reads need the key too (the gallery asks for "
+                                                                  "it once)")] = False,
           max_upload_mb: Annotated[float, typer.Option(min=0.001, help="largest accepted upload")] = 20.0,
           workers: Annotated[int, typer.Option(min=1, help="server processes, each with its own copy of the "
                                                           "index in memory: up to one per core")] = 1) -> None:
@@ -30,9 +32,13 @@ def serve(db: Db = None,
     from mhtag.server.app import Settings, create_app
     from mhtag.server.service import check_settings
 
-    settings = Settings(db=db or DEFAULT_DB, model=model, api_key_file=api_key_file,
+    settings = Settings(db=db or DEFAULT_DB, model=model, api_key_file=api_key_file, private=private, host=host,
                         max_upload_bytes=int(max_upload_mb * 1024 * 1024), threads=threads_option())
     check_settings(settings)  # a bad index or key file fails here, in one line, before any worker starts
+    if not settings.loopback and not private:
+        typer.echo(f"warning: {host} is reachable from other machines, and anyone who reaches it can search, view "
+                   "and export every image; add --private (with --api-key-file) to require the key for reads",
+                   err=True)
     typer.echo(f"serving {settings.db} at http://{host}:{port}/ with {workers} worker(s) (API docs: /docs)",
                err=True)
     if workers == 1:

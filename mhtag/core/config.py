@@ -122,8 +122,11 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     for key in ("class_weights", "pos_weights"):
         if getattr(cfg, key) not in WEIGHTINGS:
             raise MhtagError(f"{key} must be {', '.join(WEIGHTINGS)}, not {getattr(cfg, key)!r}")
-    if cfg.image_size is not None and (len(cfg.image_size) != 2 or min(cfg.image_size) < 8):
-        raise MhtagError(f"image_size must be [height, width] of at least 8 px, not {cfg.image_size}")
+    _check_image_size(cfg)
+    for key in ("head_weights", "head_label_smoothing"):
+        for attr, value in getattr(cfg, key).items():
+            if not math.isfinite(value) or value < 0:
+                raise MhtagError(f"{key}[{attr}] must be a finite number of at least 0, not {value}")
     _check_ranges(cfg)
     if not 0 <= cfg.distill <= 1:
         raise MhtagError(f"config key 'distill' must be between 0 and 1, not {cfg.distill}")
@@ -137,10 +140,28 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+# Safety bounds, so that one config cannot take the machine down: training activations take about 0.6 kB per input
+# pixel on EfficientNet-Lite0, so 2^24 pixels a batch (256 images of 256x256, 64 of 512x512) is about 10 GB.
+MAX_IMAGE_SIDE = 2048
+MAX_BATCH_PIXELS = 2**24
+
+
+def _check_image_size(cfg: TrainConfig) -> None:
+    if cfg.image_size is None:
+        return
+    if len(cfg.image_size) != 2 or not all(8 <= side <= MAX_IMAGE_SIDE for side in cfg.image_size):
+        raise MhtagError(f"image_size must be [height, width], each side 8 to {MAX_IMAGE_SIDE} px, "
+                         f"not {cfg.image_size}")
+    h, w = cfg.image_size
+    if cfg.batch_size * h * w > MAX_BATCH_PIXELS:  # the backbones' own sizes (224-260 px) stay under it
+        raise MhtagError(f"batch_size {cfg.batch_size} of {h}x{w} images is {cfg.batch_size * h * w:,} pixels a "
+                         f"batch, over {MAX_BATCH_PIXELS:,}; lower batch_size or image_size")
+
+
 # key -> (lowest allowed, lowest is allowed, highest allowed or None)
 _RANGES = {
-    "epochs": (1, True, None), "probe_epochs": (1, True, None), "batch_size": (1, True, None),
-    "head_hidden": (1, True, None), "min_count": (0, True, None), "lr": (0, False, None),
+    "epochs": (1, True, None), "probe_epochs": (1, True, None), "batch_size": (1, True, 4097),
+    "head_hidden": (1, True, 65537), "min_count": (0, True, None), "lr": (0, False, None),
     "probe_lr": (0, False, None), "backbone_lr_mult": (0, True, None), "weight_decay": (0, True, None),
     "dropout": (0, True, 1), "label_smoothing": (0, True, 1), "class_weight_cap": (0, False, None),
     "max_minutes": (0, False, None), "patience": (1, True, None), "ema": (0, False, 1),

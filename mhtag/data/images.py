@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import stat
 import time
 import warnings
 from collections.abc import Iterator
@@ -20,9 +22,12 @@ from mhtag.core.errors import ImageError, MhtagError
 from mhtag.core.io import atomic_write_text, cache_dir
 from mhtag.core.progress import progress_bar
 
+_logger = logging.getLogger(__name__)
+
 # What a folder walk picks up. A file named explicitly is tried whatever its extension.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_PIXELS = 64_000_000  # larger images are refused as possible decompression bombs
+MAX_FILE_BYTES = 256 * 1024 * 1024  # larger files are refused before they are read (a 64 Mpx RGB TIFF is 192 MB)
 
 
 def is_image_name(path: str | Path) -> bool:
@@ -73,16 +78,52 @@ def decode_image(data: bytes, name: str | Path = "<upload>", draft_size: tuple[i
         raise ImageError(name, f"corrupt or truncated image ({exc})") from exc
 
 
-def read_image_bytes(path: str | Path) -> bytes:
+def read_image_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`, or an `ImageError` saying why not. Opened without
+    blocking and checked before anything is read, so a FIFO cannot hang the caller and a device such as
+    /dev/zero cannot fill its memory."""
     path = Path(path)
-    if path.is_dir():
-        raise ImageError(path, "is a directory, not an image file")
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError as exc:
-        raise ImageError(path, "file not found") from exc
+        reason = "dangling symlink (its target does not exist)" if path.is_symlink() else "file not found"
+        raise ImageError(path, reason) from exc
+    except IsADirectoryError as exc:
+        raise ImageError(path, "is a directory, not an image file") from exc
     except OSError as exc:
         raise ImageError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(path, "is a directory, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(path, "not a regular file (a device, FIFO or socket)")
+        if st.st_size > max_bytes:
+            raise ImageError(path, f"{st.st_size:,} bytes is over the {max_bytes:,} byte limit")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise ImageError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew while being read
+        raise ImageError(path, f"over the {max_bytes:,} byte limit")
+    return data
+
+
+def image_header(data: bytes, name: str | Path = "<upload>") -> tuple[int, int]:
+    """(width, height) from the encoded header alone, nothing decoded: what a pixel budget is checked on."""
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return img.width, img.height
+    except UnidentifiedImageError as exc:
+        raise ImageError(name, "not an image (unrecognised format)") from exc
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(name, f"corrupt or truncated image ({exc})") from exc
 
 
 def load_image(path: str | Path, draft_size: tuple[int, int] | None = None,
@@ -159,7 +200,7 @@ def check_image_files(paths: list[str], workers: int = 4, progress: bool = False
                 known[paths[i]] = [*stats[i], info.error, info.sha1 or None]
         done += len(infos)
         if time.monotonic() - saved > CHECK_SAVE_S or done == len(todo):
-            atomic_write_text(store, json.dumps(known))
+            _save_checks(store, known)
             saved = time.monotonic()
     return [fresh[i] if i in fresh else FileCheck(*known[p][2:]) for i, p in enumerate(paths)]
 
@@ -174,8 +215,16 @@ def forget_vanished_checks() -> int:
     store, known = _read_checks()
     kept = {path: entry for path, entry in known.items() if os.path.exists(path)}
     if len(kept) < len(known):
-        atomic_write_text(store, json.dumps(kept))
+        _save_checks(store, kept)
     return len(known) - len(kept)
+
+
+def _save_checks(store: Path, known: dict[str, list]) -> None:
+    """The verdicts are a cache: a full or read-only disk costs the next run a re-check, not this run."""
+    try:
+        atomic_write_text(store, json.dumps(known))
+    except OSError as exc:
+        _logger.warning("image checks not saved to %s (%s)", store, exc.strerror or exc)
 
 
 def _read_checks() -> tuple[Path, dict[str, list]]:
@@ -237,5 +286,16 @@ def _walk_folder(root: Path, out: Walk) -> None:
             on_path[full] = ancestors | {real}
             keep.append(d)
         dirs[:] = keep
-        found += [Path(folder, f) for f in files if is_image_name(f) and os.path.isfile(os.path.join(folder, f))]
+        for f in filter(is_image_name, files):
+            full = os.path.join(folder, f)
+            if os.path.isfile(full):
+                found.append(Path(full))
+            else:
+                out.problems.append((full, _not_a_file(full)))
     out.files += sorted(found)
+
+
+def _not_a_file(path: str) -> str:
+    if os.path.islink(path) and not os.path.exists(path):
+        return "dangling symlink (its target does not exist)"
+    return "not a regular file (a device, FIFO or socket)"

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from mhtag.data.schema import check_distinct_columns, is_blank
 _logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+MAX_ATTRIBUTES = 1000  # heads one labels CSV may define
+MAX_HEADER_CHARS = 1 << 20  # the header line is read at most this far when the delimiter is detected
 # Columns of `LabelTable.frame` that mhtag adds; dunder names so that no user column is shadowed.
 FILE, ROW = "__file__", "__row__"
 
@@ -67,17 +70,29 @@ def _is_free_text(col: pd.Series) -> bool:
     return len(values) >= 20 and values.nunique() > 0.5 * len(values)
 
 
-def _delimiter(csv_path: Path) -> str:
-    """`,` unless the header has no `path` column that way but does with `;` or a tab."""
+def _header(csv_path: Path) -> tuple[str, list[str]]:
+    """The delimiter (`,` unless the header has no `path` column that way but does with `;` or a tab) and the
+    header's column names. A repeated name is refused: pandas would rename it (`shape.1`), a silent second head."""
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            header = fh.readline()
+            line = fh.readline(MAX_HEADER_CHARS)
     except UnicodeDecodeError as exc:
         raise MhtagError(f"{csv_path}: not a UTF-8 text file ({exc.reason})") from exc
-    for sep in (",", ";", "\t"):
-        if "path" in [c.strip() for c in next(csv.reader([header], delimiter=sep), [])]:
-            return sep
-    return ","
+    sep, columns = ",", []
+    try:
+        for candidate in (",", ";", "\t"):
+            columns = [c.strip() for c in next(csv.reader([line], delimiter=candidate), [])]
+            if "path" in columns:
+                sep = candidate
+                break
+        else:
+            columns = [c.strip() for c in next(csv.reader([line]), [])]
+    except csv.Error as exc:
+        raise MhtagError(f"{csv_path}: cannot parse the header ({exc})") from exc
+    repeated = sorted(c for c, n in Counter(columns).items() if n > 1)
+    if repeated:
+        raise MhtagError(f"{csv_path}: the header names column {repeated[0]!r} more than once; rename or remove one")
+    return sep, columns
 
 
 def read_csv_frame(csv_path: str | Path) -> pd.DataFrame:
@@ -87,8 +102,9 @@ def read_csv_frame(csv_path: str | Path) -> pd.DataFrame:
         raise MhtagError(f"labels file {csv_path} does not exist" if not csv_path.exists()
                          else f"labels file {csv_path} is not a file")
     try:
+        sep, _ = _header(csv_path)
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=True,
-                         sep=_delimiter(csv_path), encoding="utf-8-sig")
+                         sep=sep, encoding="utf-8-sig")
     except pd.errors.EmptyDataError as exc:
         raise MhtagError(f"{csv_path}: the file is empty (expected a header with a 'path' column)") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -146,6 +162,9 @@ def read_labels(csv_path: str | Path, images_root: str | Path | None = None, mul
     if text:
         _logger.info("treating free-text column(s) %s as text, not heads", ", ".join(text))
     attributes = [c for c in candidates if c not in text]
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise MhtagError(f"{csv_path}: {len(attributes)} attribute columns; mhtag learns at most {MAX_ATTRIBUTES} "
+                         "heads from one CSV. Keep the columns to learn, or name the others with --ignore")
     if not attributes:
         raise MhtagError(f"{csv_path}: no attribute columns besides path/split (columns: {', '.join(df.columns)})")
     check_distinct_columns(attributes, str(csv_path))

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from mhtag.core.errors import MhtagError
 from mhtag.index.columns import PROBS, StoredAttribute
 from mhtag.index.filters import Source, source_term
+from mhtag.index.guard import guard_index
 from mhtag.index.meta import IndexMeta
 from mhtag.index.store import open_table
 
@@ -159,6 +160,7 @@ def facets(db: Path, meta: IndexMeta, where: str | None, top: int) -> dict[str, 
     return out
 
 
+@guard_index
 def build_ann(db: str | Path, meta: IndexMeta, partitions: int | None = None) -> AnnReport:
     """Create (or refresh, after bulk appends) the vector and scalar indexes LanceDB searches with."""
     from lancedb.index import Bitmap, BTree, IvfPq

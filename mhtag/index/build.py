@@ -29,10 +29,12 @@ from mhtag.data.images import decode_image, walk_images
 from mhtag.data.labels import absolute, read_csv_frame, read_labels
 from mhtag.data.schema import AttributeKind, check_distinct_columns, encode_tags, is_blank, split_tags
 from mhtag.index.columns import StoredAttribute, arrow_schema, rid_for
+from mhtag.index.guard import guard_index
+from mhtag.index.labels import CheckedLabels, checked_labels
 from mhtag.index.meta import IndexMeta, read_meta, write_meta
 from mhtag.index.neighbours import calibrate_fusion
 from mhtag.index.predict import check_compatible
-from mhtag.index.rows import KnownLabels, Plan, Written, known_columns, row_of
+from mhtag.index.rows import KnownLabels, Plan, Written, label_columns, row_of
 from mhtag.index.store import DEFAULT_DB, drop_table, open_table, read_columns, writer_lock
 from mhtag.inference.encoder import DEFAULT_BACKBONE, Batch, Encoder, load_encoder
 from mhtag.results import Added, Deleted, Failure, IndexReport
@@ -84,14 +86,16 @@ def _build_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, 
         for a in enc.tagger.schema.attributes:
             attrs[a.name] = StoredAttribute(a.name, a.kind, list(a.classes), has_head=True)
     previous = {a.name: a for a in old.attributes} if old else {}
-    label_kinds = known.kinds if known else {n: a.kind for n, a in previous.items() if a.has_labels}
+    # labels the index holds stay, whatever this run's CSV names; its new columns are added
+    label_kinds = {n: a.kind for n, a in previous.items() if a.has_labels} | (known.kinds if known else {})
     for name, kind in label_kinds.items():
         a = attrs.setdefault(name, StoredAttribute(name, kind))
         a.has_labels = True
         seen = set(previous[name].label_values) if name in previous else set()
         if known:
             for row in known.by_rel.values():
-                seen.update(split_tags(row[name]) if a.multi else [row[name]] if row[name] else [])
+                value = row.get(name, "")
+                seen.update(split_tags(value) if a.multi else [value] if value else [])
         a.label_values = sorted(seen)
     check_distinct_columns(list(attrs), "index")
     return IndexMeta(enc.model_id, enc.model_path, enc.backbone, enc.dim, enc.data_config,
@@ -117,11 +121,10 @@ def make_plan(table, root: Path, meta: IndexMeta, known: KnownLabels | None, ver
     """Compare the walk of `root` with the table's rows from `root` (other folders' rows are left alone);
     with `only`, just those relative paths (and nothing counts as vanished)."""
     walk = walk_images([root])
-    for path, reason in walk.problems:
-        _logger.warning("%s: %s", path, reason)
     files = {f.relative_to(root).as_posix(): f for f in walk.files}
     plan = Plan(files if only is None else {rel: f for rel, f in files.items() if rel in only})
-    label_cols = [a.label for a in meta.attributes if a.has_labels] if known else []
+    plan.problems = [Failure(path=path, reason=reason) for path, reason in walk.problems]
+    label_cols = [a.label for a in meta.attributes if a.has_labels and a.label in table.schema.names]
     prefix = str(absolute(root)).rstrip("/") + "/"
     existing = read_columns(table, ["rid", "id", "rel", "path", "size", "mtime_ns", "split", *label_cols]
                             ).to_pylist()
@@ -131,6 +134,7 @@ def make_plan(table, root: Path, meta: IndexMeta, known: KnownLabels | None, ver
         same, fresh = (False, None) if old is None else _compare(old, path, meta, known, rel, verify)
         if not same:
             plan.todo.append(rel)
+            plan.columns[rel] = label_columns(rel, meta, known, old)
             if old is not None:
                 plan.changed.append(old["rid"])
         elif fresh:
@@ -152,8 +156,9 @@ def _compare(old: dict[str, Any], path: Path, meta: IndexMeta, known: KnownLabel
     touched = old["mtime_ns"] != st.st_mtime_ns
     if (touched or verify) and _sha1_file(path) != old["id"]:
         return False, None
-    now = {"mtime_ns": st.st_mtime_ns, **(known_columns(rel, meta, known) if known is not None else {})}
-    return True, now if any(old[k] != v for k, v in now.items()) else None
+    kept = {k: v for k, v in old.items() if k == "split" or k.startswith("label_")}
+    now = {"mtime_ns": st.st_mtime_ns, **kept, **(known.given(rel, meta) if known is not None else {})}
+    return True, now if any(old.get(k) != v for k, v in now.items()) else None
 
 
 def _refresh(table, rows: list[dict[str, Any]]) -> None:
@@ -194,7 +199,7 @@ def write_shard(table, plan: Plan, todo: list[str], meta: IndexMeta, enc: Encode
     for batch in enc.encode_files(paths, batch_size, workers, progress, "indexing"):
         written.failed += [Failure(path=paths[i], reason=reason) for i, reason in batch.failed]
         buffer += [row_of(todo[i], plan.files[todo[i]], batch.facts[r], batch.embeddings[r], batch.probs, r, meta,
-                          thresholds, known) for r, i in enumerate(batch.ok)]
+                          thresholds, plan.columns[todo[i]]) for r, i in enumerate(batch.ok)]
         if len(buffer) >= commit_every:
             commit()
     if buffer:
@@ -225,6 +230,7 @@ def _broadcast(plan: Plan | None) -> Plan:
 # ---------------------------------------------------------------- the run
 
 
+@guard_index
 def index_images(root: str | Path, db: str | Path = DEFAULT_DB, model: str | Path | None = None,
                  labels: str | Path | None = None, multilabel: list[str] | tuple = (), rebuild: bool = False,
                  prune: bool = False, batch_size: int = 64, commit_every: int = 512, workers: int | None = None,
@@ -247,6 +253,7 @@ def index_images(root: str | Path, db: str | Path = DEFAULT_DB, model: str | Pat
     return report
 
 
+@guard_index
 def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, rebuild: bool = False,
                 prune: bool = False, batch_size: int = 64, commit_every: int = 512, workers: int | None = None,
                 progress: bool = False, verify: bool = False, tune_fusion: bool = True,
@@ -271,6 +278,7 @@ def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, r
                 drop_table(db)
             write_meta(db, meta)
             table = open_table(db, meta, create=True)
+            _add_label_columns(table, meta)
             plan = make_plan(table, root, meta, known, verify, only)
             _delete(table, plan.changed)
             _refresh(table, plan.refreshed)
@@ -282,13 +290,13 @@ def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, r
         if engine == "ray":
             from mhtag.index.raydata import write_with_ray
 
-            written = write_with_ray(db, plan, meta, known, batch_size, commit_every, progress=progress)
+            written = write_with_ray(db, plan, meta, batch_size, commit_every, progress=progress)
         else:
             written = write_shard(table, plan, plan.todo[dist.rank::dist.world_size], meta, enc, known, batch_size,
                                   commit_every, workers, progress and dist.is_main)
             written = _gather(written, dist)
-    report.added, report.updated, report.failed, report.ids = written.new, written.changed, written.failed, \
-        written.rids
+    report.added, report.updated, report.ids = written.new, written.changed, written.rids
+    report.failed = plan.problems + written.failed
     report.unchanged, report.refreshed = plan.unchanged, len(plan.refreshed)
     report.pruned = len(plan.vanished) if prune else 0
     report.vanished = 0 if prune else len(plan.vanished)
@@ -300,11 +308,20 @@ def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, r
 
 
 def _check_label_columns(old: IndexMeta, new: IndexMeta, db: Path) -> None:
-    was = {a.name: str(a.kind) for a in old.attributes if a.has_labels}
-    now = {a.name: str(a.kind) for a in new.attributes if a.has_labels}
-    if was and now != was:
-        raise MhtagError(f"index {db} holds known labels {was}; these labels have {now}. Use the same label "
-                         "columns, or --rebuild")
+    """A label column keeps its kind: tags stay tags, single labels single."""
+    was = {a.name: a.kind for a in old.attributes if a.has_labels}
+    for a in new.attributes:
+        if a.has_labels and a.name in was and was[a.name] is not a.kind:
+            raise MhtagError(f"index {db} holds {a.name} labels as {was[a.name]}-label; these labels make it "
+                             f"{a.kind}-label. Keep its kind (--multilabel), or --rebuild")
+
+
+def _add_label_columns(table, meta: IndexMeta) -> None:
+    """Label columns that the table lacks (labels given for the first time to an index), added empty."""
+    missing = [a.label for a in meta.attributes if a.has_labels and a.label not in table.schema.names]
+    if missing:
+        table.add_columns(pa.schema([pa.field(name, pa.string()) for name in missing]))
+        table.update(values={name: "" for name in missing})
 
 
 # ---------------------------------------------------------------- the service's writes
@@ -313,10 +330,12 @@ UPLOADS = "uploads"  # folder inside the index where uploaded images are kept
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
 
-def add_images(db: str | Path, images: list[bytes], enc: Encoder,
-               labels: list[dict[str, Any]] | None = None) -> Added:
+@guard_index
+def add_images(db: str | Path, images: list[bytes], enc: Encoder, labels: list[dict[str, Any]] | None = None,
+               add_values: bool = False) -> Added:
     """Store uploaded images under the index's own folder (named by content, so the same image twice is one
-    file and one row) and index them like `index_images` does, with optional known labels per image."""
+    file and one row) and index them like `index_images` does, with optional known labels per image (checked
+    by `checked_labels`: a value new to an attribute only with `add_values`)."""
     if is_remote(db):
         raise MhtagError(f"index {db} is on object storage; uploads are kept in a local index's folder. Index "
                          "the images with `mhtag index DIR --db URI` instead")
@@ -326,9 +345,10 @@ def add_images(db: str | Path, images: list[bytes], enc: Encoder,
         raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
     if labels is not None and len(labels) != len(images):
         raise MhtagError(f"{len(labels)} label set(s) for {len(images)} image(s)")
+    checked = [checked_labels(meta, given, add_values) for given in labels] if labels else None
     folder = db / UPLOADS
     names = [_store_upload(folder, data, i) for i, data in enumerate(images)]
-    known = _upload_labels(meta, names, labels) if labels else None
+    known = _upload_labels(meta, names, checked) if checked else None
     report = build_index(folder, db, enc, known, tune_fusion=False, only=set(names))
     return Added(ids=[rid_for(str(absolute(folder / n))) for n in names], added=report.added + report.updated,
                  unchanged=report.unchanged, failed=report.failed)
@@ -346,20 +366,12 @@ def _store_upload(folder: Path, data: bytes, i: int) -> str:
     return name
 
 
-def _upload_labels(meta: IndexMeta, names: list[str], labels: list[dict[str, Any]]) -> KnownLabels:
-    labelled = {a.name: a for a in meta.attributes if a.has_labels}
-    if not labelled:
-        raise MhtagError("this index holds no known labels; it takes images without labels")
-    known = KnownLabels({}, {}, {n: a.kind for n, a in labelled.items()})
-    for name, given in zip(names, labels, strict=True):
-        unknown = sorted(set(given) - set(labelled))
-        if unknown:
-            raise MhtagError(f"unknown label attribute(s) {unknown}; this index has labels for {sorted(labelled)}")
-        cells = {a: "|".join(v) if isinstance(v, list) else v for a, v in given.items()}
-        known.by_rel[name] = {a: stored_label(cells.get(a), kind) for a, kind in known.kinds.items()}
-    return known
+def _upload_labels(meta: IndexMeta, names: list[str], checked: list[CheckedLabels]) -> KnownLabels:
+    kinds = {a.name: a.kind for a in meta.attributes if any(a.name in c.stored for c in checked)}
+    return KnownLabels({name: c.stored for name, c in zip(names, checked, strict=True)}, {}, kinds)
 
 
+@guard_index
 def delete_row(db: str | Path, rid: int) -> Deleted:
     """Remove one row (and, for an uploaded image, its file: else the next upload pass would add it back).
     A catalogue file still on disk comes back with the next `mhtag index` of its folder."""

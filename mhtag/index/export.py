@@ -21,6 +21,7 @@ from mhtag.data.schema import TAG_SEP
 from mhtag.index import ann
 from mhtag.index.columns import StoredAttribute
 from mhtag.index.filters import Source
+from mhtag.index.guard import guard_index
 from mhtag.index.meta import IndexMeta, current_meta
 from mhtag.index.search import Filters, check_where, count_matches, resolve_filters
 from mhtag.index.store import DEFAULT_DB, open_table
@@ -40,12 +41,14 @@ def export_format(out: str | Path, fmt: str | None = None) -> str:
     return chosen
 
 
+@guard_index
 def export_index(out: str | Path, db: str | Path = DEFAULT_DB, filters: Filters | None = None,
                  where: str | None = None, source: Source | str = Source.ANY, min_confidence: float | None = None,
                  disputed: bool = False, vectors: bool = False, fmt: str | None = None, overwrite: bool = False,
-                 progress: bool = False) -> ExportReport:
+                 progress: bool = False, relative_paths: bool = False) -> ExportReport:
     """Write the rows of index `db` passing the filters (those of `search`) to `out`. Tag groups are `|`-joined
-    text in CSV and lists of tags in Parquet and JSON Lines; `vectors` adds the embeddings (not in CSV)."""
+    text in CSV and lists of tags in Parquet and JSON Lines; `vectors` adds the embeddings (not in CSV);
+    `relative_paths` writes `path` as the path under the indexed folder (what the service sends)."""
     out, fmt = Path(out), export_format(out, fmt)
     if vectors and fmt == "csv":
         raise MhtagError("vectors go in Parquet or JSON Lines files, not in CSV: use a .parquet or .jsonl name")
@@ -56,7 +59,8 @@ def export_index(out: str | Path, db: str | Path = DEFAULT_DB, filters: Filters 
     sql = ann.all_of(ann.filter_sql(meta, resolve_filters(meta, filters), Source(source), min_confidence,
                                     disputed), check_where(where) if where else None)
     total = count_matches(db, sql, where)
-    convert = _converter(meta, as_lists=fmt != "csv", vectors=vectors, ids_as_text=fmt == "jsonl")
+    convert = _converter(meta, as_lists=fmt != "csv", vectors=vectors, ids_as_text=fmt == "jsonl",
+                         relative_paths=relative_paths)
     written, columns = 0, []
     with atomic_path(out) as tmp, _writer(tmp, fmt) as write, progress_bar("exporting", total, progress) as advance:
         for batch in _batches(db, meta, sql, vectors):
@@ -82,7 +86,7 @@ def _batches(db: Path, meta: IndexMeta, sql: str | None, vectors: bool) -> Itera
     yield from (q.where(sql, prefilter=True) if sql else q).to_batches(BATCH_ROWS)
 
 
-def _converter(meta: IndexMeta, as_lists: bool, vectors: bool, ids_as_text: bool
+def _converter(meta: IndexMeta, as_lists: bool, vectors: bool, ids_as_text: bool, relative_paths: bool
                ) -> Callable[[pa.RecordBatch | pa.Table], pa.Table]:
     """A function from a batch of stored columns to the exported table."""
 
@@ -99,6 +103,8 @@ def _converter(meta: IndexMeta, as_lists: bool, vectors: bool, ids_as_text: bool
         rid = batch.column("rid")
         cols: dict[str, pa.Array] = {"id": pc.cast(rid, pa.string()) if ids_as_text else rid}
         cols |= {name: batch.column(name) for name in ROW_COLUMNS[1:]}
+        if relative_paths:
+            cols["path"] = batch.column("rel")
         for a in meta.attributes:
             label = batch.column(a.label) if a.has_labels else None
             pred = batch.column(a.pred) if a.has_head else None

@@ -10,6 +10,7 @@ import numpy as np
 
 from mhtag.core.storage import location
 from mhtag.data.schema import decode_tags
+from mhtag.index.guard import guard_index
 from mhtag.index.meta import require_meta, write_meta
 from mhtag.index.store import open_table, read_columns, snapshot
 from mhtag.index.vectors import VectorIndex
@@ -106,6 +107,7 @@ def _truth(classes: list[str], labels: np.ndarray, multi: bool) -> tuple[np.ndar
     return y, labels != ""
 
 
+@guard_index
 def calibrate_fusion(db: str | Path, k: int = 20) -> tuple[dict[str, float], dict[str, float]]:
     """Per attribute with both a head and known labels: the head weight and the vote temperature that give the
     truth the highest mean log-probability on `validation_votes` (`tune_fusion`; a tag group's tags count each).

@@ -18,6 +18,7 @@ from mhtag.data.images import walk_images
 from mhtag.data.labels import absolute
 from mhtag.data.schema import decode_tags
 from mhtag.index.columns import StoredAttribute
+from mhtag.index.guard import guard_index
 from mhtag.index.meta import IndexMeta, read_meta
 from mhtag.index.neighbours import labelled_index
 from mhtag.index.store import DEFAULT_DB, open_table, read_columns, snapshot
@@ -125,17 +126,18 @@ class Predictor:
         pos = snap.position(rid)
         if pos is None or self.meta is None:
             raise NotFoundError(f"no row with id {rid} in index {self.db}")
-        columns = ["rid", "path", "size", "width", "height", "split"] + \
+        columns = ["rid", "path", "rel", "size", "width", "height", "split"] + \
             [f.name for a in self.attributes for f in a.columns()]
         row = read_columns(open_table(self.db), columns, where=f"rid = {int(rid)}").to_pylist()[0]
         probs = {a.name: np.asarray([row[a.probs]], dtype=np.float32) for a in self.attributes if a.has_head}
         answer = self.answer(snap.vectors.vectors[pos:pos + 1], probs, [row["path"]], [row["path"]])[0]
         labels = {a.name: decode_tags(row[a.label]) if a.multi else row[a.label]
                   for a in self.attributes if a.has_labels and row[a.label]}
-        return RowDetail(id=int(rid), path=row["path"], size=row["size"], width=row["width"], height=row["height"],
-                         split=row["split"], labels=labels, attributes=answer.attributes)
+        return RowDetail(id=int(rid), path=row["path"], rel=row["rel"], size=row["size"], width=row["width"],
+                         height=row["height"], split=row["split"], labels=labels, attributes=answer.attributes)
 
 
+@guard_index
 def predict(paths: list[str | Path], db: str | Path = DEFAULT_DB, model: str | Path | None = None,
             k: int | None = None, min_similarity: float = 0.0, batch_size: int = 64,
             progress: bool = False) -> PredictResult:

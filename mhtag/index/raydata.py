@@ -27,7 +27,7 @@ from mhtag.core.storage import storage_options
 from mhtag.data.labels import absolute
 from mhtag.index.columns import arrow_schema, rid_for
 from mhtag.index.meta import IndexMeta
-from mhtag.index.rows import KnownLabels, Plan, Written, row_of
+from mhtag.index.rows import Plan, Written, row_of
 from mhtag.index.store import table_uri
 from mhtag.inference.encoder import load_encoder
 from mhtag.results import Failure
@@ -63,14 +63,14 @@ def connect(num_cpus: int | None = None) -> None:
 class EmbedAndWrite:
     """A Ray Data actor: the model loads once; each batch of files becomes Lance fragments of finished rows."""
 
-    def __init__(self, meta: dict[str, Any], known: KnownLabels | None, uri: str, storage_version: str,
+    def __init__(self, meta: dict[str, Any], columns: dict[str, dict[str, str]], uri: str, storage_version: str,
                  threads: int, storage_options: dict[str, str]):
         import torch
 
         torch.set_num_threads(max(1, threads))
         self.meta = IndexMeta.from_dict(meta)
         self.enc = load_encoder(self.meta.model_path, self.meta.backbone)
-        self.known, self.uri, self.storage_version = known, uri, storage_version
+        self.columns, self.uri, self.storage_version = columns, uri, storage_version
         self.storage_options = storage_options or None  # passed, not read from the env: actors may run elsewhere
         self.schema = arrow_schema(self.meta.dim, self.meta.attributes)
         self.thresholds = self.enc.tagger.thresholds_ if self.enc.tagger else {}
@@ -83,7 +83,7 @@ class EmbedAndWrite:
         for b in self.enc.encode_files(paths, len(paths), workers=0):
             failed += [[paths[i], reason] for i, reason in b.failed]
             rows += [row_of(rels[i], Path(paths[i]), b.facts[r], b.embeddings[r], b.probs, r, self.meta,
-                            self.thresholds, self.known) for r, i in enumerate(b.ok)]
+                            self.thresholds, self.columns[rels[i]]) for r, i in enumerate(b.ok)]
         fragments = write_fragments(pa.Table.from_pylist(rows, schema=self.schema), self.uri, schema=self.schema,
                                     data_storage_version=self.storage_version,
                                     storage_options=self.storage_options) if rows else []
@@ -92,7 +92,7 @@ class EmbedAndWrite:
                 "failed": np.array([json.dumps(failed)])}
 
 
-def write_with_ray(db: str | Path, plan: Plan, meta: IndexMeta, known: KnownLabels | None, batch_size: int,
+def write_with_ray(db: str | Path, plan: Plan, meta: IndexMeta, batch_size: int,
                    commit_every: int, actors: int | None = None, progress: bool = False) -> Written:
     """Embed `plan.todo` on Ray Data and commit its rows to the table at `db` (see the module docstring)."""
     import lance
@@ -111,7 +111,7 @@ def write_with_ray(db: str | Path, plan: Plan, meta: IndexMeta, known: KnownLabe
         return Written()
     dataset = ray.data.from_items(items).map_batches(
         EmbedAndWrite, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), batch_format="numpy",
-        fn_constructor_kwargs={"meta": json.loads(meta.to_json()), "known": known, "uri": uri,
+        fn_constructor_kwargs={"meta": json.loads(meta.to_json()), "columns": plan.columns, "uri": uri,
                                "storage_version": stored_as,
                                "threads": per_actor.get("num_cpus", 1), "storage_options": options}, **per_actor)
     changed = {rid_for(str(absolute(plan.files[rel]))) for rel in plan.todo} & set(plan.changed)

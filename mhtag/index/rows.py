@@ -18,12 +18,21 @@ from mhtag.results import Failure
 
 @dataclass
 class KnownLabels:
-    """Known labels, keyed by the image's path relative to the indexed folder."""
+    """Known labels from a CSV, keyed by the image's path relative to the indexed folder."""
 
     by_rel: dict[str, dict[str, str]]  # stored form: tags as |a|b|
     splits: dict[str, str]
-    kinds: dict[str, AttributeKind]
+    kinds: dict[str, AttributeKind]  # the CSV's label columns
     unmatched: int = 0  # label rows that match no file under the folder
+
+    def given(self, rel: str, meta: IndexMeta) -> dict[str, str]:
+        """The columns the CSV sets for the image `rel`: its split and a label per attribute the CSV has; nothing
+        for an image the CSV does not name (its stored labels stay as they are)."""
+        if rel not in self.by_rel:
+            return {}
+        labels = self.by_rel[rel]
+        split = {"split": self.splits[rel]} if rel in self.splits else {}
+        return split | {a.label: labels[a.name] for a in meta.attributes if a.has_labels and a.name in labels}
 
 
 @dataclass
@@ -37,15 +46,28 @@ class Plan:
     refreshed: list[dict[str, Any]] = field(default_factory=list)  # same bytes, but a new mtime or known labels:
     # {rid, mtime_ns, label columns...}, written without embedding again
     unchanged: int = 0
+    problems: list[Failure] = field(default_factory=list)  # what the folder walk could not use, with why
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)  # todo rel -> its split and label columns
+
+
+def label_columns(rel: str, meta: IndexMeta, known: KnownLabels | None, old: dict[str, Any] | None
+                  ) -> dict[str, str]:
+    """The split and label columns of a row about to be written: the CSV's where it names the image, else what
+    the image's previous row held (a re-embedded file keeps its labels), else a split from the path and no
+    labels."""
+    columns = {"split": hash_split(rel), **{a.label: "" for a in meta.attributes if a.has_labels}}
+    if old is not None:
+        columns |= {k: old[k] for k in columns if old.get(k) is not None}
+    return columns | (known.given(rel, meta) if known else {})
 
 
 def row_of(rel: str, path: Path, facts: FileFacts, vec: np.ndarray, probs: dict[str, np.ndarray], r: int,
-           meta: IndexMeta, thresholds: dict[str, list[float]], known: KnownLabels | None) -> dict[str, Any]:
-    """One table row, from what the encoder saw of the file (its hash and upright size from the same read)."""
+           meta: IndexMeta, thresholds: dict[str, list[float]], columns: dict[str, str]) -> dict[str, Any]:
+    """One table row, from what the encoder saw of the file (its hash and upright size from the same read) and its
+    split and label `columns`."""
     out: dict[str, Any] = {"rid": rid_for(str(absolute(path))), "id": facts.sha1, "path": str(absolute(path)),
                            "rel": rel, "size": facts.size, "mtime_ns": path.stat().st_mtime_ns,
-                           "width": facts.width, "height": facts.height, "vector": vec,
-                           **known_columns(rel, meta, known)}
+                           "width": facts.width, "height": facts.height, "vector": vec, **columns}
     for a in meta.attributes:
         if a.has_head:
             p = probs[a.name][r]
@@ -58,13 +80,6 @@ def row_of(rel: str, path: Path, facts: FileFacts, vec: np.ndarray, probs: dict[
                 out[a.pred], out[a.conf] = a.classes[top], float(p[top])
             out[a.probs] = p.astype(np.float32)
     return out
-
-
-def known_columns(rel: str, meta: IndexMeta, known: KnownLabels | None) -> dict[str, str]:
-    """The row's split and label columns (empty where no label is known)."""
-    labels = known.by_rel.get(rel, {}) if known else {}
-    return {"split": (known.splits.get(rel) if known else None) or hash_split(rel),
-            **{a.label: labels.get(a.name, "") for a in meta.attributes if a.has_labels}}
 
 
 @dataclass

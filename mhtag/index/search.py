@@ -20,6 +20,7 @@ from mhtag.data.schema import decode_tags
 from mhtag.index import ann
 from mhtag.index.columns import StoredAttribute
 from mhtag.index.filters import Source, source_term
+from mhtag.index.guard import guard_index, index_problem
 from mhtag.index.meta import IndexMeta, current_meta
 from mhtag.index.store import DEFAULT_DB, Snapshot, coded_mask, open_table, snapshot, table_rows, version_key
 from mhtag.results import AttributeInfo, Attributes, Health, SearchHit, SearchResult, ValueCount
@@ -128,7 +129,8 @@ def hits_of(rows: list[dict[str, Any]], scores, meta: IndexMeta) -> list[SearchH
              for a in meta.attributes]
     hits = []
     for row, score in zip(rows, scores, strict=True):
-        out: dict[str, Any] = {"id": int(row["rid"]), "path": row["path"], "score": round(float(score), 4)}
+        out: dict[str, Any] = {"id": int(row["rid"]), "path": row["path"], "rel": row["rel"],
+                               "score": round(float(score), 4)}
         for name, pred, conf, label, multi in views:
             known = predicted = ""
             if pred:
@@ -180,6 +182,8 @@ def _user_where(db: Path, where: str) -> np.ndarray:
     try:
         return q.to_arrow().column("rid").to_numpy()
     except (ValueError, RuntimeError, OSError) as exc:
+        if index_problem(exc, db) is not None:
+            raise
         raise MhtagError(f"--where {where!r} could not be evaluated: {str(exc).splitlines()[0][:300]}") from exc
 
 
@@ -233,6 +237,7 @@ def _any_codes(snap: Snapshot, a: StoredAttribute) -> tuple[np.ndarray, list[str
     return snap.derived[key]
 
 
+@guard_index
 def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: str | None = None,
            like: str | Path | None = None, limit: int = 20, min_confidence: float | None = None,
            source: Source | str = Source.ANY, vector: np.ndarray | None = None, offset: int = 0,
@@ -290,7 +295,7 @@ def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: s
 
 def _hit_columns(snap: Snapshot, meta: IndexMeta) -> pa.Table:
     """The snapshot's columns that a hit shows (a take of these is cheaper than of every column)."""
-    names = ["rid", "path"] + [c for a in meta.attributes
+    names = ["rid", "path", "rel"] + [c for a in meta.attributes
                                for c in ([a.pred, a.conf] if a.has_head else []) + ([a.label] if a.has_labels else [])]
     key = "hit columns:" + ",".join(names)
     if key not in snap.derived:
@@ -303,6 +308,8 @@ def count_matches(db: Path, sql: str | None, where: str | None) -> int:
     try:
         return ann.count(db, sql)
     except (ValueError, RuntimeError, OSError) as exc:
+        if where is None or index_problem(exc, db) is not None:  # the table, not the user's SQL
+            raise
         raise MhtagError(f"--where {where!r} could not be evaluated: {str(exc).splitlines()[0][:300]}") from exc
 
 
@@ -389,6 +396,7 @@ def warm(db: str | Path = DEFAULT_DB) -> None:
     snap.position(0)
 
 
+@guard_index
 def index_attributes(db: str | Path = DEFAULT_DB) -> Attributes:
     """Every attribute with its values and their counts over the whole index (label where known, else
     prediction); values known to the index but on no row are listed with 0."""
@@ -406,6 +414,7 @@ def index_attributes(db: str | Path = DEFAULT_DB) -> Attributes:
     return Attributes(attributes=out)
 
 
+@guard_index
 def index_health(db: str | Path = DEFAULT_DB) -> Health:
     db = location(db)
     meta = current_meta(db)

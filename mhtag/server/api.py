@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
-from mhtag.core.errors import ImageError, MhtagError, NotFoundError
-from mhtag.data.images import decode_image
+from mhtag.core.errors import MhtagError, NotFoundError
+from mhtag.data.images import MAX_PIXELS, decode_image, image_header
 from mhtag.index.build import add_images, delete_row
 from mhtag.index.export import export_index
+from mhtag.index.labels import InvalidLabel
 from mhtag.index.search import Source, index_attributes, index_health, search
-from mhtag.index.store import snapshot
 from mhtag.results import (
     Added,
     Attributes,
@@ -27,15 +29,15 @@ from mhtag.results import (
     Health,
     PredictResult,
     RowDetail,
+    SearchHit,
     SearchResult,
 )
+from mhtag.server.files import INT64, original, stored_file, thumbnail
 from mhtag.server.service import Service, parse_json_field
 
 MAX_LIMIT = 500
 ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody},
           404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody}}
-
-router = APIRouter(prefix="/api", responses=ERRORS)
 
 
 class RowFilter(BaseModel):
@@ -80,32 +82,68 @@ def service(request: Request) -> Service:
 
 
 ServiceDep = Annotated[Service, Depends(service)]
+KEY_COOKIE = "mhtag_key"  # the gallery's copy of the key, for the requests a page makes by itself (<img>)
+
+
+def _presented_key(authorization: str | None) -> str | None:
+    return authorization[7:] if authorization and authorization.lower().startswith("bearer ") else None
 
 
 def _require_key(svc: Service, authorization: str | None) -> None:
+    """Writes need `Authorization: Bearer <key>` (never a cookie: a page elsewhere cannot send that header)."""
     if svc.api_key is None:
         raise WritesDisabled("writes are disabled: start the server with --api-key-file to allow them")
-    token = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else None
-    if not svc.key_ok(token):
+    if not svc.key_ok(_presented_key(authorization)):
         raise Unauthorized("a write needs the API key: send `Authorization: Bearer <key>`")
 
 
-async def _read_uploads(svc: Service, files: list[UploadFile]) -> list[bytes]:
-    """The uploaded bytes, each checked to be a usable image under the size and pixel limits."""
+def read_access(request: Request) -> None:
+    """With `--private`, reads need the key too: the Authorization header, or the gallery's cookie."""
+    svc: Service = request.app.state.service
+    if svc.settings.private and not (svc.key_ok(_presented_key(request.headers.get("authorization")))
+                                     or svc.key_ok(request.cookies.get(KEY_COOKIE))):
+        raise Unauthorized("this server is private: send `Authorization: Bearer <key>`")
+
+
+router = APIRouter(prefix="/api", responses=ERRORS, dependencies=[Depends(read_access)])
+
+
+@dataclass
+class Upload:
+    name: str
+    data: bytes
+    pixels: int
+
+
+async def _read_uploads(svc: Service, files: list[UploadFile]) -> list[Upload]:
+    """The uploaded bytes, under the size limit, each an image by its header whose pixels fit the per-image limit
+    and, all together, the request's pixel budget: checked before anything is decoded."""
     if not files:
         raise MhtagError("no image was sent: use a multipart field named `image`")
     if len(files) > svc.settings.max_files:
         raise MhtagError(f"{len(files)} images in one request; at most {svc.settings.max_files}")
-    limit = svc.settings.max_upload_bytes
-    out = []
-    for f in files:
+    limit, budget = svc.settings.max_upload_bytes, svc.settings.max_request_pixels
+    out, total = [], 0
+    for i, f in enumerate(files):
         data = await f.read(limit + 1)
-        name = f.filename or "upload"
+        name = f.filename or f"upload {i + 1}"
         if len(data) > limit:
             raise TooLarge(f"{name}: larger than the {limit / 1024 / 1024:g} MB upload limit")
-        decode_image(data, name)  # not an image, empty, truncated, or over the pixel limit: refused here
-        out.append(data)
+        width, height = image_header(data, name)
+        if width * height > MAX_PIXELS:
+            raise TooLarge(f"{name}: {width}x{height} pixels is over the {MAX_PIXELS:,} limit")
+        total += width * height
+        if total > budget:
+            raise TooLarge(f"the images of this request hold {total:,}+ pixels, over the {budget:,} a request may "
+                           "decode; send fewer or smaller images")
+        out.append(Upload(name, data, width * height))
     return out
+
+
+def _decoded(svc: Service, uploads: list[Upload]) -> list:
+    """Decoded uploads (JPEGs straight at the model's input scale); runs in a worker thread."""
+    h, w = svc.predictor.encoder.data_config["input_size"]
+    return [decode_image(u.data, u.name, draft_size=(w, h)) for u in uploads]
 
 
 async def _in_model_thread(svc: Service, fn, *args):
@@ -115,9 +153,24 @@ async def _in_model_thread(svc: Service, fn, *args):
     return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=svc.model_limiter)
 
 
+def _row_id(rid: int) -> int:
+    """A row id is a signed 64-bit integer; anything outside names no row."""
+    if not INT64[0] <= rid <= INT64[1]:
+        raise NotFoundError(f"no row with id {rid}")
+    return rid
+
+
+def _relative(hits: list[SearchHit]) -> list[SearchHit]:
+    """Hits as the API shows them: paths under the indexed folder, not the server's absolute paths."""
+    for hit in hits:
+        hit.path = hit.rel
+    return hits
+
+
 @router.get("/health", response_model=Health)
 def health(svc: ServiceDep) -> Health:
-    return index_health(svc.db)
+    h = index_health(svc.db)
+    return h.model_copy(update={"model": Path(h.model).parent.name if h.model else None})
 
 
 @router.get("/attributes", response_model=Attributes)
@@ -130,11 +183,17 @@ def _json(result: BaseModel) -> Response:
     return Response(result.model_dump_json(), media_type="application/json")
 
 
+def _search(svc: Service, query: SearchRequest, vector=None) -> SearchResult:
+    result = search(svc.db, query.filters, limit=query.limit, min_confidence=query.min_confidence,
+                    source=query.source, offset=query.offset, like_id=query.like_id, facets=query.facets,
+                    disputed=query.disputed, vector=vector)
+    _relative(result.results)
+    return result
+
+
 @router.post("/search", response_model=SearchResult)
 def search_rows(query: SearchRequest, svc: ServiceDep) -> Response:
-    return _json(search(svc.db, query.filters, limit=query.limit, min_confidence=query.min_confidence,
-                        source=query.source, offset=query.offset, like_id=query.like_id, facets=query.facets,
-                        disputed=query.disputed))
+    return _json(_search(svc, query))
 
 
 @router.post("/export", response_class=FileResponse,
@@ -146,7 +205,7 @@ def export_rows(query: ExportRequest, svc: ServiceDep) -> FileResponse:
     out = folder / f"mhtag-export.{query.format}"
     try:
         export_index(out, svc.db, query.filters, source=query.source, min_confidence=query.min_confidence,
-                     disputed=query.disputed)
+                     disputed=query.disputed, relative_paths=True)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -158,73 +217,61 @@ def export_rows(query: ExportRequest, svc: ServiceDep) -> FileResponse:
 async def search_by_image(svc: ServiceDep, image: Annotated[UploadFile, File(description="the query image")],
                           query: Annotated[str | None, Form(description="JSON of /api/search's body")] = None
                           ) -> SearchResult:
-    body = SearchRequest.model_validate(parse_json_field(query, "query") or {})
-    (data,) = await _read_uploads(svc, [image])
+    try:
+        body = SearchRequest.model_validate(parse_json_field(query, "query") or {})
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
+    uploads = await _read_uploads(svc, [image])
     enc = svc.predictor.encoder
-    vector, _ = await _in_model_thread(svc, enc.encode_images, [decode_image(data, image.filename or "upload")])
-    return await anyio.to_thread.run_sync(lambda: search(
-        svc.db, body.filters, limit=body.limit, min_confidence=body.min_confidence, source=body.source,
-        offset=body.offset, vector=vector, facets=body.facets, disputed=body.disputed))
+    vector, _ = await _in_model_thread(svc, lambda: enc.encode_images(_decoded(svc, uploads)))
+    return await anyio.to_thread.run_sync(lambda: _search(svc, body, vector))
 
 
 @router.post("/predict", response_model=PredictResult)
 async def predict_images(svc: ServiceDep, image: Annotated[list[UploadFile], File(description="one or more images")]
                          ) -> PredictResult:
-    datas = await _read_uploads(svc, image)
-    images = [decode_image(d, f.filename or "upload") for d, f in zip(datas, image, strict=True)]
-    names = [f.filename or f"upload {i + 1}" for i, f in enumerate(image)]
-    return await _in_model_thread(svc, svc.predictor.predict_images, images, names)
+    uploads = await _read_uploads(svc, image)
+    predictor = svc.predictor
+    return await _in_model_thread(svc, lambda: predictor.predict_images(_decoded(svc, uploads),
+                                                                        [u.name for u in uploads]))
 
 
 @router.get("/rows/{rid}", response_model=RowDetail)
 def row(rid: int, svc: ServiceDep) -> RowDetail:
-    return svc.predictor.row(rid)
+    detail = svc.predictor.row(_row_id(rid))
+    return detail.model_copy(update={"path": detail.rel})
 
 
-def _stored_file(svc: Service, rid: int) -> dict:
-    """The path the index holds for a row id (from the in-memory snapshot): the only way a file is opened."""
-    snap = snapshot(svc.db)
-    pos = snap.position(rid)
-    if pos is None:
-        raise NotFoundError(f"no row with id {rid}")
-    return {"path": snap.rows.column("path")[pos].as_py(), "id": snap.rows.column("id")[pos].as_py()}
-
-
-@router.get("/images/{rid}", response_class=FileResponse)
-def original(rid: int, svc: ServiceDep):
-    stored = _stored_file(svc, rid)
-    try:
-        return FileResponse(stored["path"])
-    except OSError as exc:
-        raise NotFoundError(f"the file of row {rid} is gone") from exc
+@router.get("/images/{rid}", response_class=Response)
+def image_file(rid: int, svc: ServiceDep) -> Response:
+    data, media = original(stored_file(svc.db, _row_id(rid)))
+    return Response(data, media_type=media)
 
 
 @router.get("/images/{rid}/thumb", response_class=Response)
-def thumbnail(rid: int, svc: ServiceDep) -> Response:
-    stored = _stored_file(svc, rid)
-    try:
-        data = svc.thumbnail(stored["path"], stored["id"])
-    except ImageError as exc:
-        raise NotFoundError(f"the file of row {rid} cannot be shown ({exc.reason})") from exc
+def image_thumbnail(rid: int, svc: ServiceDep) -> Response:
+    data = thumbnail(stored_file(svc.db, _row_id(rid)))
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
 @router.post("/images", response_model=Added)
 async def add(svc: ServiceDep, image: Annotated[list[UploadFile], File(description="images to index")],
               labels: Annotated[str | None, Form(description="JSON: one {attribute: value} per image, or one for "
-                                                              "all")] = None,
+                                                              "all; a tag group's value is a list of tags")] = None,
+              add_values: Annotated[bool, Form(description="accept label values the attribute never had")] = False,
               authorization: Annotated[str | None, Header()] = None) -> Added:
     _require_key(svc, authorization)
-    datas = await _read_uploads(svc, image)
+    uploads = await _read_uploads(svc, image)
     given = parse_json_field(labels, "labels")
     if isinstance(given, dict):
-        given = [given] * len(datas)
+        given = [given] * len(uploads)
     if given is not None and not (isinstance(given, list) and all(isinstance(g, dict) for g in given)):
-        raise MhtagError("labels must be a JSON object, or a list of one object per image")
-    return await _in_model_thread(svc, add_images, svc.db, datas, svc.predictor.encoder, given)
+        raise InvalidLabel("labels must be a JSON object, or a list of one object per image")
+    encoder = svc.predictor.encoder
+    return await _in_model_thread(svc, add_images, svc.db, [u.data for u in uploads], encoder, given, add_values)
 
 
 @router.delete("/images/{rid}", response_model=Deleted)
 def delete(rid: int, svc: ServiceDep, authorization: Annotated[str | None, Header()] = None) -> Deleted:
     _require_key(svc, authorization)
-    return delete_row(svc.db, rid)
+    return delete_row(svc.db, _row_id(rid))

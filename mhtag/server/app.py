@@ -11,16 +11,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mhtag.core.errors import BusyError, ImageError, MhtagError, NotFoundError
+from mhtag.index.guard import IndexUnavailable, index_problem
+from mhtag.index.labels import InvalidLabel
 from mhtag.server.api import TooLarge, Unauthorized, WritesDisabled, router
-from mhtag.server.service import Service, Settings
+from mhtag.server.service import LOOPBACK_HOST_HEADERS, Service, Settings
 
 _logger = logging.getLogger(__name__)
 STATIC = resources.files("mhtag.server") / "static"
 
-_STATUS = [(NotFoundError, 404), (Unauthorized, 401), (WritesDisabled, 403), (BusyError, 409), (TooLarge, 413)]
+_STATUS = [(NotFoundError, 404), (Unauthorized, 401), (WritesDisabled, 403), (BusyError, 409), (TooLarge, 413),
+           (InvalidLabel, 422), (IndexUnavailable, 503)]
 
 
 def _status_of(exc: MhtagError) -> int:
@@ -76,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = svc
     app.include_router(router)
     app.add_middleware(BodyLimit, largest=settings.max_upload_bytes * settings.max_files + (1 << 20))
+    if settings.loopback:  # a page on another site that rebinds its name to 127.0.0.1 names its own Host
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOST_HEADERS)
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
@@ -99,6 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:
+        problem = index_problem(exc, svc.db)  # a damaged table or a full disk: said, not a bare 500
+        if problem is not None:
+            return _error(503, str(problem))
         _logger.exception("error serving %s", request.url.path)
         return _error(500, "internal error (logged on the server)")
 

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import hmac
-import io
 import json
 import os
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from mhtag.core.errors import MhtagError
 from mhtag.core.storage import location, stamp
-from mhtag.data.images import decode_image, read_image_bytes
+from mhtag.index.guard import index_errors
 from mhtag.index.meta import meta_path, require_meta
 from mhtag.index.neighbours import labelled_index
 from mhtag.index.predict import Predictor
 from mhtag.index.search import warm
 from mhtag.index.store import DEFAULT_DB
 
-THUMB_SIDE = 256
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_HOST_HEADERS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 
 
 @dataclass
@@ -27,10 +26,17 @@ class Settings:
     db: str | Path = DEFAULT_DB  # a folder, or an object-store URI
     model: Path | None = None  # default: the index's own model
     api_key_file: Path | None = None  # without one, writes are refused
+    private: bool = False  # reads need the API key too (`--private`)
+    host: str = "127.0.0.1"  # the address served; on a loopback one, requests must name a loopback Host
     max_upload_bytes: int = 20 * 1024 * 1024
     max_files: int = 32  # images in one request
+    max_request_pixels: int = 64_000_000  # decoded pixels one request may ask for, all its images together
     model_threads: int = 2  # concurrent model calls (off the event loop)
     threads: int | None = None  # torch/FAISS threads of a worker process (`mhtag --threads`); None: every core
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK or self.host.startswith("127.")
 
     ENV = "MHTAG_SERVE_SETTINGS"  # how `mhtag serve --workers N` hands the settings to uvicorn's worker processes
 
@@ -56,10 +62,11 @@ class Service:
         self.db = location(settings.db)
         self.api_key = check_settings(settings)
         self.model_limiter = None  # an anyio.CapacityLimiter, made on first use inside the event loop
-        self._predictor = Predictor(self.db, settings.model)
-        self._meta_stamp = self._stamp()
-        warm(self.db)  # the first request is not slow
-        labelled_index(self.db)
+        with index_errors(self.db):
+            self._predictor = Predictor(self.db, settings.model)
+            self._meta_stamp = self._stamp()
+            warm(self.db)  # the first request is not slow
+            labelled_index(self.db)
 
     def _stamp(self) -> tuple[int, int, int] | None:
         return stamp(meta_path(self.db))
@@ -75,13 +82,13 @@ class Service:
     def key_ok(self, presented: str | None) -> bool:
         return self.api_key is not None and presented is not None and hmac.compare_digest(presented, self.api_key)
 
-    def thumbnail(self, path: str, sha1: str) -> bytes:
-        return _thumbnail(path, sha1)
-
 
 def check_settings(settings: Settings) -> str | None:
-    """What can be wrong before serving, as one clear error: no index at `db`, a bad key file. The API key."""
+    """What can be wrong before serving, as one clear error: no index at `db`, a bad key file, `private` without
+    a key. The API key."""
     require_meta(settings.db)
+    if settings.private and settings.api_key_file is None:
+        raise MhtagError("--private needs --api-key-file: reads then need the key that file holds")
     return _read_key(settings.api_key_file)
 
 
@@ -95,16 +102,6 @@ def _read_key(path: Path | None) -> str | None:
     if len(key) < 16:
         raise MhtagError(f"api key file {path}: the key must be at least 16 characters")
     return key
-
-
-@lru_cache(maxsize=4096)
-def _thumbnail(path: str, sha1: str) -> bytes:
-    """JPEG, longest side <= 256; cached per file content (`sha1` is part of the key)."""
-    img = decode_image(read_image_bytes(path), path, draft_size=(THUMB_SIDE, THUMB_SIDE))
-    img.thumbnail((THUMB_SIDE, THUMB_SIDE))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
 
 
 def parse_json_field(text: str | None, what: str):

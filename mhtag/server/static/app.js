@@ -6,9 +6,28 @@ const $ = (id) => document.getElementById(id);
 const state = { filters: {}, source: "any", minconf: 0, like: null, disputed: false, queryImage: null, offset: 0,
   matched: 0, results: [], attributes: [], loading: false };
 
-async function api(path, options) {
-  const response = await fetch(path, options);
+// The API key, where the server asks for one (`--private` reads, every write): kept in this browser only, sent as
+// `Authorization: Bearer`, and as a same-site cookie so that the page's own image requests carry it too.
+const KEY = "mhtag_key";
+function authHeaders() {
+  const key = localStorage.getItem(KEY);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function useKey(key) {
+  localStorage.setItem(KEY, key);
+  document.cookie = `${KEY}=${key}; path=/; SameSite=Strict`;
+}
+
+function askForKey() {
+  const dialog = $("key-dialog");
+  if (!dialog.open) dialog.showModal();
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...(options.headers || {}), ...authHeaders() } });
   const body = await response.json();
+  if (response.status === 401) askForKey();
   if (!response.ok) throw new Error(body.error || response.statusText);
   return body;
 }
@@ -59,7 +78,8 @@ function searchBody(offset) {
 }
 
 async function exportCSV() {
-  const response = await fetch("/api/export", { method: "POST", headers: { "Content-Type": "application/json" },
+  const response = await fetch("/api/export", { method: "POST", headers: { "Content-Type": "application/json",
+    ...authHeaders() },
     body: JSON.stringify({ ...rowFilter(), format: "csv" }) });
   if (!response.ok) throw new Error((await response.json()).error || response.statusText);
   const blob = await response.blob();
@@ -243,6 +263,7 @@ function wire() {
     el("a", { href: URL.createObjectURL(blob), download: "mhtag-results.json" }).click();
   });
   $("export").addEventListener("click", () => exportCSV().catch(showError));
+  $("key-form").addEventListener("submit", () => { useKey($("key-input").value.trim()); location.reload(); });
 }
 
 async function start() {
