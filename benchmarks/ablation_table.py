@@ -15,7 +15,7 @@ import statistics
 from fashion import HEADS, ROOT
 
 RESULTS = ROOT / "benchmarks" / "results"
-# name -> what differs from the baseline (the shipped configs/fashion_probe.yaml)
+# name -> what differs from the baseline (the shipped the fashion_probe preset)
 PROBE_ROWS = {
     "probe_b512": "baseline: 160x120 (the photos' 3:4), 80 epochs, no class weights, no smoothing",
     "abl_smooth01": "label smoothing 0.1",

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-from mhtag.audit.labels import audit_labels
+from mhtag.audit.labels import AuditOptions, audit_labels
 from mhtag.core.runtime import setup
 from mhtag.report.audit import write_audit_html
 
@@ -80,8 +80,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mhtag-audit-"))
     frame.to_csv(work / "flipped.csv", index=False)
     t0 = time.monotonic()
-    result = audit_labels(work / "flipped.csv", args.data, attributes=ATTRIBUTES, image_size=SIZE,
-                          ignore=["productDisplayName"], vote_tau=args.vote_tau)
+    result = audit_labels(work / "flipped.csv", args.data, ignore=["productDisplayName"],
+                          options=AuditOptions(attributes=ATTRIBUTES, image_size=SIZE, vote_tau=args.vote_tau))
     seconds = time.monotonic() - t0
     out = {"rate": args.rate, "seed": args.seed, "image_size": SIZE, "seconds": round(seconds, 1),
            "vote_tau": result.summary["vote_tau"],
@@ -90,8 +90,8 @@ def main() -> None:
         print(json.dumps(out, indent=2))
         (results / f"audit_tau{args.vote_tau:g}.json").write_text(json.dumps(out, indent=2) + "\n")
         return
-    clean = audit_labels(args.data / "labels.csv", attributes=["baseColour", "season"], image_size=SIZE,
-                         ignore=["productDisplayName"])
+    clean = audit_labels(args.data / "labels.csv", ignore=["productDisplayName"],
+                         options=AuditOptions(attributes=["baseColour", "season"], image_size=SIZE))
     write_audit_html(clean, args.data, results / "audit_fashion12k.html", per_attribute=30)
     out["unmodified"] = clean.summary
     print(json.dumps(out, indent=2))

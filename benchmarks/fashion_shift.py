@@ -19,7 +19,7 @@ import pandas as pd
 from fashion import DATA, ROOT
 from fashion_index import linked_folder
 
-from mhtag.index.build import index_images
+from mhtag.index.build import IndexOptions, index_images
 from mhtag.index.robustness import evaluate_shifts
 
 
@@ -34,7 +34,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         indexed = linked_folder(labels[labels["split"] != "test"], args.data, tmp / "trainval")
-        index_images(indexed, tmp / "db", model=args.model, labels=indexed / "labels.csv", batch_size=64)
+        index_images(indexed, tmp / "db", model=args.model, labels=indexed / "labels.csv",
+                     options=IndexOptions(batch_size=64))
         t0 = time.time()
         result = evaluate_shifts(args.data / "labels.csv", tmp / "db", split="test")
     report = {"benchmark": "fashion12k_shift", "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(

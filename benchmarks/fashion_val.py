@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     overrides = parse_overrides(args.set)
-    cfg = load_config(ROOT / "configs" / f"{args.config}.yaml", overrides)
+    cfg = load_config(args.config, overrides)
     out = ROOT / "runs" / f"fashion_val_{args.name}"
     t0 = time.time()
     fit(cfg, args.data / "labels.csv", out=out, resume=(out / "last.pt").exists())

@@ -18,7 +18,7 @@ import pandas as pd
 from fashion import ROOT, model_arguments
 from fashion_index import linked_folder
 
-from mhtag.index.build import index_images
+from mhtag.index.build import IndexOptions, index_images
 from mhtag.index.neighbours import validation_votes
 from mhtag.inference.fusion import TAU_GRID, log_score, tune_fusion, tune_head_weight, vote_matrix
 from mhtag.training.metrics import macro_f1_of
@@ -41,7 +41,7 @@ def build_index(model: Path, data: Path, db_dir: Path) -> Path:
     if not db.exists():
         labels = pd.read_csv(data / "labels.csv", dtype=str, keep_default_na=False)
         folder = linked_folder(labels[labels["split"] != "test"], data, db_dir / "trainval")
-        index_images(folder, db, model=model, labels=folder / "labels.csv", batch_size=64)
+        index_images(folder, db, model=model, labels=folder / "labels.csv", options=IndexOptions(batch_size=64))
     return db
 
 

@@ -1,7 +1,7 @@
 """The GPU paths on fashion12k, in one device call: bf16 training steps (NCHW vs channels_last), the fine-tune's
 time and accuracy, and the index's encoding throughput. Without CUDA it says so and writes nothing.
 
-The protocol was fixed before any GPU run. Every candidate is configs/fashion_finetune.yaml (the CPU recipe) with
+The protocol was fixed before any GPU run. Every candidate is the fashion_finetune preset (the CPU recipe) with
 the overrides in CANDIDATES, trained while the time budget lasts; the choices are made on `val` alone: the single
 run with the best val mean accuracy, and the ensemble of every finished run (no choice among subsets, so nothing
 for val to flatter). Those two are then looked at on `test` once, against the issue's floors, with their calibrated
@@ -34,7 +34,7 @@ from mhtag.training.ensemble import build_ensemble
 from mhtag.training.evaluate import evaluate
 from mhtag.training.fit import fit
 
-# name -> overrides of configs/fashion_finetune.yaml, in the order they run (the budget may stop the list early)
+# name -> overrides of the fashion_finetune preset, in the order they run (the budget may stop the list early)
 CANDIDATES = {
     "recipe_seed0": {},
     "smooth01": {"label_smoothing": 0.1},  # ties the best CPU draw on val, articleType +.02, colour -.01
@@ -120,7 +120,7 @@ def train_candidates(report: dict, results: Path, common: dict, labels: Path, im
         if time.monotonic() > deadline or len(runs) == most:
             report["candidates"][name] = {"overrides": overrides, "skipped": "time budget spent"}
             continue
-        cfg = load_config(ROOT / "configs" / "fashion_finetune.yaml", {**common, **overrides})
+        cfg = load_config("fashion_finetune", {**common, **overrides})
         t0 = time.monotonic()
         run = fit(cfg, labels, images, out=runs_dir / name)
         best = run.best or {"heads": {}}
@@ -163,7 +163,7 @@ def main() -> None:
     report: dict = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                     "torch": torch.__version__, "smoke": args.smoke, "common_overrides": common}
     if torch.cuda.is_available():
-        size = load_config(ROOT / "configs" / "fashion_finetune.yaml").image_size
+        size = load_config("fashion_finetune").image_size
         report["train_step_images_per_second"] = {
             "nchw": step_throughput(size, torch.contiguous_format),
             "channels_last": step_throughput(size, torch.channels_last)}

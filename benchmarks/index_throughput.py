@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mhtag.core.runtime import auto_workers
-from mhtag.index.build import index_images
+from mhtag.index.build import IndexOptions, index_images
 from mhtag.inference.encoder import load_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +57,8 @@ def main() -> None:
             (folder / f.name).symlink_to(f)
         bare = forward_throughput(enc.module, size, args.batch_size, len(files))
         t0 = time.perf_counter()
-        rep = index_images(folder, Path(tmp) / "db", model=args.model, batch_size=args.batch_size,
-                           workers=args.workers)
+        rep = index_images(folder, Path(tmp) / "db", model=args.model,
+                           options=IndexOptions(batch_size=args.batch_size, workers=args.workers))
         total = time.perf_counter() - t0
     indexed = rep.added / total
     result = {"benchmark": "index_throughput", "model": str(args.model) if args.model else enc.backbone,

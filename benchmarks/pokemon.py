@@ -1,7 +1,7 @@
 """The probe, a plain fine-tune and LP-FT on pokemon (1,016 real sprites, `type1` single-label and `types` tags),
 over several seeds: mean and spread on val (where choices are made) and on test (the reported figure).
 
-    python benchmarks/pokemon.py                          # configs/pokemon.yaml, seeds 0 1 2
+    python benchmarks/pokemon.py                          # the pokemon preset, seeds 0 1 2
     python benchmarks/pokemon.py --seeds 0 --split val    # while choosing settings: never look at test
 
 The probe is LP-FT's own phase one (`<run>/probe`), so the three share data, seed and preprocessing. Runs are kept
@@ -68,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     setup()
-    base = load_config(ROOT / "configs" / "pokemon.yaml", parse_overrides(args.set))
+    base = load_config("pokemon", parse_overrides(args.set))
     tag = hashlib.sha1(json.dumps(base.to_dict(), sort_keys=True).encode()).hexdigest()[:8]  # one folder per config
     rows: dict[str, list[dict]] = {"probe": []} | {m: [] for m in args.methods}
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}

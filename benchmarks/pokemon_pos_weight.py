@@ -1,4 +1,4 @@
-"""What `pos_weight` does to a tag group's precision: the pokemon probe (configs/pokemon.yaml, `mode=probe`) with
+"""What `pos_weight` does to a tag group's precision: the pokemon probe (the pokemon preset, `mode=probe`) with
 `pos_weights` (the tag group's BCE pos_weight, negatives over positives per tag) and `class_weights` (type1's
 cross-entropy weights) both none / sqrt / inverse, capped, over seeds, on the validation split. Thresholds are
 tuned per tag on val after calibration (what ships), so the precision/recall figures are the shipped model's,
@@ -27,7 +27,7 @@ TAGS = ("micro_precision", "micro_recall", "micro_f1", "macro_f1", "mAP")
 
 
 def run(scheme: str, seed: int, labels: Path) -> dict[str, float]:
-    cfg = load_config(ROOT / "configs" / "pokemon.yaml",
+    cfg = load_config("pokemon",
                       {"mode": "probe", "class_weights": scheme, "pos_weights": scheme, "seed": seed,
                        "report": False})
     out = ROOT / "runs" / "pokemon_pos_weight" / f"{scheme}_s{seed}"

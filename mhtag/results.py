@@ -33,6 +33,8 @@ class AttributeAnswer(BaseModel):
 class ImagePrediction(BaseModel):
     path: str
     attributes: dict[str, AttributeAnswer]
+    labels: dict[str, str | list[str]] = Field(default_factory=dict,
+                                               description="the known labels, where the image is an indexed row")
 
 
 class PredictResult(BaseModel):
@@ -41,8 +43,9 @@ class PredictResult(BaseModel):
 
 
 class SearchHit(BaseModel):
-    """One row: its id, path and score, then per attribute `<a>` (the answer under the chosen source),
-    `<a>_label`, `<a>_pred` and `<a>_confidence` where the index has them."""
+    """One row: its id, path and score, then per attribute `<a>` (the answer: the known label where there is one,
+    else the prediction), `<a>_label`, `<a>_pred` and `<a>_confidence` where the index has them, and each free-text
+    column of the labels (a product title) under its own name."""
 
     model_config = ConfigDict(extra="allow")
     id: RowId
@@ -53,6 +56,9 @@ class SearchHit(BaseModel):
 
 class SearchResult(BaseModel):
     matched: int
+    ranked_by: str = Field("confidence", description="what each hit's score is: `similarity` (cosine, to the "
+                                                     "query image, row or vector) or `confidence` (the mean "
+                                                     "confidence of the filtered heads' predictions)")
     results: list[SearchHit] = Field(default_factory=list)
     facets: dict[str, dict[str, int]] = Field(default_factory=dict,
                                               description="per attribute, matched rows per value")

@@ -65,10 +65,10 @@ def tiny_run(demo, tmp_path_factory):
 @pytest.fixture
 def indexed(demo, tiny_run, tmp_path):
     """A fresh index of the demo images with the tiny model and the demo's known labels."""
-    from mhtag.index.build import index_images
+    from mhtag.index.build import IndexOptions, index_images
 
     db = tmp_path / "db"
-    report = index_images(demo.parent, db, model=tiny_run, labels=demo, workers=0)
+    report = index_images(demo.parent, db, model=tiny_run, labels=demo, options=IndexOptions(workers=0))
     return db, report
 
 

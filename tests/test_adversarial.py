@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from test_bad_input import MHTAG, run_main
 
-from mhtag.index.build import index_images
+from mhtag.index.build import IndexOptions, index_images
 from mhtag.index.store import open_table
 from mhtag.server.app import create_app
 from mhtag.server.service import Settings
@@ -165,7 +165,7 @@ def test_a_file_deleted_or_replaced_since_indexing_is_never_served(demo_copy, ti
     root, db = demo_copy.parent, tmp_path / "db"
     inside = root / "images" / "inside.png"
     Image.new("RGB", (32, 32), "red").save(inside)
-    index_images(root, db, model=tiny_run, workers=0)
+    index_images(root, db, model=tiny_run, options=IndexOptions(workers=0))
     client = TestClient(create_app(Settings(db=db)), base_url=LOCAL)
     hits = {h["rel"]: h["id"] for h in client.post("/api/search", json={"limit": 500}).json()["results"]}
     gone, linked, edited = (root / "images" / f"0000{i}.png" for i in range(3))
@@ -267,7 +267,7 @@ def test_artefacts_keep_the_users_umask(demo, tmp_path, tiny_cfg, monkeypatch):
     try:
         run = fit(tiny_cfg, demo, out=tmp_path / "run")
         db = tmp_path / "db"
-        index_images(demo.parent, db, model=run.dir, workers=0)
+        index_images(demo.parent, db, model=run.dir, options=IndexOptions(workers=0))
         export_index(tmp_path / "x.csv", db)
     finally:
         os.umask(old)

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mhtag import cli
-from mhtag.audit.labels import audit_labels, export_suspects
+from mhtag.audit.labels import AuditOptions, audit_labels, export_suspects
 from mhtag.audit.rules import rule_breaks
 from mhtag.core.errors import MhtagError
 from mhtag.data.schema import LabelSchema
@@ -35,7 +35,7 @@ def _flip(csv, n, seed=0):
 
 def test_the_audit_finds_flipped_labels(demo_copy):
     flipped = _flip(demo_copy, 8)
-    result = audit_labels(demo_copy, backbone="tiny_cnn", attributes=["colour"], epochs=30)
+    result = audit_labels(demo_copy, backbone="tiny_cnn", options=AuditOptions(attributes=["colour"], epochs=30))
     from sklearn.metrics import roc_auc_score
 
     colour = [s for s in result.suspects if s.attribute == "colour"]
@@ -76,7 +76,8 @@ def test_duplicates_across_splits_and_with_conflicting_labels(demo_copy):
     row[col] = next(c for c in COLOURS if c != row[col])
     demo_copy.write_text("\n".join(lines + [",".join(row)]) + "\n")
     # the untrained test backbone sees many demo images as alike: only exact copies count here
-    result = audit_labels(demo_copy, backbone="tiny_cnn", attributes=["colour"], epochs=5, near=0.99999)
+    result = audit_labels(demo_copy, backbone="tiny_cnn",
+                          options=AuditOptions(attributes=["colour"], epochs=5, near=0.99999))
     group = next(g for g in result.duplicates if "images/copy.png" in g.paths)
     assert group.kind == "identical" and set(group.paths) == {"images/00003.png", "images/copy.png"}
     assert group.crosses_splits and group.conflicting == ["colour"]
@@ -102,12 +103,13 @@ def test_audit_cli_json_html_export_and_bad_input(demo_copy, tmp_path):
     with pytest.raises(MhtagError, match="does not exist"):
         audit_labels(tmp_path / "missing.csv", backbone="tiny_cnn")
     with pytest.raises(MhtagError, match="unknown attribute"):
-        audit_labels(demo_copy, backbone="tiny_cnn", attributes=["nope"])
+        audit_labels(demo_copy, backbone="tiny_cnn", options=AuditOptions(attributes=["nope"]))
 
 
 def test_an_edited_export_feeds_back_into_the_labels(demo_copy, tmp_path):
     flipped = _flip(demo_copy, 4)
-    result = audit_labels(demo_copy, backbone="tiny_cnn", attributes=["colour"], epochs=5, vote_tau=0.3)
+    result = audit_labels(demo_copy, backbone="tiny_cnn",
+                          options=AuditOptions(attributes=["colour"], epochs=5, vote_tau=0.3))
     assert result.summary["vote_tau"] == {"colour": 0.3}  # a temperature given is kept
     export_suspects(result, tmp_path / "s.csv")
     edited = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False)
@@ -122,7 +124,8 @@ def test_an_edited_export_feeds_back_into_the_labels(demo_copy, tmp_path):
 
 
 def test_the_audit_can_embed_with_a_trained_runs_backbone(demo_copy, tiny_run):
-    result = audit_labels(demo_copy, model=tiny_run, attributes=["colour", "marks"], epochs=3, folds=3)
+    result = audit_labels(demo_copy, model=tiny_run,
+                          options=AuditOptions(attributes=["colour", "marks"], epochs=3, folds=3))
     kinds = {s.attribute: isinstance(s.given, list) for s in result.suspects}
     assert kinds == {"colour": False, "marks": True}  # the run's tag group is read as tags
 

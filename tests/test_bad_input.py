@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from mhtag import cli
 from mhtag.core.errors import MhtagError
 from mhtag.data.labels import read_labels
-from mhtag.index.build import index_images
+from mhtag.index.build import IndexOptions, index_images
 from mhtag.index.search import search
 from mhtag.index.store import open_table, read_columns
 from mhtag.models.checkpoint import load_checkpoint
@@ -59,14 +59,15 @@ def test_bad_config_values_are_refused_before_a_run_folder_exists(monkeypatch, c
     assert not (tmp_path / "run").exists()
 
 
-def test_epochs_and_lr_flags_mean_the_same_in_probe_mode(demo, tmp_path):
+def test_each_schedule_flag_sets_its_own_field(demo, tmp_path):
     r = CliRunner().invoke(cli.app, ["train", "--labels", str(demo), "--backbone", "tiny_cnn", "--mode", "probe",
-                                     "--multilabel", "marks", "--epochs", "3", "--lr", "0.02", "--set",
-                                     "num_workers=0", "--set", "report=false", "--out", str(tmp_path / "run")])
+                                     "--multilabel", "marks", "--probe-epochs", "3", "--probe-lr", "0.02", "--epochs",
+                                     "9", "--lr", "0.5", "--set", "num_workers=0", "--set", "report=false", "--out",
+                                     str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]) == 3
-    assert config["probe_lr"] == 0.02 and config["probe_epochs"] == 3
+    assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]) == 3  # a probe: probe_epochs
+    assert (config["probe_lr"], config["probe_epochs"], config["lr"], config["epochs"]) == (0.02, 3, 0.5, 9)
 
 
 def test_ctrl_c_in_training_exits_130_and_says_what_was_kept(monkeypatch, capsys, demo, tmp_path):
@@ -104,14 +105,14 @@ def test_verify_catches_same_size_content_with_the_mtime_restored(tiny_run, tmp_
     root.mkdir()
     for i, colour in enumerate(("red", "green", "blue")):
         Image.new("RGB", (24, 24), colour).save(root / f"{i}.bmp")  # BMP: the size depends on the pixels' count only
-    index_images(root, db, model=tiny_run, workers=0)
+    index_images(root, db, model=tiny_run, options=IndexOptions(workers=0))
     img = root / "0.bmp"
     stat = img.stat()
     Image.new("RGB", (24, 24), "yellow").save(img)
     os.utime(img, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert img.stat().st_size == stat.st_size
-    assert index_images(root, db, workers=0).updated == 0  # size + mtime: looks unchanged
-    r = index_images(root, db, workers=0, verify=True)
+    assert index_images(root, db, options=IndexOptions(workers=0)).updated == 0  # size + mtime: looks unchanged
+    r = index_images(root, db, options=IndexOptions(workers=0, verify=True))
     assert (r.updated, r.unchanged) == (1, 2)
 
 
@@ -127,7 +128,7 @@ def test_attribute_columns_that_collide_or_look_like_options(demo, tmp_path, tin
     table = read_labels(odd, demo.parent)
     assert {"limit", "file", "row"} <= set(table.attributes)  # no longer silently dropped
     db = tmp_path / "db"
-    index_images(demo.parent, db, model=tiny_run, labels=odd, workers=0)
+    index_images(demo.parent, db, model=tiny_run, labels=odd, options=IndexOptions(workers=0))
     r = CliRunner().invoke(cli.app, ["search", "--db", str(db), "--filter", "limit=lo", "--source", "label",
                                      "--limit", "500", "--json"])
     assert r.exit_code == 0, r.output
@@ -146,7 +147,7 @@ def test_one_rule_for_images_gifs_and_symlink_loops(tmp_path, tiny_run):
     walk = walk_images([root])
     assert sorted(p.name for p in walk.files) == ["a.png", "anim.gif"]
     assert len(walk.problems) == 1 and "symlink loop" in walk.problems[0][1]
-    r = index_images(root, tmp_path / "db", model=tiny_run, workers=0)
+    r = index_images(root, tmp_path / "db", model=tiny_run, options=IndexOptions(workers=0))
     assert r.rows == 2
 
 
@@ -156,7 +157,7 @@ def test_exif_rotated_images_store_their_upright_size(tmp_path, tiny_run):
     exif = Image.Exif()
     exif[0x0112] = 6  # displayed rotated by 90 degrees
     Image.new("RGB", (80, 40), "red").save(root / "rot.jpg", exif=exif)
-    index_images(root, tmp_path / "db", model=tiny_run, workers=0)
+    index_images(root, tmp_path / "db", model=tiny_run, options=IndexOptions(workers=0))
     row = read_columns(open_table(tmp_path / "db"), ["width", "height"]).to_pylist()[0]
     assert (row["width"], row["height"]) == (40, 80)
 
@@ -225,7 +226,7 @@ def test_a_replaced_model_is_named_as_changed(indexed, demo, tiny_run, tmp_path)
         state["thresholds"] = {k: [0.4] * len(v) for k, v in state["thresholds"].items()}
         torch.save(state, tiny_run / "best.pt")
         with pytest.raises(MhtagError, match="that file has changed since"):
-            index_images(demo.parent, db, workers=0)
+            index_images(demo.parent, db, options=IndexOptions(workers=0))
     finally:
         shutil.copy(backup, tiny_run / "best.pt")
 

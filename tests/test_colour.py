@@ -13,7 +13,7 @@ from mhtag.models.ensemble import EnsembleBackbone
 from mhtag.training.evaluate import evaluate
 from mhtag.training.fit import fit
 
-CONFIG = {"input_size": [8, 8], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "colour_bins": 4}
+CONFIG = {"input_size": [8, 8], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
 
 
 class _Blind(nn.Module):
@@ -39,7 +39,7 @@ def test_each_pixel_counts_in_its_rgb_cell_and_rows_have_unit_norm():
     rgb = torch.zeros(2, 3, 8, 8)
     rgb[0, 0, :, :4] = 1.0  # left half pure red, right half black
     rgb[1] = torch.tensor([0.3, 0.6, 0.9]).view(3, 1, 1)  # one colour all over: cell (1, 2, 3) of 4 per channel
-    h = colour_histogram(_normalised(rgb), CONFIG)
+    h = colour_histogram(_normalised(rgb), CONFIG, bins=4)
     assert h.shape == (2, 64)
     red, black, one = (3 * 4 + 0) * 4 + 0, 0, (1 * 4 + 2) * 4 + 3
     assert h[0, red].item() == pytest.approx(0.5 ** 0.5) and h[0, black].item() == pytest.approx(0.5 ** 0.5)
@@ -48,7 +48,7 @@ def test_each_pixel_counts_in_its_rgb_cell_and_rows_have_unit_norm():
 
 
 def test_a_backbone_widens_by_the_histogram_and_an_ensemble_by_its_members():
-    members = [Backbone(_Blind(), 8, dict(CONFIG), "blind") for _ in range(2)]
+    members = [Backbone(_Blind(), 8, dict(CONFIG), "blind", colour_bins=4) for _ in range(2)]
     assert members[0].num_features == 8 + 64
     assert members[0](_normalised(torch.rand(3, 3, 8, 8))).shape == (3, 72)
     ensemble = EnsembleBackbone(members, [1.0, 1.0])
@@ -73,4 +73,7 @@ def test_a_backbone_blind_to_colour_learns_it_through_the_histogram_which_travel
     run, with_histogram = _colour_accuracy(demo, tmp_path, 4)
     assert without <= 0.5 < 0.75 <= with_histogram  # four colours: without it the head can only guess (0.25)
     model = tagger_from_checkpoint(load_checkpoint(run))
-    assert model.backbone.data_config["colour_bins"] == 4 and model.num_features == 8 + 64
+    assert model.backbone.colour_bins == 4 and model.num_features == 8 + 64
+    legacy = load_checkpoint(run)  # written before the options had their own key: they sat in the preprocessing
+    legacy["data_config"] = {**legacy.pop("backbone_options"), **legacy["data_config"]}
+    assert tagger_from_checkpoint(legacy).backbone.options == {"tta_flip": False, "colour_bins": 4}

@@ -1,8 +1,7 @@
-from pathlib import Path
 
 import pytest
 
-from mhtag.core.config import TrainConfig, load_config, parse_overrides, saved_config
+from mhtag.core.config import TrainConfig, list_presets, load_config, parse_overrides, saved_config
 from mhtag.core.errors import MhtagError
 
 
@@ -60,6 +59,17 @@ def test_a_run_saved_before_pos_weights_existed_resumes_with_the_tag_weighting_i
     assert saved_config(TrainConfig(class_weights="none").to_dict()).pos_weights == "sqrt"  # saved: kept
 
 
-@pytest.mark.parametrize("preset", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_shipped_preset_loads(preset):
-    assert isinstance(load_config(preset), TrainConfig)
+@pytest.mark.parametrize("preset", sorted(list_presets()))
+def test_every_shipped_preset_loads_by_name_and_says_what_it_is_for(preset):
+    assert isinstance(load_config(preset), TrainConfig) and len(list_presets()[preset]) > 20
+
+
+def test_a_preset_is_a_name_from_any_folder_or_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the presets travel inside the package
+    assert load_config("fashion_probe").colour_histogram == 8
+    (tmp_path / "mine.yaml").write_text("epochs: 3\n")
+    assert load_config("mine.yaml").epochs == 3 and load_config(tmp_path / "mine.yaml").epochs == 3
+    with pytest.raises(MhtagError, match="unknown preset 'fashion_prob'; choose from demo, fashion_finetune"):
+        load_config("fashion_prob")
+    with pytest.raises(MhtagError, match="config file other.yaml does not exist"):
+        load_config("other.yaml")

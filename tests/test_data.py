@@ -104,15 +104,12 @@ def test_forbidden_augmentations_follow_attribute_names_and_config():
     assert jitter.hue is None
 
 
-@pytest.mark.parametrize("strength,degrees,shift,scale", [(1.0, 0.0, 0.04, (0.92, 1.04)),
-                                                          (2.0, 5.0, 0.08, (0.84, 1.08))])
-def test_aug_strength_scales_the_geometry(strength, degrees, shift, scale):
-    tf = build_transform({"input_size": [32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}, train=True,
-                         strength=strength)
+def test_training_geometry_is_a_mild_shift_and_scale_without_rotation():
+    tf = build_transform({"input_size": [32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}, train=True)
     affine = next(t for t in tf.transforms if type(t).__name__ == "RandomAffine")
-    assert affine.degrees == [-degrees, degrees]
-    assert affine.translate == pytest.approx((shift, shift))
-    assert affine.scale == pytest.approx(scale)
+    assert affine.degrees == [0.0, 0.0]
+    assert affine.translate == pytest.approx((0.04, 0.04))
+    assert affine.scale == pytest.approx((0.92, 1.04))
 
 
 def test_an_images_augmentation_depends_on_seed_epoch_and_index_alone_and_leaves_trainings_stream(tmp_path):
@@ -190,10 +187,10 @@ def test_single_class_attribute_is_dropped_with_reason():
     assert schema.names == ["kind"] and "only 1 class" in dropped["colour"]
 
 
-def test_min_count_merges_rare_classes_into_other():
-    frame = pd.DataFrame({"c": ["a"] * 5 + ["b"] * 5 + ["rare1", "rare2"]})
-    schema, _ = LabelSchema.fit(frame, ["c"], set(), min_count=2)
-    assert schema["c"].classes == ["a", "b", "other"] and schema["c"].counts == [5, 5, 2]
+def test_a_schema_with_classes_merged_into_other_still_encodes_them():
+    """Models trained with the removed `min_count` folded rare classes into "other"; their schemas still load."""
+    schema = LabelSchema.from_dict({"attributes": [{"name": "c", "kind": "single", "classes": ["a", "b", "other"],
+                                                    "counts": [5, 5, 2], "merged": ["rare1", "rare2"]}]})
     targets, unknown = schema.encode(pd.DataFrame({"c": ["rare2", "new"]}))
     assert targets["c"].tolist() == [2, UNKNOWN]
 

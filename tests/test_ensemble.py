@@ -12,7 +12,7 @@ from mhtag import cli
 from mhtag.core.errors import MhtagError
 from mhtag.data.labels import FILE, read_labels
 from mhtag.data.transforms import build_transform
-from mhtag.index.build import index_images
+from mhtag.index.build import IndexOptions, index_images
 from mhtag.index.store import open_table, read_columns
 from mhtag.inference.encoder import load_encoder
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
@@ -93,7 +93,8 @@ def _nll(probs, y):
 
 
 def test_the_index_stores_the_ensembles_calibrated_answers(demo, ensemble_dir, tmp_path):
-    report = index_images(demo.parent, tmp_path / "db", model=ensemble_dir, labels=demo, workers=0)
+    report = index_images(demo.parent, tmp_path / "db", model=ensemble_dir, labels=demo,
+                          options=IndexOptions(workers=0))
     assert report.added > 0
     rows = read_columns(open_table(tmp_path / "db"), ["vector", "probs_shape", "conf_shape"]).to_pylist()
     assert len(rows[0]["vector"]) == 64
@@ -140,8 +141,8 @@ def test_a_flip_ensemble_embeds_each_image_and_its_mirror_and_keeps_its_members_
     ens = tagger_from_checkpoint(load_checkpoint(tmp_path / "flip"))
     plain = tagger_from_checkpoint(load_checkpoint(tiny_run))
     assert load_checkpoint(tmp_path / "flip")["config"]["tta_flip"] is True
-    assert all(m.backbone.data_config["tta_flip"] for m in ens.members)
-    assert load_checkpoint(tiny_run)["data_config"]["tta_flip"] is False  # the member's own run is untouched
+    assert all(m.backbone.tta_flip for m in ens.members)
+    assert load_checkpoint(tiny_run)["backbone_options"]["tta_flip"] is False  # the member's own run is untouched
     x = torch.stack([build_transform(plain.backbone.data_config)(im) for im in _images(demo)])
     with torch.no_grad():
         mirrored = (plain.backbone(x) + plain.backbone(x.flip(-1))) / 2
@@ -151,14 +152,14 @@ def test_a_flip_ensemble_embeds_each_image_and_its_mirror_and_keeps_its_members_
 
 def test_members_disagreeing_on_the_flip_are_told_how_to_agree_and_a_head_forbidding_it_refuses_it(
         demo, tiny_run, second_run, tmp_path):
-    from mhtag.models.checkpoint import save_checkpoint
+    from mhtag.models.checkpoint import save_checkpoint, with_options
 
     state = load_checkpoint(tiny_run)
     state["config"] = {**state["config"], "aug_forbid": {"shape": ["hflip"]}}
     (tmp_path / "sided").mkdir()
     save_checkpoint(state, tmp_path / "sided" / "best.pt")
     second = load_checkpoint(second_run)
-    flipped = {**second, "data_config": {**second["data_config"], "tta_flip": True}}
+    flipped = with_options(second, tta_flip=True)
     (tmp_path / "flipped").mkdir()
     save_checkpoint(flipped, tmp_path / "flipped" / "best.pt")
     with pytest.raises(MhtagError, match="differs .* in tta_flip .*--tta-flip or --no-tta-flip"):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from mhtag.core.errors import MhtagError
-from mhtag.index.build import index_images
+from mhtag.index.build import IndexOptions, index_images
 from mhtag.index.meta import read_meta
 from mhtag.index.store import open_table, read_columns, writer_lock
 from mhtag.inference.fusion import TAU_GRID
@@ -51,7 +51,7 @@ def test_same_bytes_with_a_new_mtime_or_new_labels_update_columns_without_embedd
     root, db = demo_copy.parent, tmp_path / "db"
     bmp = root / "images" / "extra.bmp"
     Image.new("RGB", (24, 24), "red").save(bmp)  # BMP: the file size depends on the pixel count only
-    index_images(root, db, model=tiny_run, labels=demo_copy, workers=0)
+    index_images(root, db, model=tiny_run, labels=demo_copy, options=IndexOptions(workers=0))
     columns = ["rel", "id", "vector", "mtime_ns", "label_colour", "split", "pred_colour"]
     before = {r["rel"]: r for r in read_columns(open_table(db), columns).to_pylist()}
     for f in (root / "images").iterdir():
@@ -65,34 +65,35 @@ def test_same_bytes_with_a_new_mtime_or_new_labels_update_columns_without_embedd
     real = Encoder.encode_files
     monkeypatch.setattr(Encoder, "encode_files", lambda self, paths, *a, **k: encoded.extend(paths) or
                         real(self, paths, *a, **k))
-    r = index_images(root, db, labels=demo_copy, workers=0)
+    r = index_images(root, db, labels=demo_copy, options=IndexOptions(workers=0))
     assert (r.added, r.updated, r.refreshed, r.unchanged, r.rows) == (0, 0, 121, 0, 121) and encoded == []
     after = {r["rel"]: r for r in read_columns(open_table(db), columns).to_pylist()}
     assert after[rel]["label_colour"] == first[col] != before[rel]["label_colour"]
     assert all(after[k]["vector"] == before[k]["vector"] and after[k]["pred_colour"] == before[k]["pred_colour"]
                and after[k]["mtime_ns"] == (root / k).stat().st_mtime_ns for k in before)
-    again = index_images(root, db, labels=demo_copy, workers=0)
+    again = index_images(root, db, labels=demo_copy, options=IndexOptions(workers=0))
     assert (again.refreshed, again.unchanged) == (0, 121)  # the new mtimes were stored
     size = bmp.stat().st_size
     Image.new("RGB", (24, 24), "blue").save(bmp)
     os.utime(bmp, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
     assert bmp.stat().st_size == size
-    changed = index_images(root, db, labels=demo_copy, workers=0)
+    changed = index_images(root, db, labels=demo_copy, options=IndexOptions(workers=0))
     assert (changed.updated, changed.refreshed, changed.unchanged) == (1, 0, 120)
 
 
 def test_rerun_is_incremental_changed_files_reembed_and_prune_drops_deleted(demo_copy, tiny_run, tmp_path):
     root, db = demo_copy.parent, tmp_path / "db"
-    index_images(root, db, model=tiny_run, labels=demo_copy, workers=0)
-    again = index_images(root, db, labels=demo_copy, workers=0)  # model defaults to the index's own
+    index_images(root, db, model=tiny_run, labels=demo_copy, options=IndexOptions(workers=0))
+    again = index_images(root, db, labels=demo_copy,
+                         options=IndexOptions(workers=0))  # model defaults to the index's own
     assert (again.added, again.updated, again.unchanged, again.vanished) == (0, 0, 120, 0)
     img = root / "images" / "00003.png"
     shutil.copy(root / "images" / "00004.png", img)
     os.utime(img, ns=(time.time_ns(), time.time_ns() + 10**9))
     (root / "images" / "00005.png").unlink()
-    kept = index_images(root, db, labels=demo_copy, workers=0)
+    kept = index_images(root, db, labels=demo_copy, options=IndexOptions(workers=0))
     assert (kept.updated, kept.vanished, kept.pruned, kept.rows) == (1, 1, 0, 120)
-    r = index_images(root, db, labels=demo_copy, workers=0, prune=True)
+    r = index_images(root, db, labels=demo_copy, options=IndexOptions(workers=0, prune=True))
     assert (r.updated, r.pruned, r.rows) == (0, 1, 119)
     rows = {x["rel"]: x["id"] for x in _rows(db)}
     assert rows["images/00003.png"] == rows["images/00004.png"]  # content hash follows the new bytes
@@ -107,7 +108,7 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path, tiny_run):
     (tmp_path / "imgs" / "empty.jpg").write_bytes(b"")
     (tmp_path / "imgs" / "text.png").write_text("not an image")
     (tmp_path / "imgs" / "notes.txt").write_text("ignored: not an image extension")
-    r = index_images(tmp_path / "imgs", tmp_path / "db", model=tiny_run, workers=0)
+    r = index_images(tmp_path / "imgs", tmp_path / "db", model=tiny_run, options=IndexOptions(workers=0))
     assert r.rows == 2
     assert sorted((os.path.basename(f.path), f.reason.split(" (")[0]) for f in r.failed) == [
         ("empty.jpg", "empty file"), ("text.png", "not an image")]
@@ -116,8 +117,8 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path, tiny_run):
 def test_other_model_is_refused_until_rebuild(indexed, demo, tmp_path):
     db, _ = indexed
     with pytest.raises(MhtagError, match="does not match.*--rebuild"):
-        index_images(demo.parent, db, model=_other_model(demo, tmp_path), workers=0)
-    r = index_images(demo.parent, db, model=_other_model(demo, tmp_path), workers=0, rebuild=True)
+        index_images(demo.parent, db, model=_other_model(demo, tmp_path), options=IndexOptions(workers=0))
+    r = index_images(demo.parent, db, model=_other_model(demo, tmp_path), options=IndexOptions(workers=0, rebuild=True))
     assert r.added == 120 and read_meta(db).model_path.startswith(str(tmp_path / "other"))
 
 
@@ -135,12 +136,12 @@ def _other_model(demo, tmp_path):
 def test_second_writer_fails_clearly(indexed, demo):
     db, _ = indexed
     with writer_lock(db), pytest.raises(MhtagError, match="another `mhtag index`.*is writing"):
-        index_images(demo.parent, db, workers=0)
+        index_images(demo.parent, db, options=IndexOptions(workers=0))
 
 
 def test_without_a_model_only_embeddings_and_labels(demo, tmp_path, monkeypatch):
     monkeypatch.setattr("mhtag.index.build.DEFAULT_BACKBONE", "tiny_cnn")
-    r = index_images(demo.parent, tmp_path / "db", labels=demo, workers=0)
+    r = index_images(demo.parent, tmp_path / "db", labels=demo, options=IndexOptions(workers=0))
     meta = read_meta(tmp_path / "db")
     assert not r.has_heads and meta.model_id == "backbone:tiny_cnn"
     assert all(a.has_labels and not a.has_head for a in meta.attributes)
@@ -150,7 +151,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
     import conftest  # registers tiny_cnn
-    from mhtag.index.build import index_images
+    from mhtag.index.build import IndexOptions, index_images
     from mhtag.inference.encoder import Encoder
     real = Encoder.encode_files
     def slow(*a, **kw):
@@ -158,13 +159,14 @@ KILL_SCRIPT = textwrap.dedent("""
             time.sleep(0.1)
             yield batch
     Encoder.encode_files = slow
-    index_images({root!r}, {db!r}, model={model!r}, labels={labels!r}, batch_size=8, commit_every=16, workers=0)
+    index_images({root!r}, {db!r}, model={model!r}, labels={labels!r},
+                 options=IndexOptions(batch_size=8, commit_every=16, workers=0))
 """)
 
 
 def test_killed_index_resumes_to_the_same_rows_as_a_clean_run(demo, tiny_run, tmp_path):
     clean = tmp_path / "clean"
-    index_images(demo.parent, clean, model=tiny_run, labels=demo, workers=0)
+    index_images(demo.parent, clean, model=tiny_run, labels=demo, options=IndexOptions(workers=0))
     db = tmp_path / "killed"
     script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), root=str(demo.parent), db=str(db),
                                 model=str(tiny_run), labels=str(demo))
@@ -183,7 +185,7 @@ def test_killed_index_resumes_to_the_same_rows_as_a_clean_run(demo, tiny_run, tm
     proc.wait()
     partial = open_table(db).count_rows()
     assert 0 < partial < 120, partial
-    r = index_images(demo.parent, db, labels=demo, workers=0)
+    r = index_images(demo.parent, db, labels=demo, options=IndexOptions(workers=0))
     assert r.unchanged == partial and r.added == 120 - partial
     assert _rows(db) == _rows(clean)  # same rows, no duplicate, none lost
 
@@ -196,7 +198,7 @@ def test_a_folder_of_symlinks_indexes_with_its_labels(demo, tiny_run, tmp_path):
         (links / f"{i:05d}.png").symlink_to(demo.parent / "images" / f"{i:05d}.png")
     csv = tmp_path / "links" / "labels.csv"
     csv.write_text("\n".join(demo.read_text().splitlines()[:11]) + "\n")
-    r = index_images(tmp_path / "links", tmp_path / "db", model=tiny_run, labels=csv, workers=0)
+    r = index_images(tmp_path / "links", tmp_path / "db", model=tiny_run, labels=csv, options=IndexOptions(workers=0))
     rows = read_columns(open_table(tmp_path / "db"), ["path", "label_colour"]).to_pylist()
     assert r.rows == 10 and all(x["label_colour"] for x in rows)
     assert all(x["path"].startswith(str(links)) for x in rows)  # the user's paths, not the link targets
@@ -206,8 +208,9 @@ TORCHRUN_SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {tests!r})
     import conftest  # registers tiny_cnn
-    from mhtag.index.build import index_images
-    r = index_images({root!r}, {db!r}, model={model!r}, labels={labels!r}, workers=0, batch_size=16)
+    from mhtag.index.build import IndexOptions, index_images
+    r = index_images({root!r}, {db!r}, model={model!r}, labels={labels!r},
+                     options=IndexOptions(workers=0, batch_size=16))
     import os
     if os.environ["RANK"] == "0":
         print("REPORT", r.model_dump_json())
@@ -227,7 +230,7 @@ def test_torchrun_shards_and_the_report_counts_every_rank(demo, tiny_run, tmp_pa
     report = json.loads(out.stdout.split("REPORT ", 1)[1].splitlines()[0])
     assert (report["added"], report["updated"], report["rows"]) == (120, 0, 120)
     clean = tmp_path / "clean"
-    index_images(demo.parent, clean, model=tiny_run, labels=demo, workers=0)
+    index_images(demo.parent, clean, model=tiny_run, labels=demo, options=IndexOptions(workers=0))
     assert _rows(db) == _rows(clean)
 
 

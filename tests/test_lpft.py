@@ -64,20 +64,6 @@ def test_a_fine_tune_worse_than_the_probe_is_reported_per_head_and_best_of_keeps
     assert load_checkpoint(tmp_path / "kept")["mode"] == "finetune"
 
 
-def test_freeze_feature_norm_keeps_the_probes_standard_scaler_while_its_scale_and_shift_train(demo, finetune_cfg,
-                                                                                              tmp_path):
-    cfg = config_from_dict({"keep": "finetune", "lr": 0.01}, finetune_cfg)
-    probe_stats = None
-    for frozen in (True, False):
-        fit(config_from_dict({"freeze_feature_norm": frozen}, cfg), demo, out=tmp_path / str(frozen))
-        probe = load_checkpoint(tmp_path / str(frozen) / "probe")["model"]
-        tuned = load_checkpoint(tmp_path / str(frozen))["model"]
-        probe_stats = probe_stats or {k: probe[f"feature_norm.{k}"] for k in ("running_mean", "running_var")}
-        same = all(torch.equal(tuned[f"feature_norm.{k}"], v) for k, v in probe_stats.items())
-        assert same is frozen  # batch statistics move the running ones unless frozen
-        assert not torch.equal(tuned["feature_norm.weight"], probe["feature_norm.weight"])
-
-
 def test_patience_stops_when_validation_stops_improving(demo, finetune_cfg, tmp_path):
     cfg = config_from_dict({"epochs": 6, "lr": 1e-9, "patience": 1, "keep": "finetune"}, finetune_cfg)
     run = fit(cfg, demo, out=tmp_path / "run")

@@ -9,11 +9,12 @@ import pytest
 
 from mhtag.core.errors import MhtagError
 from mhtag.core.storage import STORAGE_OPTIONS_ENV, storage_options
-from mhtag.index.build import add_images, delete_row, index_images
+from mhtag.index.build import IndexOptions, index_images
 from mhtag.index.export import export_index
 from mhtag.index.predict import predict
 from mhtag.index.search import search
 from mhtag.index.store import open_table
+from mhtag.index.uploads import add_images, delete_row
 
 BUCKET = "mhtag-test"  # the bucket conftest's s3_options makes
 
@@ -35,7 +36,7 @@ def test_an_index_on_object_storage_holds_what_a_local_one_holds(demo, tiny_run,
     import boto3
 
     local, _ = indexed
-    report = index_images(demo.parent, remote, model=tiny_run, labels=demo, workers=0)
+    report = index_images(demo.parent, remote, model=tiny_run, labels=demo, options=IndexOptions(workers=0))
     assert report.added == 120 and not report.failed
     s3 = boto3.client("s3", endpoint_url=s3_options["aws_endpoint"], aws_access_key_id="test",
                       aws_secret_access_key="test", region_name="us-east-1")
@@ -53,7 +54,7 @@ def test_an_index_on_object_storage_holds_what_a_local_one_holds(demo, tiny_run,
 
 def test_search_and_predict_on_object_storage_answer_like_local(demo, tiny_run, indexed, remote):
     local, _ = indexed
-    index_images(demo.parent, remote, model=tiny_run, labels=demo, workers=0)
+    index_images(demo.parent, remote, model=tiny_run, labels=demo, options=IndexOptions(workers=0))
     for question in ({"filters": {"shape": ["circle"]}, "facets": True},
                      {"filters": {"colour": ["red", "blue"]}, "like_id": next(iter(_table(local)))}):
         assert search(remote, **question) == search(local, **question)
@@ -65,7 +66,7 @@ def test_search_and_predict_on_object_storage_answer_like_local(demo, tiny_run, 
 
 
 def test_a_write_to_the_remote_table_is_seen_by_the_next_search(demo, tiny_run, remote):
-    index_images(demo.parent, remote, model=tiny_run, labels=demo, workers=0)
+    index_images(demo.parent, remote, model=tiny_run, labels=demo, options=IndexOptions(workers=0))
     before = search(remote, limit=1)
     delete_row(remote, before.results[0].id)
     after = search(remote, limit=200)
@@ -73,7 +74,7 @@ def test_a_write_to_the_remote_table_is_seen_by_the_next_search(demo, tiny_run, 
 
 
 def test_uploads_to_a_remote_index_are_refused_with_a_clear_error(demo, tiny_run, remote):
-    index_images(demo.parent, remote, model=tiny_run, labels=demo, workers=0)
+    index_images(demo.parent, remote, model=tiny_run, labels=demo, options=IndexOptions(workers=0))
     with pytest.raises(MhtagError, match="object storage"):
         add_images(remote, [next(demo.parent.rglob("*.png")).read_bytes()], enc=None)
 
@@ -110,7 +111,7 @@ def test_the_service_serves_an_index_on_object_storage(demo, tiny_run, indexed, 
     from mhtag.server.service import Settings
 
     local, _ = indexed
-    index_images(demo.parent, remote, model=tiny_run, labels=demo, workers=0)
+    index_images(demo.parent, remote, model=tiny_run, labels=demo, options=IndexOptions(workers=0))
     client = TestClient(create_app(Settings(db=remote)), base_url="http://localhost")
     assert client.get("/api/health").json()["rows"] == 120
     got = client.post("/api/search", json={"filters": {"colour": ["red"]}, "limit": 5})

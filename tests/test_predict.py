@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mhtag import cli
-from mhtag.index.build import index_images
+from mhtag.index.build import IndexOptions, index_images
 from mhtag.index.meta import read_meta, write_meta
 from mhtag.index.neighbours import validation_votes
 from mhtag.index.predict import Predictor, predict
@@ -59,7 +59,7 @@ def test_an_image_never_votes_for_itself(indexed, demo, tmp_path):
 def test_neighbour_only_mode_and_unknown_under_threshold(demo, tmp_path, monkeypatch):
     monkeypatch.setattr("mhtag.index.build.DEFAULT_BACKBONE", "tiny_cnn")
     db = tmp_path / "db"
-    index_images(demo.parent, db, labels=demo, workers=0)
+    index_images(demo.parent, db, labels=demo, options=IndexOptions(workers=0))
     img = demo.parent / "images" / "00010.png"
     out = _dump(predict([img], db, k=5))["predictions"][0]["attributes"]
     assert out["colour"]["head"] == [] and out["colour"]["neighbours"] and out["colour"]["agree"] is None

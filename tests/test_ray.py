@@ -15,7 +15,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
 pytestmark = pytest.mark.slow  # a local Ray cluster and its worker processes: in `pytest -m slow`
 
-from mhtag.index.build import index_images  # noqa: E402
+from mhtag.index.build import IndexOptions, index_images  # noqa: E402
 from mhtag.index.store import open_table  # noqa: E402
 
 LABEL_COLUMNS = ("rid", "id", "path", "rel", "split", "width", "height", "size")
@@ -43,7 +43,7 @@ def local_ray():
 @pytest.fixture(scope="module")
 def local_table(demo, lite_run, tmp_path_factory):
     db = tmp_path_factory.mktemp("local") / "db"
-    index_images(demo.parent, db, model=lite_run, labels=demo, workers=0)
+    index_images(demo.parent, db, model=lite_run, labels=demo, options=IndexOptions(workers=0))
     return _rows(db)
 
 
@@ -66,11 +66,12 @@ def _assert_same_tables(got: dict, want: dict) -> None:
 
 
 def test_ray_engine_writes_the_table_the_local_engine_writes(demo, lite_run, local_ray, local_table, tmp_path):
-    report = index_images(demo.parent, tmp_path / "db", model=lite_run, labels=demo, engine="ray",
-                          batch_size=16, commit_every=32)
+    report = index_images(demo.parent, tmp_path / "db", model=lite_run, labels=demo,
+                          options=IndexOptions(engine="ray", batch_size=16, commit_every=32))
     assert report.added == len(local_table) and not report.failed
     _assert_same_tables(_rows(tmp_path / "db"), local_table)
-    again = index_images(demo.parent, tmp_path / "db", engine="ray")  # nothing changed: nothing to do
+    again = index_images(demo.parent, tmp_path / "db",
+                         options=IndexOptions(engine="ray"))  # nothing changed: nothing to do
     assert again.added == 0 and again.unchanged == len(local_table)
 
 
@@ -81,8 +82,8 @@ def test_ray_engine_writes_a_table_on_object_storage(demo, lite_run, local_ray, 
 
     monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps(s3_options))
     db = "s3://mhtag-test/ray"
-    report = index_images(demo.parent, db, model=lite_run, labels=demo, engine="ray", batch_size=16,
-                          commit_every=32)
+    report = index_images(demo.parent, db, model=lite_run, labels=demo,
+                          options=IndexOptions(engine="ray", batch_size=16, commit_every=32))
     assert report.added == len(local_table) and not report.failed
     _assert_same_tables(_rows(db), local_table)
 
@@ -104,6 +105,6 @@ def test_a_killed_ray_run_resumes_with_no_lost_and_no_duplicate_row(demo, lite_r
     proc.wait()
     partial = open_table(db).count_rows()
     assert 0 < partial < len(local_table)
-    report = index_images(demo.parent, db, labels=demo, engine="ray", batch_size=16)
+    report = index_images(demo.parent, db, labels=demo, options=IndexOptions(engine="ray", batch_size=16))
     assert report.unchanged == partial and report.added == len(local_table) - partial
     _assert_same_tables(_rows(db), local_table)

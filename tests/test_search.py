@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from mhtag import cli
 from mhtag.core.errors import MhtagError
-from mhtag.index.build import index_images
+from mhtag.index.build import IndexOptions, index_images
 from mhtag.index.search import search as _search
 from mhtag.index.store import open_table, read_columns
 
@@ -72,7 +72,7 @@ def test_filter_values_with_quotes_and_sql_are_just_values(demo, tiny_run, tmp_p
     csv = demo.parent / "evil.csv"
     csv.write_text("\n".join(out) + "\n")
     db = tmp_path / "db"
-    index_images(demo.parent, db, model=tiny_run, labels=csv, workers=0)
+    index_images(demo.parent, db, model=tiny_run, labels=csv, options=IndexOptions(workers=0))
     for i, value in enumerate(evil):
         r = search(db, [("note", value)], source="label", limit=500)
         assert r.matched == len(range(i, 120, 3)) and all(x["note"] == value for x in r.results)
@@ -95,7 +95,7 @@ def test_cli_search_json_and_sheet(indexed, tmp_path):
                                   "--json", "--sheet", str(tmp_path / "sheet.jpg")])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert set(out) == {"matched", "results", "facets"} and len(out["results"]) == 2
+    assert set(out) == {"matched", "ranked_by", "results", "facets"} and len(out["results"]) == 2
     assert {"id", "path", "score", "colour", "shape", "marks"} <= set(out["results"][0])
     assert (tmp_path / "sheet.jpg").stat().st_size > 1000
 

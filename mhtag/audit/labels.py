@@ -23,7 +23,7 @@ from mhtag.data.labels import FILE, ROW, LabelTable, drop_unreadable, read_csv_f
 from mhtag.data.schema import Attribute, LabelSchema, split_tags
 from mhtag.index.vectors import VectorIndex
 from mhtag.inference.cache import cached_embeddings
-from mhtag.inference.encoder import DEFAULT_BACKBONE, resolve_data_config
+from mhtag.inference.encoder import DEFAULT_BACKBONE
 from mhtag.inference.fusion import TAU_GRID, log_score, vote_matrix
 from mhtag.models.backbones import Backbone, create_backbone
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
@@ -56,9 +56,7 @@ def _backbone(model: str | Path | None, name: str, image_size: list[int] | None)
     if model is not None:
         tagger = tagger_from_checkpoint(load_checkpoint(model))
         return tagger.backbone, {a.name for a in tagger.schema.attributes if a.multi}
-    bb = create_backbone(name)
-    bb.data_config = resolve_data_config(bb, image_size)
-    return bb, set()
+    return create_backbone(name, image_size=image_size), set()
 
 
 def neighbour_witness(vectors: np.ndarray, labels: dict[str, np.ndarray], schema: LabelSchema, fold: np.ndarray,
@@ -113,22 +111,37 @@ def score_attribute(a: Attribute, y: np.ndarray, head: np.ndarray, nbr: np.ndarr
     return 1 - quality, flagged, both.argmax(1)
 
 
+@dataclass
+class AuditOptions:
+    """How labels are judged: by out-of-fold heads and neighbours, on embeddings of this backbone and size."""
+
+    attributes: list[str] | None = None  # audit only these (default: every attribute of the labels)
+    folds: int = 5  # cross-fitting folds: a row's own label never trains the model that judges it
+    k: int = 20  # labelled neighbours that vote
+    near: float = NEAR_DUPLICATE  # embedding cosine at or above which two images are near-duplicates
+    image_size: list[int] | None = None  # [height, width] to embed at (default: the backbone's own)
+    epochs: int = 40  # of each fold's linear heads
+    seed: int = 0
+    vote_tau: float | None = None  # the neighbour vote's temperature; None: tuned per attribute
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise MhtagError(f"folds must be at least 2, not {self.folds}")
+
+
 def audit_labels(labels: str | Path, images: str | Path | None = None, model: str | Path | None = None,
-                 backbone: str = DEFAULT_BACKBONE, attributes: list[str] | None = None,
-                 multilabel: list[str] | tuple = (), ignore: list[str] | tuple = (), folds: int = 5, k: int = 20,
-                 near: float = NEAR_DUPLICATE, image_size: list[int] | None = None, epochs: int = 40,
-                 seed: int = 0, vote_tau: float | None = None, progress: bool = False) -> AuditResult:
+                 backbone: str = DEFAULT_BACKBONE, multilabel: list[str] | tuple = (), ignore: list[str] | tuple = (),
+                 options: AuditOptions | None = None, progress: bool = False) -> AuditResult:
     """Suspect labels (sorted by score, highest first), duplicate groups (conflicting and split-crossing first),
-    labels against a hierarchy, and a summary. `vote_tau`: the neighbour vote's temperature (None: tuned per
-    attribute, `neighbour_witness`). See the module docstring."""
-    if folds < 2:
-        raise MhtagError(f"folds must be at least 2, not {folds}")
-    bb, tag_groups = _backbone(model, backbone, image_size)
+    labels against a hierarchy, and a summary, for the labels CSV `labels`, embedded with `model`'s backbone or
+    the pretrained `backbone`. See the module docstring."""
+    o = options or AuditOptions()
+    bb, tag_groups = _backbone(model, backbone, o.image_size)
     table = drop_unreadable(read_labels(labels, images, sorted(set(multilabel) | tag_groups), ignore),
                             progress=progress)
     for s in table.skipped[:20]:
         _logger.warning("skipped %s", s)
-    names = _chosen(table, attributes)
+    names = _chosen(table, o.attributes)
     frame = table.frame
     schema, dropped = LabelSchema.fit(frame, names, table.multilabel)
     for name, why in dropped.items():
@@ -137,18 +150,18 @@ def audit_labels(labels: str | Path, images: str | Path | None = None, model: st
         raise MhtagError(f"{labels}: no attribute with two or more classes to audit")
     x = embed_table(table, bb, progress)
     targets, _ = schema.encode(frame)
-    fold = fold_of(len(frame), folds, seed)
+    fold = fold_of(len(frame), o.folds, o.seed)
     witnesses = neighbour_witness(x, {a.name: _stored_labels(frame, a) for a in schema.attributes}, schema, fold,
-                                  targets, k, vote_tau)
-    witnesses.head = out_of_fold_probabilities(x, targets, schema, fold, epochs, seed)
+                                  targets, o.k, o.vote_tau)
+    witnesses.head = out_of_fold_probabilities(x, targets, schema, fold, o.epochs, o.seed)
     suspects = []
     for a in schema.attributes:
         suspects += _suspects(a, frame, targets[a.name], witnesses)
     suspects.sort(key=lambda s: -s.score)
-    duplicates = find_duplicates(table, x, schema.names, near)
+    duplicates = find_duplicates(table, x, schema.names, o.near)
     breaks = rule_breaks(frame, [a.name for a in schema.attributes if not a.multi])
-    summary = {"rows": len(frame), "skipped": len(table.skipped), "folds": folds, "k": k, "vote_tau": witnesses.tau,
-               "near_duplicate_cosine": near, "attributes": schema.names,
+    summary = {"rows": len(frame), "skipped": len(table.skipped), "folds": o.folds, "k": o.k,
+               "vote_tau": witnesses.tau, "near_duplicate_cosine": o.near, "attributes": schema.names,
                "flagged": {a.name: sum(1 for s in suspects if s.attribute == a.name and s.flagged)
                            for a in schema.attributes},
                "duplicate_groups": len(duplicates),

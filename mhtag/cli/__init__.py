@@ -1,19 +1,20 @@
-"""The `mhtag` command line: a Typer app with one thin module per command over the library."""
+"""The `mhtag` command line: a Typer app with one thin module per command over the library. The modules are
+imported in the order a user meets the commands, which is the order `mhtag --help` lists them."""
 
-from mhtag.cli import (  # noqa: F401  (each module registers its command)
-    audit,
-    backbones,
-    cache,
+from mhtag.cli import (  # noqa: F401, I001  (each module registers its command; in workflow order)
     demo,
-    ensemble,
-    evaluate,
-    export,
-    index,
     inspect,
+    train,
+    evaluate,
+    ensemble,
+    index,
     predict,
     search,
+    export,
+    audit,
     serve,
-    train,
+    backbones,
+    cache,
 )
 from mhtag.cli.app import app, main
 

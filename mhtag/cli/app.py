@@ -12,12 +12,25 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
+import typer.core
 
 from mhtag.core.errors import MhtagError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Multi-head image tagging and attribute search.")
+
+class WorkflowOrder(typer.core.TyperGroup):
+    """`mhtag --help` lists the commands in the order a user meets them (their registration order), not A-Z."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+# Plain help (no rich markup): flags show as flags, and text such as '.[ray]' is printed as written.
+app = typer.Typer(cls=WorkflowOrder, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_show_locals=False,
+                  help="Multi-head image tagging and attribute search: learn every attribute of an image at once, "
+                       "index a catalogue, search it by any attribute or by similarity.")
 _debug = False  # set by --debug: show full tracebacks for user errors too
 _threads: int | None = None  # set by --threads
 
@@ -41,14 +54,25 @@ class SourceChoice(str, Enum):
     any = "any"
 
 
-Labels = Annotated[Path, typer.Option("--labels", help="labels CSV: a `path` column plus one column per attribute")]
-Images = Annotated[Optional[Path], typer.Option("--images", help="image root (default: the CSV's folder)")]
-Multilabel = Annotated[Optional[list[str]], typer.Option("--multilabel", help="a `|`-separated tag column")]
-Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", help="a column that is not a head")]
-AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
+Labels = Annotated[Path, typer.Option("--labels", metavar="CSV",
+                                       help="labels CSV: a `path` column plus one column per attribute")]
+Images = Annotated[Optional[Path], typer.Option("--images", metavar="DIR",
+                                                help="image root (default: the CSV's folder)")]
+Multilabel = Annotated[Optional[list[str]], typer.Option("--multilabel", metavar="COLUMN",
+                                                         help="a `|`-separated tag column (repeatable)")]
+Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", metavar="COLUMN",
+                                                     help="a column that is not a head (repeatable)")]
+AsJson = Annotated[bool, typer.Option("--json", help="print the typed result as JSON (what the API answers)")]
+Model = Annotated[Optional[Path], typer.Option("--model", metavar="RUN",
+                                               help="a trained run's folder (default: the index's own model)")]
 Db = Annotated[Optional[str], typer.Option(
-    "--db", help="index folder, or an object-store URI such as s3://bucket/prefix (its options: the JSON in "
-                 "MHTAG_STORAGE_OPTIONS); default: indexes/default")]
+    "--db", metavar="INDEX", help="index folder, or an object-store URI such as s3://bucket/prefix (its options: "
+                                  "the JSON in MHTAG_STORAGE_OPTIONS); default: indexes/default")]
+
+
+def example(*lines: str) -> str:
+    """A command's epilog: how it is typed (click keeps the lines as written after a \\b line)."""
+    return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 @app.callback()

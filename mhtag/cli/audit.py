@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, Ignore, Images, Labels, Multilabel, app, echo_json, prepare
+from mhtag.cli.app import AsJson, Ignore, Images, Labels, Model, Multilabel, app, echo_json, example, prepare
 from mhtag.core.errors import MhtagError
 
 
-@app.command()
-def audit(labels: Labels, images: Images = None,
-          model: Annotated[Optional[Path], typer.Option(help="embed with this run's backbone")] = None,
+@app.command(epilog=example("mhtag audit --labels shop/labels.csv --html audit.html --export suspects.csv"))
+def audit(labels: Labels, images: Images = None, model: Model = None,
           backbone: Annotated[str, typer.Option(help="embed with this backbone (without --model)")
                               ] = "efficientnet_lite0",
           attribute: Annotated[Optional[list[str]], typer.Option("--attribute", help="audit only these")] = None,
@@ -32,13 +30,13 @@ def audit(labels: Labels, images: Images = None,
           top: Annotated[int, typer.Option(min=1, help="suspects shown per attribute")] = 10) -> None:
     """Find the wrong labels, the duplicates and the split leaks of a labelled image set."""
     prepare()
-    from mhtag.audit.labels import audit_labels, export_suspects
+    from mhtag.audit.labels import AuditOptions, audit_labels, export_suspects
     from mhtag.report.audit import write_audit_html
     from mhtag.report.text import shown
 
-    size = _size(image_size)
-    result = audit_labels(labels, images, model, backbone, attribute, multilabel or [], ignore or [], folds, k, near,
-                          size, vote_tau=vote_tau, progress=sys.stderr.isatty())
+    options = AuditOptions(attributes=attribute, folds=folds, k=k, near=near, image_size=_size(image_size),
+                           vote_tau=vote_tau)
+    result = audit_labels(labels, images, model, backbone, multilabel or [], ignore or [], options, progress=True)
     if html:
         write_audit_html(result, images or labels.parent, html)
     if export:
@@ -69,7 +67,8 @@ def _size(text: str | None) -> list[int] | None:
     return [int(h), int(w)]
 
 
-@app.command("apply-fixes")
+@app.command("apply-fixes",
+             epilog=example("mhtag apply-fixes --labels labels.csv --fixes suspects.csv --out fixed.csv"))
 def apply_fixes_command(labels: Labels,
                         fixes: Annotated[Path, typer.Option(help="the edited CSV from `mhtag audit --export`")],
                         out: Annotated[Path, typer.Option(help="where to write the corrected labels CSV")]) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, app, echo_json
+from mhtag.cli.app import AsJson, app, echo_json, example
 
 _UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
           "T": 10**12, "TB": 10**12}
@@ -21,7 +21,7 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _UNITS[match[2]])
 
 
-@app.command()
+@app.command(epilog=example("mhtag cache", "mhtag cache --prune-to 2GB"))
 def cache(prune_to: Annotated[Optional[str], typer.Option(
               help="keep at most this much (2GB, 500MB), deleting the least recently used first")] = None,
           unused_days: Annotated[Optional[float], typer.Option(

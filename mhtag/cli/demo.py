@@ -7,14 +7,15 @@ from typing import Annotated
 
 import typer
 
-from mhtag.cli.app import app
+from mhtag.cli.app import app, example
 
 
-@app.command("make-demo-data")
-def make_demo_data(out: Path, n: Annotated[int, typer.Option(min=1, help="number of images")] = 1000,
+@app.command("make-demo-data", epilog=example("mhtag make-demo-data demo/ --n 1000"))
+def make_demo_data(out: Annotated[Path, typer.Argument(metavar="FOLDER")],
+                   n: Annotated[int, typer.Option(min=1, help="number of images")] = 1000,
                    size: Annotated[int, typer.Option(min=16, help="image side in pixels")] = 96,
                    seed: int = 0) -> None:
-    """Write a synthetic dataset (shapes: colour, size, background; multi-label marks) to OUT."""
+    """Write a synthetic labelled dataset (shapes: colour, size, background; multi-label marks) to FOLDER."""
     from mhtag.data.synthetic import make_demo_data as make
 
     csv_path = make(out, n, size, seed)

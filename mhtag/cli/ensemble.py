@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, Images, Labels, app, echo_json, prepare
+from mhtag.cli.app import AsJson, Images, Labels, app, echo_json, example, prepare
 
 
-@app.command()
-def ensemble(runs: Annotated[list[Path], typer.Argument(help="two or more run folders (or checkpoints) trained "
-                                                             "on the same labels at the same input size")],
+@app.command(epilog=example("mhtag ensemble runs/a runs/b runs/c --labels shop/labels.csv --out runs/abc"))
+def ensemble(runs: Annotated[list[Path], typer.Argument(
+                 metavar="RUN...", help="two or more run folders (or checkpoints) trained on the same labels at the "
+                                        "same input size")],
              labels: Labels, images: Images = None,
              out: Annotated[Path, typer.Option(help="folder of the ensemble's checkpoint")] = Path("runs/ensemble"),
              tta_flip: Annotated[Optional[bool], typer.Option(
@@ -26,7 +26,7 @@ def ensemble(runs: Annotated[list[Path], typer.Argument(help="two or more run fo
     from mhtag.report.text import model_comparison_table
     from mhtag.training.ensemble import build_ensemble
 
-    result = build_ensemble(runs, labels, images, out, progress=sys.stderr.isatty(), tta_flip=tta_flip)
+    result = build_ensemble(runs, labels, images, out, progress=True, tta_flip=tta_flip)
     if as_json:
         echo_json(result)
         return

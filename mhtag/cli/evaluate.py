@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mhtag.cli.app import AsJson, Db, Images, Labels, Split, app, echo_json, prepare
+from mhtag.cli.app import AsJson, Db, Images, Labels, Split, app, echo_json, example, prepare
 
 
-@app.command("eval")
-def eval_(model: Annotated[Path, typer.Option("--model", help="run folder or checkpoint")], labels: Labels,
+@app.command("eval", epilog=example("mhtag eval --model runs/shop --labels shop/labels.csv --split test",
+                                    "mhtag eval --model runs/shop --labels shop/labels.csv --shift --db indexes/shop"))
+def eval_(model: Annotated[Path, typer.Option("--model", metavar="RUN", help="run folder or checkpoint")],
+          labels: Labels,
           images: Images = None, split: Annotated[Split, typer.Option(help="which rows")] = Split.test,
-          report: Annotated[Path | None, typer.Option(help="also write an HTML page: metrics and a reliability "
-                                                           "diagram per head, before and after calibration")] = None,
+          report: Annotated[Path | None, typer.Option(
+              metavar="HTML", help="also write an HTML page: metrics and a reliability diagram per head, before and "
+                                   "after calibration")] = None,
           shift: Annotated[bool, typer.Option(
               "--shift", help="instead: accuracy of head, neighbours and fused answer with the split's photos clean "
                               "and under real-world shifts (background, position and size, rotation, JPEG, "
@@ -31,7 +33,7 @@ def eval_(model: Annotated[Path, typer.Option("--model", help="run folder or che
     from mhtag.report.text import FLOOR_NOTE, metrics_table
     from mhtag.training.evaluate import evaluate
 
-    result = evaluate(model, labels, images, split.value, progress=sys.stderr.isatty())
+    result = evaluate(model, labels, images, split.value, progress=True)
     if report is not None:
         write_eval_report(report, result, f"mhtag eval: {model} on split {split.value!r}")
     if as_json:
@@ -47,12 +49,13 @@ def eval_(model: Annotated[Path, typer.Option("--model", help="run folder or che
         typer.echo(f"labels unseen in training (left out of metrics): {unknown}")
 
 
-def _eval_shift(model: Path, labels: Path, images: Path | None, split: Split, db: str | None, as_json: bool) -> None:
+def _eval_shift(model: Path, labels: Path, images: Path | None, split: Split, db: str | None,
+                as_json: bool) -> None:
     from mhtag.index.robustness import evaluate_shifts
     from mhtag.index.store import DEFAULT_DB
     from mhtag.report.text import shift_table
 
-    result = evaluate_shifts(labels, db or DEFAULT_DB, model, images, split.value, progress=sys.stderr.isatty())
+    result = evaluate_shifts(labels, db or DEFAULT_DB, model, images, split.value, progress=True)
     if as_json:
         echo_json(result)
         return

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, Db, Multilabel, app, echo_json, is_rank0, prepare
+from mhtag.cli.app import AsJson, Db, Model, Multilabel, app, echo_json, example, is_rank0, prepare
 from mhtag.report.text import shown
 
 
@@ -27,15 +26,17 @@ class Engine(str, Enum):
     ray = "ray"
 
 
-@app.command()
-def index(folder: Annotated[Path, typer.Argument(help="folder of images, walked recursively")], db: Db = None,
-          model: Annotated[Optional[Path], typer.Option(help="trained run (default: the index's own model)")] = None,
-          labels: Annotated[Optional[Path], typer.Option(help="known labels CSV; `path` relative to FOLDER")] = None,
+@app.command(epilog=example("mhtag index ./images --labels labels.csv --model runs/shop --db indexes/shop"))
+def index(folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="folder of images, walked recursively")],
+          db: Db = None, model: Model = None,
+          labels: Annotated[Optional[Path], typer.Option(metavar="CSV", help="known labels; `path` relative to "
+                                                                             "FOLDER or to the CSV")] = None,
           multilabel: Multilabel = None,
-          rebuild: Annotated[bool, typer.Option(help="drop the index and re-embed everything")] = False,
-          prune: Annotated[bool, typer.Option(help="drop rows whose file is gone")] = False,
-          verify: Annotated[bool, typer.Option(help="also compare content hashes of files whose size and mtime "
-                                                    "are unchanged (reads every file)")] = False,
+          rebuild: Annotated[bool, typer.Option("--rebuild", help="drop the index and embed everything again")
+                             ] = False,
+          prune: Annotated[bool, typer.Option("--prune", help="drop rows whose file is gone")] = False,
+          verify: Annotated[bool, typer.Option("--verify", help="also compare content hashes of files whose size "
+                                                                "and mtime are unchanged (reads every file)")] = False,
           batch_size: Annotated[int, typer.Option(min=1)] = 64,
           commit_every: Annotated[int, typer.Option(min=1, help="rows per atomic commit (what a killed run can "
                                                                "lose and redo)")] = 512,
@@ -43,17 +44,18 @@ def index(folder: Annotated[Path, typer.Argument(help="folder of images, walked 
           engine: Annotated[Engine, typer.Option(help="local: this process (or one shard per torchrun process); "
                                                       "ray: Ray Data, on RAY_ADDRESS's cluster or a local Ray "
                                                       "(pip install -e '.[ray]')")] = Engine.local,
-          build_ann: Annotated[bool, typer.Option(help="then build LanceDB's vector (IVF_PQ) and scalar indexes "
-                                                       "for `search --engine lance` (refresh after bulk appends)")
-                               ] = False,
+          build_ann: Annotated[bool, typer.Option("--build-ann", help="then build LanceDB's vector (IVF_PQ) and "
+                                                                      "scalar indexes for `search --engine lance` "
+                                                                      "(refresh after bulk appends)")] = False,
           as_json: AsJson = False) -> None:
     """Embed and tag every image under FOLDER into a LanceDB index (incremental, resumable)."""
     prepare()
-    from mhtag.index.build import index_images
+    from mhtag.index.build import IndexOptions, index_images
     from mhtag.index.store import DEFAULT_DB
 
-    r = index_images(folder, db or DEFAULT_DB, model, labels, multilabel or [], rebuild, prune, batch_size,
-                     commit_every, workers=workers, progress=sys.stderr.isatty(), verify=verify, engine=engine.value)
+    options = IndexOptions(rebuild=rebuild, prune=prune, verify=verify, batch_size=batch_size,
+                           commit_every=commit_every, workers=workers, engine=engine.value, progress=True)
+    r = index_images(folder, db or DEFAULT_DB, model, labels, multilabel or [], options)
     if not is_rank0():
         return
     ann_line = _build_ann(r.db) if build_ann else None

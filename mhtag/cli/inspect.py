@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, Ignore, Images, Multilabel, app, echo_json, prepare
+from mhtag.cli.app import AsJson, Ignore, Images, Multilabel, app, echo_json, example, prepare
 
 
-@app.command()
-def inspect(labels: Annotated[Path, typer.Argument(help="labels CSV")], images: Images = None,
+@app.command(epilog=example("mhtag inspect shop/labels.csv --multilabel tags"))
+def inspect(labels: Annotated[Path, typer.Argument(metavar="CSV", help="labels CSV")], images: Images = None,
             multilabel: Multilabel = None, ignore: Ignore = None,
             out: Annotated[Optional[Path], typer.Option(help="folder for health.json and classes.png")] = None,
             as_json: AsJson = False) -> None:
@@ -23,7 +22,7 @@ def inspect(labels: Annotated[Path, typer.Argument(help="labels CSV")], images: 
     from mhtag.report.html import class_distribution_png
     from mhtag.report.text import health_text
 
-    health = inspect_labels(labels, images, multilabel or [], ignore or [], progress=sys.stderr.isatty())
+    health = inspect_labels(labels, images, multilabel or [], ignore or [], progress=True)
     out = out or labels.parent
     atomic_write_json(out / "health.json", health)
     class_distribution_png(health, out / "classes.png")

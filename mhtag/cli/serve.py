@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import Db, app, prepare, threads_option
+from mhtag.cli.app import Db, Model, app, example, prepare, threads_option
 
 
-@app.command()
-def serve(db: Db = None,
-          model: Annotated[Optional[Path], typer.Option(help="trained run (default: the index's model)")] = None,
+@app.command(epilog=example("mhtag serve --db indexes/shop",
+                            "mhtag serve --db indexes/shop --host 0.0.0.0 --api-key-file key.txt --private"))
+def serve(db: Db = None, model: Model = None,
           host: Annotated[str, typer.Option(help="address to bind; other than localhost exposes the service")
                           ] = "127.0.0.1",
           port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,

@@ -2,35 +2,40 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import Ignore, Images, Labels, Mode, Multilabel, app, is_rank0, prepare
+from mhtag.cli.app import Ignore, Images, Labels, Mode, Multilabel, app, example, is_rank0, prepare
 
 
-@app.command()
+@app.command(epilog=example("mhtag train --labels shop/labels.csv --config fashion_probe --out runs/shop",
+                            "mhtag train --labels shop/labels.csv --out runs/shop --resume --epochs 8"))
 def train(labels: Labels, images: Images = None,
-          config: Annotated[Optional[Path], typer.Option(help="YAML preset (see configs/)")] = None,
+          config: Annotated[Optional[str], typer.Option(metavar="PRESET", help="a preset by name (`mhtag configs` "
+                                                                               "lists them) or a YAML file")] = None,
           mode: Annotated[Optional[Mode], typer.Option(help="default: auto (finetune on a GPU, probe on a CPU)")
                           ] = None,
           backbone: Annotated[Optional[str], typer.Option(help="backbone name (see `mhtag backbones`)")] = None,
           multilabel: Multilabel = None, ignore: Ignore = None,
-          epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs of the mode that runs (sets epochs "
-                                                                    "and probe_epochs)")] = None,
-          batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,
-          lr: Annotated[Optional[float], typer.Option(help="learning rate of the mode that runs (sets lr and "
-                                                           "probe_lr)")] = None,
+          epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs of the fine-tune (config epochs)")] = None,
+          probe_epochs: Annotated[Optional[int], typer.Option(min=1, help="epochs of the probe: the whole of a CPU "
+                                                                          "run, or LP-FT's first phase")] = None,
+          lr: Annotated[Optional[float], typer.Option(help="learning rate of the fine-tune's heads (config lr)")
+                        ] = None,
+          probe_lr: Annotated[Optional[float], typer.Option(help="learning rate of the probe's heads")] = None,
+          batch_size: Annotated[Optional[int], typer.Option(min=1, help="images a step (fine-tune)")] = None,
           seed: Annotated[Optional[int], typer.Option()] = None,
-          teacher: Annotated[Optional[Path], typer.Option(help="a trained run or ensemble whose answers the model "
-                                                               "learns beside the labels (distillation; the "
-                                                               "teacher's share: --set distill=0.5)")] = None,
+          teacher: Annotated[Optional[Path], typer.Option(metavar="RUN", help="a trained run or ensemble whose "
+                                                          "answers the model learns beside the labels "
+                                                          "(distillation; the teacher's share: --set distill=0.5)")
+                             ] = None,
           out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/latest"),
-          resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint; "
-                                                    "epochs, lr and max_minutes may change")] = False,
-          set_: Annotated[Optional[list[str]], typer.Option("--set", help="any config key=value")] = None) -> None:
+          resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint; "
+                                                                "its schedule may change")] = False,
+          set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE",
+                                                            help="any config key (repeatable)")] = None) -> None:
     """Train one model with a head per attribute of the labels CSV."""
     prepare()
     from mhtag.core.config import load_config, parse_overrides, read_preset
@@ -38,7 +43,7 @@ def train(labels: Labels, images: Images = None,
     from mhtag.training.fit import fit, resumed_config
 
     flags = {"mode": mode.value if mode else None, "backbone": backbone, "epochs": epochs,
-             "probe_epochs": epochs, "batch_size": batch_size, "lr": lr, "probe_lr": lr, "seed": seed,
+             "probe_epochs": probe_epochs, "batch_size": batch_size, "lr": lr, "probe_lr": probe_lr, "seed": seed,
              "multilabel": multilabel or None, "ignore": ignore or None,
              "teacher": str(teacher) if teacher else None}
     overrides = {k: v for k, v in flags.items() if v is not None} | parse_overrides(set_ or [])
@@ -50,15 +55,16 @@ def train(labels: Labels, images: Images = None,
             typer.echo(f"resume: {key} {old} -> {new}", err=True)
     else:
         cfg = load_config(config, overrides)
-    run = fit(cfg, labels, images, out, resume=resume, progress=sys.stderr.isatty())
+    run = fit(cfg, labels, images, out, resume=resume, progress=True)
     if not is_rank0():
         return
     if run.skipped:
         typer.echo(f"skipped {len(run.skipped)} row(s), e.g. {run.skipped[0]}", err=True)
     best = run.best
     if best:
-        typer.echo(f"best epoch {best['epoch'] + 1}: mean val macro-F1 {best['score']:.4f}")
-        typer.echo(metrics_table(best["heads"]))
+        typer.echo(f"best epoch {best['epoch'] + 1}: mean val macro-F1 {best['score']:.4f}; the shipped model on "
+                   "val, calibrated:")
+        typer.echo(metrics_table(run.val_metrics or best["heads"]))
     for line in comparison_lines(run.comparison, run.kept, cfg.keep):
         typer.echo(line)
     if run.interrupted:
@@ -67,3 +73,14 @@ def train(labels: Labels, images: Images = None,
                    "--resume`", err=True)
         raise typer.Exit(130)
     typer.echo(f"run saved in {run.dir}" + (f" (report: {run.report})" if run.report else ""))
+
+
+@app.command(epilog=example("mhtag configs", "mhtag train --labels labels.csv --config fashion_probe"))
+def configs() -> None:
+    """List the presets that ship with mhtag (use one by name: --config NAME)."""
+    from mhtag.core.config import list_presets
+
+    presets = list_presets()
+    width = max(map(len, presets))
+    for name, purpose in presets.items():
+        typer.echo(f"{name.ljust(width)}  {purpose}")

@@ -11,6 +11,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +37,12 @@ class TrainConfig:
     # data
     multilabel: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
-    min_count: int = 0  # classes with fewer training rows merge into "other"; 0 = off
     augment: bool = True
-    aug_strength: float = 1.0  # geometric augmentation's range: 1 = mild shift/scale, 2 = twice that + 5 deg rotation
     # bins per RGB channel of a global colour histogram appended to the backbone's features (0 = off; 8 adds 512)
     colour_histogram: int = 0
     tta_flip: bool = False  # inference embeds each image and its mirror and averages (off if a head forbids flips)
     aug_forbid: dict[str, list[str]] = field(default_factory=dict)  # attribute -> ops in AUG_OPS
     # heads and loss
-    head: str = "linear"  # linear | mlp
-    head_hidden: int = 512
     dropout: float = 0.1
     head_weights: dict[str, float] = field(default_factory=dict)  # attribute -> loss weight (default 1)
     # none | sqrt | inverse frequency, capped. Measured: weights cost the fashion12k probe accuracy on every
@@ -53,8 +50,6 @@ class TrainConfig:
     class_weights: str = "none"  # single-label heads: cross-entropy's class weights
     pos_weights: str = "sqrt"  # tag groups: BCE's pos_weight (negatives / positives per tag)
     class_weight_cap: float = 10.0
-    label_smoothing: float = 0.0
-    head_label_smoothing: dict[str, float] = field(default_factory=dict)  # attribute -> its own smoothing
     # knowledge distillation: each training row's target mixes its label with a trained run's (or an ensemble's)
     # calibrated probabilities for that image, `distill` being the teacher's share (0 = labels only)
     teacher: str | None = None
@@ -77,10 +72,6 @@ class TrainConfig:
     # finetune only: heads first trained on frozen features (the probe), then the whole network from them (LP-FT)
     lp_ft: bool = True
     freeze_bn: bool = True  # finetune: keep the backbone's BatchNorm statistics as pretrained (LP-FT: measured)
-    # finetune: normalise the features with fixed statistics (under lp_ft, the probe's standard scaler) instead of
-    # each batch's; the norm's scale and shift still train
-    freeze_feature_norm: bool = False
-    ema: float | None = None  # finetune: validate and ship an EMA of the weights with this decay per step
     keep: str = "best-of"  # best-of: ship the probe if its val macro-F1 beats the fine-tune's | finetune
     report: bool = True  # write report.html (confusion matrices, curves) at the end
 
@@ -117,22 +108,16 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise MhtagError(f"mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
     if cfg.keep not in KEEP:
         raise MhtagError(f"keep must be one of {', '.join(KEEP)}, not {cfg.keep!r}")
-    if cfg.head not in ("linear", "mlp"):
-        raise MhtagError(f"head must be 'linear' or 'mlp', not {cfg.head!r}")
     for key in ("class_weights", "pos_weights"):
         if getattr(cfg, key) not in WEIGHTINGS:
             raise MhtagError(f"{key} must be {', '.join(WEIGHTINGS)}, not {getattr(cfg, key)!r}")
     _check_image_size(cfg)
-    for key in ("head_weights", "head_label_smoothing"):
-        for attr, value in getattr(cfg, key).items():
-            if not math.isfinite(value) or value < 0:
-                raise MhtagError(f"{key}[{attr}] must be a finite number of at least 0, not {value}")
+    for attr, value in cfg.head_weights.items():
+        if not math.isfinite(value) or value < 0:
+            raise MhtagError(f"head_weights[{attr}] must be a finite number of at least 0, not {value}")
     _check_ranges(cfg)
     if not 0 <= cfg.distill <= 1:
         raise MhtagError(f"config key 'distill' must be between 0 and 1, not {cfg.distill}")
-    for attr, value in cfg.head_label_smoothing.items():
-        if not 0 <= value < 1:
-            raise MhtagError(f"head_label_smoothing[{attr}] must be at least 0 and below 1, not {value}")
     for attr, ops in cfg.aug_forbid.items():
         bad = [op for op in ops if op not in AUG_OPS]
         if bad:
@@ -161,11 +146,11 @@ def _check_image_size(cfg: TrainConfig) -> None:
 # key -> (lowest allowed, lowest is allowed, highest allowed or None)
 _RANGES = {
     "epochs": (1, True, None), "probe_epochs": (1, True, None), "batch_size": (1, True, 4097),
-    "head_hidden": (1, True, 65537), "min_count": (0, True, None), "lr": (0, False, None),
+    "lr": (0, False, None),
     "probe_lr": (0, False, None), "backbone_lr_mult": (0, True, None), "weight_decay": (0, True, None),
-    "dropout": (0, True, 1), "label_smoothing": (0, True, 1), "class_weight_cap": (0, False, None),
-    "max_minutes": (0, False, None), "patience": (1, True, None), "ema": (0, False, 1),
-    "aug_strength": (0, False, None), "layer_decay": (0, False, None), "colour_histogram": (0, True, 17),
+    "dropout": (0, True, 1), "class_weight_cap": (0, False, None),
+    "max_minutes": (0, False, None), "patience": (1, True, None), "layer_decay": (0, False, None),
+    "colour_histogram": (0, True, 17),
 }
 
 
@@ -208,12 +193,23 @@ def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) ->
     return _validate(TrainConfig(**merged))
 
 
+# Keys that measured no gain and were removed, with the value that means "off": a run saved with that value
+# reads back as it trained; one that used the option cannot be rebuilt by this mhtag.
+REMOVED_KEYS = {"ema": None, "label_smoothing": 0.0, "head_label_smoothing": {}, "aug_strength": 1.0,
+                "freeze_feature_norm": False, "head": "linear", "head_hidden": None, "min_count": 0}
+
+
 def saved_config(values: dict[str, Any]) -> TrainConfig:
     """The config a run saved, read back as that run trained: a key added since it was saved gets the value
     the run used, not today's default (runs saved before `pos_weights` weighted tag groups by `class_weights`)."""
     values = dict(values)
     if "class_weights" in values:
         values.setdefault("pos_weights", values["class_weights"])
+    for key, off in REMOVED_KEYS.items():
+        value = values.pop(key, off)
+        if off is not None and value != off:
+            raise MhtagError(f"this run was trained with {key}={value!r}, an option this version of mhtag no longer "
+                             "has (it measured no gain); continue it with the mhtag that trained it")
     return config_from_dict(values)
 
 
@@ -228,21 +224,70 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def read_preset(path: str | Path) -> dict[str, Any]:
-    """The keys a YAML preset sets (validated when applied)."""
-    path = Path(path)
-    if not path.is_file():
+PRESETS = "configs"  # the package folder of named presets (`mhtag configs` lists them)
+
+
+def _preset_folder():
+    return resources.files("mhtag") / PRESETS
+
+
+def list_presets() -> dict[str, str]:
+    """Every shipped preset by name, with its purpose (the first line of its leading comment)."""
+    out = {}
+    for entry in sorted(_preset_folder().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            out[entry.name[:-5]] = _purpose(entry.read_text())
+    return out
+
+
+def _purpose(text: str) -> str:
+    """The first sentence of a preset's leading comment."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    words = " ".join(lines)
+    end = words.find(". ")
+    return words if end < 0 else words[:end + 1]
+
+
+def preset_text(preset: str | Path) -> tuple[str, str]:
+    """(where it came from, YAML text) of a preset given by name (`fashion_probe`) or as a path to a YAML file."""
+    path = Path(preset)
+    if path.is_file():
+        return str(path), path.read_text()
+    name = str(preset)
+    if name in list_presets():
+        return f"preset {name}", (_preset_folder() / f"{name}.yaml").read_text()
+    if path.suffix in (".yaml", ".yml") or "/" in name:
         raise MhtagError(f"config file {path} does not exist")
+    raise MhtagError(f"unknown preset {name!r}; choose from {', '.join(list_presets())} (`mhtag configs`), or give "
+                     "the path of a YAML file")
+
+
+def read_preset(preset: str | Path) -> dict[str, Any]:
+    """The keys a YAML preset sets (validated when applied)."""
+    where, text = preset_text(preset)
     try:
-        preset = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise MhtagError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from exc
-    if not isinstance(preset, dict):
-        raise MhtagError(f"config file {path} must hold a mapping of key: value")
-    return preset
+        raise MhtagError(f"config {where} is not valid YAML: {exc}".splitlines()[0]) from exc
+    if not isinstance(values, dict):
+        raise MhtagError(f"config {where} must hold a mapping of key: value")
+    return values
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the YAML preset at `path`, then `overrides`."""
-    cfg = config_from_dict(read_preset(path)) if path is not None else TrainConfig()
+def load_config(preset: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the preset (a shipped one by name, or a YAML file's path), then `overrides`."""
+    cfg = config_from_dict(read_preset(preset)) if preset is not None else TrainConfig()
     return config_from_dict(overrides or {}, cfg)
+
+
+def check_head_keys(cfg: TrainConfig, attributes: list[str]) -> None:
+    """Settings keyed by attribute must name attributes of the labels (a typo would silently do nothing)."""
+    for key in ("head_weights", "aug_forbid"):
+        unknown = sorted(set(getattr(cfg, key)) - set(attributes))
+        if unknown:
+            raise MhtagError(f"{key} names {', '.join(map(repr, unknown))}, which is not an attribute of the labels "
+                             f"({', '.join(attributes)})")

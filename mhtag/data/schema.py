@@ -85,7 +85,7 @@ class Attribute(AttributeSpec):
     """A trained head's attribute: its vocabulary with training counts."""
 
     counts: list[int] = field(default_factory=list)  # training rows per class (multi: per tag)
-    merged: list[str] = field(default_factory=list)  # rare classes folded into "other"
+    merged: list[str] = field(default_factory=list)  # rare classes folded into "other" (models trained with min_count)
 
 
 @dataclass
@@ -117,19 +117,13 @@ class LabelSchema:
         return hashlib.sha1(json.dumps(body).encode()).hexdigest()[:12]
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, attributes: list[str], multilabel: set[str], min_count: int = 0
+    def fit(cls, frame: pd.DataFrame, attributes: list[str], multilabel: set[str]
             ) -> tuple[LabelSchema, dict[str, str]]:
         """Vocabularies from the training rows; returns the schema and {attribute: why it was dropped}."""
         attrs, dropped = [], {}
         for name in attributes:
             kind = AttributeKind.MULTI if name in multilabel else AttributeKind.SINGLE
-            all_counts = value_counts(frame[name], kind)
-            counts, merged = dict(all_counts), []
-            if min_count and kind is AttributeKind.SINGLE:
-                merged = sorted(c for c, n in all_counts.items() if n < min_count)
-                if merged:
-                    counts = {c: n for c, n in all_counts.items() if n >= min_count}
-                    counts[OTHER] = counts.get(OTHER, 0) + sum(all_counts[c] for c in merged)
+            counts = value_counts(frame[name], kind)
             if kind is AttributeKind.SINGLE and len(counts) < 2:
                 dropped[name] = f"only {len(counts)} class in the training split ({', '.join(counts) or 'none'})"
                 continue
@@ -137,7 +131,7 @@ class LabelSchema:
                 dropped[name] = "no tags in the training split"
                 continue
             classes = sorted(counts)
-            attrs.append(Attribute(name, kind, classes, [int(counts[c]) for c in classes], merged))
+            attrs.append(Attribute(name, kind, classes, [int(counts[c]) for c in classes]))
         return cls(attrs), dropped
 
     def encode(self, frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, int]]:

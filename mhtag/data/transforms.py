@@ -51,20 +51,15 @@ class Letterbox:
         return canvas
 
 
-def build_transform(data_config: dict[str, Any], train: bool = False, forbid: set[str] = frozenset(),
-                    strength: float = 1.0) -> T.Compose:
-    """Eval: letterbox + normalise. Train adds shift/scale, flips and colour jitter minus `forbid`.
-
-    `strength` scales the geometry: 1 is a mild 4% shift and -8%/+4% scale; above 1 the ranges grow in proportion
-    and a rotation of 5 degrees per unit above 1 joins them (small catalogues overfit a mild policy)."""
+def build_transform(data_config: dict[str, Any], train: bool = False, forbid: set[str] = frozenset()) -> T.Compose:
+    """Eval: letterbox + normalise. Train adds a mild 4% shift and -8%/+4% scale (twice that range and a rotation
+    measured worse on fashion12k and pokemon), flips and colour jitter minus `forbid`."""
     size = tuple(data_config["input_size"])
     mean, std = data_config["mean"], data_config["std"]
     fill = tuple(int(round(m * 255)) for m in mean)  # pads normalise to zero
     steps: list[Any] = [Letterbox(size, fill, data_config.get("interpolation", "bicubic"))]
     if train:
-        shift = min(0.04 * strength, 0.5)
-        steps.append(T.RandomAffine(degrees=5 * max(0.0, strength - 1), translate=(shift, shift),
-                                    scale=(max(0.1, 1 - 0.08 * strength), 1 + 0.04 * strength), fill=fill))
+        steps.append(T.RandomAffine(degrees=0.0, translate=(0.04, 0.04), scale=(0.92, 1.04), fill=fill))
         if "hflip" not in forbid:
             steps.append(T.RandomHorizontalFlip())
         jitter = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.15, "hue": 0.02}

@@ -10,34 +10,32 @@ only has those columns updated. A killed run resumes with no duplicate and no lo
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from lancedb.expr import col
-from PIL import Image
 
-from mhtag.core.errors import MhtagError, NotFoundError
-from mhtag.core.io import atomic_write_bytes
+from mhtag.core.errors import MhtagError
 from mhtag.core.runtime import DistInfo, init_distributed
-from mhtag.core.storage import is_remote, location
-from mhtag.data.images import decode_image, walk_images
+from mhtag.core.storage import location
+from mhtag.data.images import walk_images
 from mhtag.data.labels import absolute, read_csv_frame, read_labels
 from mhtag.data.schema import AttributeKind, check_distinct_columns, encode_tags, is_blank, split_tags
-from mhtag.index.columns import StoredAttribute, arrow_schema, rid_for
+from mhtag.index.columns import StoredAttribute, rid_for, text_column
 from mhtag.index.guard import guard_index
-from mhtag.index.labels import CheckedLabels, checked_labels
 from mhtag.index.meta import IndexMeta, read_meta, write_meta
 from mhtag.index.neighbours import calibrate_fusion
 from mhtag.index.predict import check_compatible
 from mhtag.index.rows import KnownLabels, Plan, Written, label_columns, row_of
 from mhtag.index.store import DEFAULT_DB, drop_table, open_table, read_columns, writer_lock
 from mhtag.inference.encoder import DEFAULT_BACKBONE, Batch, Encoder, load_encoder
-from mhtag.results import Added, Deleted, Failure, IndexReport
+from mhtag.results import Failure, IndexReport
 
 _logger = logging.getLogger(__name__)
 ENGINES = ("local", "ray")
@@ -52,7 +50,7 @@ def read_known_labels(labels: str | Path, root: Path, multilabel: list[str], enc
     for s in table.skipped[:10]:
         _logger.warning("labels: skipped %s", s)
     kinds = {a: AttributeKind.MULTI if a in table.multilabel else AttributeKind.SINGLE for a in table.attributes}
-    known = KnownLabels({}, {}, kinds)
+    known = KnownLabels({}, {}, kinds, text_names=list(table.text_columns))
     root = absolute(root)
     for rec in table.frame.to_dict("records"):
         rel = _relative_to_root(rec["path"], Path(rec["__file__"]), root)
@@ -61,6 +59,7 @@ def read_known_labels(labels: str | Path, root: Path, multilabel: list[str], enc
             continue
         known.by_rel[rel] = {a: stored_label(rec[a], kinds[a]) for a in table.attributes}
         known.splits[rel] = rec["split"]
+        known.texts[rel] = {t: "" if is_blank(rec[t]) else str(rec[t]) for t in table.text_columns}
     if not known.by_rel:
         raise MhtagError(f"{labels}: no `path` matches an image under {root} (paths may be relative to the "
                          "folder being indexed or to the CSV's folder)")
@@ -97,12 +96,15 @@ def _build_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, 
                 value = row.get(name, "")
                 seen.update(split_tags(value) if a.multi else [value] if value else [])
         a.label_values = sorted(seen)
+    texts = list(old.text_columns) if old else []
+    texts += [t for t in (known.text_names if known else []) if t not in texts]
     check_distinct_columns(list(attrs), "index")
+    check_distinct_columns(texts, "index (free-text columns)")
     return IndexMeta(enc.model_id, enc.model_path, enc.backbone, enc.dim, enc.data_config,
                      enc.tagger.schema.version if enc.tagger else None, list(attrs.values()),
                      old.root if old and old.root else str(absolute(root)),
                      dict(old.fusion) if old else {}, old.fusion_k if old else 20,
-                     dict(old.fusion_tau) if old else {})
+                     dict(old.fusion_tau) if old else {}, text_columns=texts)
 
 
 # ---------------------------------------------------------------- plan
@@ -116,15 +118,12 @@ def _sha1_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def make_plan(table, root: Path, meta: IndexMeta, known: KnownLabels | None, verify: bool = False,
-              only: set[str] | None = None) -> Plan:
-    """Compare the walk of `root` with the table's rows from `root` (other folders' rows are left alone);
-    with `only`, just those relative paths (and nothing counts as vanished)."""
-    walk = walk_images([root])
-    files = {f.relative_to(root).as_posix(): f for f in walk.files}
-    plan = Plan(files if only is None else {rel: f for rel, f in files.items() if rel in only})
-    plan.problems = [Failure(path=path, reason=reason) for path, reason in walk.problems]
-    label_cols = [a.label for a in meta.attributes if a.has_labels and a.label in table.schema.names]
+def make_plan(table, root: Path, files: dict[str, Path], meta: IndexMeta, known: KnownLabels | None,
+              verify: bool = False, complete: bool = True) -> Plan:
+    """Compare `files` (rel path under `root` -> file) with the table's rows from `root` (other folders' rows are
+    left alone). `complete`: `files` is the whole folder, so an indexed file missing from it has vanished."""
+    plan = Plan(dict(files))
+    label_cols = [c for c in _stored_label_columns(meta) if c in table.schema.names]
     prefix = str(absolute(root)).rstrip("/") + "/"
     existing = read_columns(table, ["rid", "id", "rel", "path", "size", "mtime_ns", "split", *label_cols]
                             ).to_pylist()
@@ -141,7 +140,7 @@ def make_plan(table, root: Path, meta: IndexMeta, known: KnownLabels | None, ver
             plan.refreshed.append({"rid": old["rid"], **fresh})
         else:
             plan.unchanged += 1
-    if only is None:
+    if complete:
         plan.vanished = [r["rid"] for rel, r in by_rel.items() if rel not in plan.files]
     return plan
 
@@ -156,7 +155,7 @@ def _compare(old: dict[str, Any], path: Path, meta: IndexMeta, known: KnownLabel
     touched = old["mtime_ns"] != st.st_mtime_ns
     if (touched or verify) and _sha1_file(path) != old["id"]:
         return False, None
-    kept = {k: v for k, v in old.items() if k == "split" or k.startswith("label_")}
+    kept = {k: v for k, v in old.items() if k == "split" or k in _stored_label_columns(meta)}
     now = {"mtime_ns": st.st_mtime_ns, **kept, **(known.given(rel, meta) if known is not None else {})}
     return True, now if any(old.get(k) != v for k, v in now.items()) else None
 
@@ -176,11 +175,11 @@ def _delete(table, rids: list[int], chunk: int = 2000) -> None:
 # ---------------------------------------------------------------- write
 
 
-def write_shard(table, plan: Plan, todo: list[str], meta: IndexMeta, enc: Encoder, known: KnownLabels | None,
-                batch_size: int, commit_every: int, workers: int | None, progress: bool) -> Written:
+def write_shard(table, plan: Plan, todo: list[str], meta: IndexMeta, enc: Encoder, batch_size: int,
+                commit_every: int, workers: int | None, progress: bool) -> Written:
     """Embed `todo` (this process's share of the plan) and append its rows in atomic batches."""
     paths = [str(plan.files[rel]) for rel in todo]
-    schema = arrow_schema(meta.dim, meta.attributes)
+    schema = meta.table_schema()
     changed = {rid_for(str(absolute(plan.files[rel]))) for rel in todo} & set(plan.changed)
     thresholds = enc.tagger.thresholds_ if enc.tagger else {}
     written, buffer = Written(), []
@@ -230,81 +229,119 @@ def _broadcast(plan: Plan | None) -> Plan:
 # ---------------------------------------------------------------- the run
 
 
+@dataclass
+class IndexOptions:
+    """How an `index_images` run works; what it indexes comes from its arguments."""
+
+    rebuild: bool = False  # drop the index first and embed everything again
+    prune: bool = False  # drop the rows of files that are gone (else they are counted and kept)
+    verify: bool = False  # also compare content hashes of files whose size and mtime are unchanged
+    batch_size: int = 64
+    commit_every: int = 512  # rows per atomic commit: what a killed run can lose and does again
+    workers: int | None = None  # decoding processes; None: `runtime.auto_workers`
+    engine: str = "local"  # local (this process, or one shard per torchrun process) | ray (`index.raydata`)
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise MhtagError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+
+
 @guard_index
 def index_images(root: str | Path, db: str | Path = DEFAULT_DB, model: str | Path | None = None,
-                 labels: str | Path | None = None, multilabel: list[str] | tuple = (), rebuild: bool = False,
-                 prune: bool = False, batch_size: int = 64, commit_every: int = 512, workers: int | None = None,
-                 progress: bool = False, verify: bool = False, engine: str = "local") -> IndexReport:
-    """Index every image under `root` into the LanceDB table at `db` (see the module docstring). `engine`:
-    "local" (this process, or one shard per torchrun process) or "ray" (Ray Data; see `index.raydata`)."""
+                 labels: str | Path | None = None, multilabel: list[str] | tuple = (),
+                 options: IndexOptions | None = None) -> IndexReport:
+    """Index every image under `root` into the LanceDB table at `db` (see the module docstring), with the trained
+    run `model` (default: the index's own; without one, the default backbone's embeddings alone) and the known
+    labels of the CSV `labels` (`multilabel`: its tag columns)."""
+    options = options or IndexOptions()
     root, db = Path(root), location(db)
     if not root.is_dir():
         raise MhtagError(f"{root} is not a folder of images")
     old = read_meta(db)
-    if model is None and old is not None and not rebuild:
+    if model is None and old is not None and not options.rebuild:
         model = old.model_path
-    enc = load_encoder(model, old.backbone if old and not rebuild and not model else DEFAULT_BACKBONE)
+    enc = load_encoder(model, old.backbone if old and not options.rebuild and not model else DEFAULT_BACKBONE)
     known = read_known_labels(labels, root, list(multilabel), enc) if labels else None
-    report = build_index(root, db, enc, known, rebuild=rebuild, prune=prune, batch_size=batch_size,
-                         commit_every=commit_every, workers=workers, progress=progress, verify=verify,
-                         engine=engine)
+    report = build_index(root, db, enc, known, options)
     if known is not None and known.unmatched:
         _logger.warning("%d row(s) of %s match no image under %s", known.unmatched, labels, root)
     return report
 
 
 @guard_index
-def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None, rebuild: bool = False,
-                prune: bool = False, batch_size: int = 64, commit_every: int = 512, workers: int | None = None,
-                progress: bool = False, verify: bool = False, tune_fusion: bool = True,
-                only: set[str] | None = None, engine: str = "local") -> IndexReport:
-    """Plan, shard, write and report, for an encoder already loaded (the server keeps one)."""
+def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None,
+                options: IndexOptions | None = None) -> IndexReport:
+    """Walk `root`, plan against the table, write the plan's shards, tune fusion and report, for an encoder
+    already loaded."""
+    options = options or IndexOptions()
     t0 = time.monotonic()
-    if engine not in ENGINES:
-        raise MhtagError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     dist = init_distributed()
-    if engine == "ray" and dist.enabled:
+    if options.engine == "ray" and dist.enabled:
         raise MhtagError("--engine ray spreads the work itself; run it without torchrun")
-    old = None if rebuild else read_meta(db)
-    meta = _build_meta(enc, known, old, root)
-    report = IndexReport(db=str(db), has_heads=enc.tagger is not None,
-                         unmatched_labels=known.unmatched if known else 0)
-    with writer_lock(db) if dist.is_main else nullcontext():
+    plan = None
+    with index_writer(db, enc, known, root, options.rebuild, dist) as (table, meta):
         if dist.is_main:
-            if old is not None:
-                check_compatible(old, enc, db)
-                _check_label_columns(old, meta, db)
-            if rebuild:
-                drop_table(db)
-            write_meta(db, meta)
-            table = open_table(db, meta, create=True)
-            _add_label_columns(table, meta)
-            plan = make_plan(table, root, meta, known, verify, only)
-            _delete(table, plan.changed)
-            _refresh(table, plan.refreshed)
-            if prune:
+            walk = walk_images([root])
+            plan = make_plan(table, root, {f.relative_to(root).as_posix(): f for f in walk.files}, meta, known,
+                             options.verify)
+            plan.problems = [Failure(path=path, reason=reason) for path, reason in walk.problems]
+            if options.prune:
                 _delete(table, plan.vanished)
-        if dist.enabled:  # every process takes its shard of rank 0's plan
-            plan = _broadcast(plan if dist.is_main else None)
-            table = table if dist.is_main else open_table(db)
-        if engine == "ray":
-            from mhtag.index.raydata import write_with_ray
-
-            written = write_with_ray(db, plan, meta, batch_size, commit_every, progress=progress)
-        else:
-            written = write_shard(table, plan, plan.todo[dist.rank::dist.world_size], meta, enc, known, batch_size,
-                                  commit_every, workers, progress and dist.is_main)
-            written = _gather(written, dist)
-    report.added, report.updated, report.ids = written.new, written.changed, written.rids
-    report.failed = plan.problems + written.failed
-    report.unchanged, report.refreshed = plan.unchanged, len(plan.refreshed)
-    report.pruned = len(plan.vanished) if prune else 0
-    report.vanished = 0 if prune else len(plan.vanished)
-    if dist.is_main and tune_fusion and known is not None and enc.tagger is not None:
+        plan, written = write_plan(db, table, plan, meta, enc, options, dist)
+    report = IndexReport(db=str(db), has_heads=enc.tagger is not None, unmatched_labels=known.unmatched if known else 0,
+                         added=written.new, updated=written.changed, ids=written.rids,
+                         failed=plan.problems + written.failed, unchanged=plan.unchanged,
+                         refreshed=len(plan.refreshed), pruned=len(plan.vanished) if options.prune else 0,
+                         vanished=0 if options.prune else len(plan.vanished))
+    if dist.is_main and known is not None and enc.tagger is not None:
         report.fusion, report.fusion_tau = calibrate_fusion(db)
     report.rows = open_table(db).count_rows()
     report.seconds = time.monotonic() - t0
     return report
+
+
+@contextmanager
+def index_writer(db: Path, enc: Encoder, known: KnownLabels | None, root: Path, rebuild: bool,
+                 dist: DistInfo) -> Iterator[tuple[Any, IndexMeta]]:
+    """The table at `db`, held by this writer alone (rank 0 under torchrun), checked against `enc` and the known
+    labels, with the meta written and the label columns these labels need added; yields (table, meta)."""
+    old = None if rebuild else read_meta(db)
+    meta = _build_meta(enc, known, old, root)
+    if not dist.is_main:
+        yield None, meta
+        return
+    with writer_lock(db):
+        if old is not None:
+            check_compatible(old, enc, db)
+            _check_label_columns(old, meta, db)
+        if rebuild:
+            drop_table(db)
+        write_meta(db, meta)
+        table = open_table(db, meta, create=True)
+        _add_label_columns(table, meta)
+        yield table, meta
+
+
+def write_plan(db: Path, table, plan: Plan | None, meta: IndexMeta, enc: Encoder, options: IndexOptions,
+               dist: DistInfo) -> tuple[Plan, Written]:
+    """Carry out rank 0's `plan`: drop the rows of changed files, refresh moved columns, then every process embeds
+    its shard of the rest and appends it in atomic commits. Returns the plan (as every rank now has it) and what
+    was written, summed over the processes."""
+    if dist.is_main:
+        _delete(table, plan.changed)
+        _refresh(table, plan.refreshed)
+    if dist.enabled:  # every process takes its shard of rank 0's plan
+        plan = _broadcast(plan if dist.is_main else None)
+        table = table if dist.is_main else open_table(db)
+    if options.engine == "ray":
+        from mhtag.index.raydata import write_with_ray
+
+        return plan, write_with_ray(db, plan, meta, options.batch_size, options.commit_every,
+                                    progress=options.progress)
+    written = write_shard(table, plan, plan.todo[dist.rank::dist.world_size], meta, enc, options.batch_size,
+                          options.commit_every, options.workers, options.progress and dist.is_main)
+    return plan, _gather(written, dist)
 
 
 def _check_label_columns(old: IndexMeta, new: IndexMeta, db: Path) -> None:
@@ -316,73 +353,14 @@ def _check_label_columns(old: IndexMeta, new: IndexMeta, db: Path) -> None:
                              f"{a.kind}-label. Keep its kind (--multilabel), or --rebuild")
 
 
+def _stored_label_columns(meta: IndexMeta) -> list[str]:
+    """The columns a labels CSV sets: known labels and free text."""
+    return [a.label for a in meta.attributes if a.has_labels] + [text_column(t) for t in meta.text_columns]
+
+
 def _add_label_columns(table, meta: IndexMeta) -> None:
-    """Label columns that the table lacks (labels given for the first time to an index), added empty."""
-    missing = [a.label for a in meta.attributes if a.has_labels and a.label not in table.schema.names]
+    """Label and text columns that the table lacks (given for the first time to an index), added empty."""
+    missing = [c for c in _stored_label_columns(meta) if c not in table.schema.names]
     if missing:
         table.add_columns(pa.schema([pa.field(name, pa.string()) for name in missing]))
         table.update(values={name: "" for name in missing})
-
-
-# ---------------------------------------------------------------- the service's writes
-
-UPLOADS = "uploads"  # folder inside the index where uploaded images are kept
-_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
-
-
-@guard_index
-def add_images(db: str | Path, images: list[bytes], enc: Encoder, labels: list[dict[str, Any]] | None = None,
-               add_values: bool = False) -> Added:
-    """Store uploaded images under the index's own folder (named by content, so the same image twice is one
-    file and one row) and index them like `index_images` does, with optional known labels per image (checked
-    by `checked_labels`: a value new to an attribute only with `add_values`)."""
-    if is_remote(db):
-        raise MhtagError(f"index {db} is on object storage; uploads are kept in a local index's folder. Index "
-                         "the images with `mhtag index DIR --db URI` instead")
-    db = Path(db)
-    meta = read_meta(db)
-    if meta is None:
-        raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
-    if labels is not None and len(labels) != len(images):
-        raise MhtagError(f"{len(labels)} label set(s) for {len(images)} image(s)")
-    checked = [checked_labels(meta, given, add_values) for given in labels] if labels else None
-    folder = db / UPLOADS
-    names = [_store_upload(folder, data, i) for i, data in enumerate(images)]
-    known = _upload_labels(meta, names, checked) if checked else None
-    report = build_index(folder, db, enc, known, tune_fusion=False, only=set(names))
-    return Added(ids=[rid_for(str(absolute(folder / n))) for n in names], added=report.added + report.updated,
-                 unchanged=report.unchanged, failed=report.failed)
-
-
-def _store_upload(folder: Path, data: bytes, i: int) -> str:
-    decode_image(data, f"upload {i + 1}")  # refuses what is not a usable image, before anything is written
-    with Image.open(io.BytesIO(data)) as img:
-        ext = _EXTENSIONS.get(img.format or "", "")
-    if not ext:
-        raise MhtagError(f"upload {i + 1}: this image format cannot be stored; send JPEG, PNG or WebP")
-    name = hashlib.sha1(data).hexdigest() + ext
-    if not (folder / name).is_file():
-        atomic_write_bytes(folder / name, data)
-    return name
-
-
-def _upload_labels(meta: IndexMeta, names: list[str], checked: list[CheckedLabels]) -> KnownLabels:
-    kinds = {a.name: a.kind for a in meta.attributes if any(a.name in c.stored for c in checked)}
-    return KnownLabels({name: c.stored for name, c in zip(names, checked, strict=True)}, {}, kinds)
-
-
-@guard_index
-def delete_row(db: str | Path, rid: int) -> Deleted:
-    """Remove one row (and, for an uploaded image, its file: else the next upload pass would add it back).
-    A catalogue file still on disk comes back with the next `mhtag index` of its folder."""
-    db = location(db)
-    with writer_lock(db):
-        table = open_table(db)
-        rows = read_columns(table, ["path"], where=f"rid = {int(rid)}").to_pylist()
-        if not rows:
-            raise NotFoundError(f"no row with id {rid} in index {db}")
-        table.delete(f"rid = {int(rid)}")
-        path = Path(rows[0]["path"])
-        if not is_remote(db) and path.parent == absolute(db / UPLOADS):
-            path.unlink(missing_ok=True)
-    return Deleted(id=int(rid))

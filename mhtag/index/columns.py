@@ -3,7 +3,8 @@
 Row columns: `rid` (int64 key from the path), `id` (content sha1), `path`, `rel` (path under the indexed root),
 `size`, `mtime_ns`, `width`, `height` (upright), `split`, `vector`, and per attribute `pred_<a>` (label, or
 `|tag|tag|` for tag groups), `conf_<a>`, `probs_<a>` (the head's full probabilities) and `label_<a>` (a known
-label, kept apart from predictions). `<a>` is the attribute's column-safe name.
+label, kept apart from predictions), and `text_<t>` per free-text column of the labels (a product title). `<a>` and
+`<t>` are column-safe names.
 """
 
 from __future__ import annotations
@@ -63,8 +64,14 @@ def base_fields(dim: int) -> list[pa.Field]:
             pa.field("vector", pa.list_(pa.float32(), dim))]
 
 
-def arrow_schema(dim: int, attributes: list[StoredAttribute]) -> pa.Schema:
-    return pa.schema(base_fields(dim) + [f for a in attributes for f in a.columns()])
+def text_column(name: str) -> str:
+    """The column of a free-text CSV column (a product title): kept and exported, never a head."""
+    return f"text_{column_suffix(name)}"
+
+
+def arrow_schema(dim: int, attributes: list[StoredAttribute], texts: list[str] = ()) -> pa.Schema:
+    return pa.schema(base_fields(dim) + [f for a in attributes for f in a.columns()] +
+                     [pa.field(text_column(t), pa.string()) for t in texts])
 
 
 def rid_for(rel_path: str) -> int:

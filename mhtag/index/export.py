@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,11 +20,11 @@ from mhtag.core.progress import progress_bar
 from mhtag.core.storage import location
 from mhtag.data.schema import TAG_SEP
 from mhtag.index import ann
-from mhtag.index.columns import StoredAttribute
-from mhtag.index.filters import Source
+from mhtag.index.columns import StoredAttribute, text_column
 from mhtag.index.guard import guard_index
 from mhtag.index.meta import IndexMeta, current_meta
-from mhtag.index.search import Filters, check_where, count_matches, resolve_filters
+from mhtag.index.query import Filters, Query
+from mhtag.index.search import check_where, count_matches, resolve_filters
 from mhtag.index.store import DEFAULT_DB, open_table
 from mhtag.results import ExportReport
 
@@ -42,13 +43,14 @@ def export_format(out: str | Path, fmt: str | None = None) -> str:
 
 
 @guard_index
-def export_index(out: str | Path, db: str | Path = DEFAULT_DB, filters: Filters | None = None,
-                 where: str | None = None, source: Source | str = Source.ANY, min_confidence: float | None = None,
-                 disputed: bool = False, vectors: bool = False, fmt: str | None = None, overwrite: bool = False,
-                 progress: bool = False, relative_paths: bool = False) -> ExportReport:
-    """Write the rows of index `db` passing the filters (those of `search`) to `out`. Tag groups are `|`-joined
-    text in CSV and lists of tags in Parquet and JSON Lines; `vectors` adds the embeddings (not in CSV);
+def export_index(out: str | Path, db: str | Path = DEFAULT_DB, query: Query | Filters | None = None, *,
+                 vectors: bool = False, fmt: str | None = None, overwrite: bool = False, relative_paths: bool = False,
+                 progress: bool = False, **fields: Any) -> ExportReport:
+    """Write the rows of index `db` that `query` selects (its filters, source, confidence floor, disputed rows and
+    `where`, as `search` reads them; its ranking and page play no part) to `out`. Tag groups are `|`-joined text
+    in CSV and lists of tags in Parquet and JSON Lines; `vectors` adds the embeddings (not in CSV);
     `relative_paths` writes `path` as the path under the indexed folder (what the service sends)."""
+    q = Query.of(query, **fields)
     out, fmt = Path(out), export_format(out, fmt)
     if vectors and fmt == "csv":
         raise MhtagError("vectors go in Parquet or JSON Lines files, not in CSV: use a .parquet or .jsonl name")
@@ -56,9 +58,9 @@ def export_index(out: str | Path, db: str | Path = DEFAULT_DB, filters: Filters 
         raise MhtagError(f"{out} exists: choose another name, or overwrite it on purpose")
     db = location(db)
     meta = current_meta(db)
-    sql = ann.all_of(ann.filter_sql(meta, resolve_filters(meta, filters), Source(source), min_confidence,
-                                    disputed), check_where(where) if where else None)
-    total = count_matches(db, sql, where)
+    sql = ann.all_of(ann.filter_sql(meta, resolve_filters(meta, q.filters), q.source, q.min_confidence, q.disputed),
+                     check_where(q.where) if q.where else None)
+    total = count_matches(db, sql, q.where)
     convert = _converter(meta, as_lists=fmt != "csv", vectors=vectors, ids_as_text=fmt == "jsonl",
                          relative_paths=relative_paths)
     written, columns = 0, []
@@ -78,7 +80,7 @@ def export_index(out: str | Path, db: str | Path = DEFAULT_DB, filters: Filters 
 def _source_columns(meta: IndexMeta, vectors: bool) -> list[str]:
     stored = [c for a in meta.attributes for c in ([a.label] if a.has_labels else []) +
               ([a.pred, a.conf] if a.has_head else [])]
-    return ROW_COLUMNS + stored + (["vector"] if vectors else [])
+    return ROW_COLUMNS + stored + [text_column(t) for t in meta.text_columns] + (["vector"] if vectors else [])
 
 
 def _batches(db: Path, meta: IndexMeta, sql: str | None, vectors: bool) -> Iterator[pa.RecordBatch]:
@@ -116,6 +118,7 @@ def _converter(meta: IndexMeta, as_lists: bool, vectors: bool, ids_as_text: bool
             if pred is not None:
                 cols[f"{a.name}_pred"] = tags(a, pred)
                 cols[f"{a.name}_confidence"] = pc.round(pc.cast(batch.column(a.conf), pa.float64()), 4)
+        cols |= {t: batch.column(text_column(t)) for t in meta.text_columns}
         if vectors:
             cols["vector"] = batch.column("vector")
         return pa.table(cols)

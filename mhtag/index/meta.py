@@ -8,10 +8,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from mhtag.core.errors import MhtagError
 from mhtag.core.storage import join, location, read_text, stamp, write_text
 from mhtag.data.schema import column_suffix
-from mhtag.index.columns import StoredAttribute
+from mhtag.index.columns import StoredAttribute, arrow_schema
 
 INDEX_FORMAT = 1
 
@@ -30,6 +32,10 @@ class IndexMeta:
     fusion_k: int = 20  # the neighbour count the fusion weights were tuned with
     fusion_tau: dict[str, float] = field(default_factory=dict)  # attribute -> its vote's softmax temperature
     format: int = INDEX_FORMAT
+    text_columns: list[str] = field(default_factory=list)  # free-text columns of the labels, as named there
+
+    def table_schema(self) -> pa.Schema:
+        return arrow_schema(self.dim, self.attributes, self.text_columns)
 
     def attribute(self, name: str) -> StoredAttribute:
         for a in self.attributes:

@@ -28,6 +28,16 @@ class LabelledIndex:
     paths: np.ndarray
     labels: dict[str, np.ndarray]  # attribute -> label per row ("" = unknown)
     splits: np.ndarray
+    _by_path: dict[str, int] | None = None
+
+    def known_labels(self, path: str | None, multi: set[str]) -> dict[str, str | list[str]]:
+        """The known labels of the indexed row at `path` (tags as lists); none for a path that is not indexed."""
+        if self._by_path is None:
+            self._by_path = {p: i for i, p in enumerate(self.paths)}
+        i = self._by_path.get(path) if path is not None else None
+        if i is None:
+            return {}
+        return {name: decode_tags(v[i]) if name in multi else v[i] for name, v in self.labels.items() if v[i]}
 
 
 def labelled_index(db: str | Path) -> LabelledIndex | None:

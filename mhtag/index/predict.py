@@ -115,7 +115,8 @@ class Predictor:
                 weight = self.meta.fusion.get(a.name, 0.5) if self.meta else 1.0
                 th = dict(zip(a.classes, thresholds.get(a.name, []), strict=False)) if a.multi else None
                 answers[a.name] = attribute_answer(a, head, nbr, weight, th)
-            out.append(ImagePrediction(path=name, attributes=answers))
+            labels = lab.known_labels(own_paths[row], {a.name for a in self.attributes if a.multi}) if lab else {}
+            out.append(ImagePrediction(path=name, attributes=answers, labels=labels))
         return out
 
 

@@ -25,7 +25,7 @@ from mhtag.core.errors import MhtagError
 from mhtag.core.progress import progress_bar
 from mhtag.core.storage import storage_options
 from mhtag.data.labels import absolute
-from mhtag.index.columns import arrow_schema, rid_for
+from mhtag.index.columns import rid_for
 from mhtag.index.meta import IndexMeta
 from mhtag.index.rows import Plan, Written, row_of
 from mhtag.index.store import table_uri
@@ -72,7 +72,7 @@ class EmbedAndWrite:
         self.enc = load_encoder(self.meta.model_path, self.meta.backbone)
         self.columns, self.uri, self.storage_version = columns, uri, storage_version
         self.storage_options = storage_options or None  # passed, not read from the env: actors may run elsewhere
-        self.schema = arrow_schema(self.meta.dim, self.meta.attributes)
+        self.schema = self.meta.table_schema()
         self.thresholds = self.enc.tagger.thresholds_ if self.enc.tagger else {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

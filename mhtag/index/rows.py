@@ -11,7 +11,7 @@ import numpy as np
 from mhtag.data.datasets import FileFacts
 from mhtag.data.labels import absolute, hash_split
 from mhtag.data.schema import AttributeKind, encode_tags
-from mhtag.index.columns import rid_for
+from mhtag.index.columns import rid_for, text_column
 from mhtag.index.meta import IndexMeta
 from mhtag.results import Failure
 
@@ -24,15 +24,18 @@ class KnownLabels:
     splits: dict[str, str]
     kinds: dict[str, AttributeKind]  # the CSV's label columns
     unmatched: int = 0  # label rows that match no file under the folder
+    texts: dict[str, dict[str, str]] = field(default_factory=dict)  # rel -> free-text column -> its text
+    text_names: list[str] = field(default_factory=list)  # the CSV's free-text columns
 
     def given(self, rel: str, meta: IndexMeta) -> dict[str, str]:
         """The columns the CSV sets for the image `rel`: its split and a label per attribute the CSV has; nothing
         for an image the CSV does not name (its stored labels stay as they are)."""
         if rel not in self.by_rel:
             return {}
-        labels = self.by_rel[rel]
+        labels, texts = self.by_rel[rel], self.texts.get(rel, {})
         split = {"split": self.splits[rel]} if rel in self.splits else {}
-        return split | {a.label: labels[a.name] for a in meta.attributes if a.has_labels and a.name in labels}
+        return (split | {a.label: labels[a.name] for a in meta.attributes if a.has_labels and a.name in labels}
+                | {text_column(t): texts[t] for t in self.text_names if t in texts})
 
 
 @dataclass
@@ -55,7 +58,8 @@ def label_columns(rel: str, meta: IndexMeta, known: KnownLabels | None, old: dic
     """The split and label columns of a row about to be written: the CSV's where it names the image, else what
     the image's previous row held (a re-embedded file keeps its labels), else a split from the path and no
     labels."""
-    columns = {"split": hash_split(rel), **{a.label: "" for a in meta.attributes if a.has_labels}}
+    columns = {"split": hash_split(rel), **{a.label: "" for a in meta.attributes if a.has_labels},
+               **{text_column(t): "" for t in meta.text_columns}}
     if old is not None:
         columns |= {k: old[k] for k in columns if old.get(k) is not None}
     return columns | (known.given(rel, meta) if known else {})

@@ -18,18 +18,16 @@ from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.core.storage import location
 from mhtag.data.schema import decode_tags
 from mhtag.index import ann
-from mhtag.index.columns import StoredAttribute
+from mhtag.index.columns import StoredAttribute, text_column
 from mhtag.index.filters import Source, source_term
 from mhtag.index.guard import guard_index, index_problem
 from mhtag.index.meta import IndexMeta, current_meta
+from mhtag.index.query import Filters, Query
 from mhtag.index.store import DEFAULT_DB, Snapshot, coded_mask, open_table, snapshot, table_rows, version_key
 from mhtag.results import AttributeInfo, Attributes, Health, SearchHit, SearchResult, ValueCount
 
 MAX_FACET_VALUES = 200
 SEARCH_ENGINES = ("auto", "memory", "lance")
-
-
-Filters = dict[str, list[str]] | list[tuple[str, str]]
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -127,6 +125,7 @@ def hits_of(rows: list[dict[str, Any]], scores, meta: IndexMeta) -> list[SearchH
     the answer (label where known, else prediction). Column names are resolved once, not per row."""
     views = [(a.name, a.pred if a.has_head else None, a.conf, a.label if a.has_labels else None, a.multi)
              for a in meta.attributes]
+    texts = [(t, text_column(t)) for t in meta.text_columns]
     hits = []
     for row, score in zip(rows, scores, strict=True):
         out: dict[str, Any] = {"id": int(row["rid"]), "path": row["path"], "rel": row["rel"],
@@ -142,6 +141,7 @@ def hits_of(rows: list[dict[str, Any]], scores, meta: IndexMeta) -> list[SearchH
                 out[f"{name}_label"] = decode_tags(known) if multi else known
             answer = known or predicted or ""
             out[name] = decode_tags(answer) if multi else answer
+        out |= {name: row.get(column) or "" for name, column in texts}
         hits.append(SearchHit.model_construct(**out))  # from the table's own typed columns: no validation needed
     return hits
 
@@ -238,65 +238,64 @@ def _any_codes(snap: Snapshot, a: StoredAttribute) -> tuple[np.ndarray, list[str
 
 
 @guard_index
-def search(db: str | Path = DEFAULT_DB, filters: Filters | None = None, where: str | None = None,
-           like: str | Path | None = None, limit: int = 20, min_confidence: float | None = None,
-           source: Source | str = Source.ANY, vector: np.ndarray | None = None, offset: int = 0,
-           like_id: int | None = None, facets: bool = False, disputed: bool = False,
-           engine: str = "auto") -> SearchResult:
-    """Rows matching every attribute filter (and `where`), ranked by similarity to the image `like`, to the
-    indexed row `like_id` or to an embedding `vector` of the index's model if one is given, else by the
-    confidence of the filtered predictions. `offset` skips that many ranked rows (pages). `disputed` keeps only
-    rows whose known label and prediction differ (on the filtered attributes, else on any).
+def search(db: str | Path = DEFAULT_DB, query: Query | Filters | None = None, engine: str = "auto",
+           **fields: Any) -> SearchResult:
+    """The rows `query` asks for (a `Query`, or its filters with the other fields as keywords): rows matching every
+    attribute filter (and its SQL `where`), ranked by similarity to an image, an indexed row or a vector if it
+    names one, else by the confidence of the filtered predictions; `offset` skips that many ranked rows.
 
     `engine`: "memory" searches the in-memory snapshot (FAISS), "lance" LanceDB's own indexes without loading
     the table (see `index.ann`), "auto" the snapshot unless its vectors would take more than
     `memory_budget()` bytes."""
-    if limit < 1:
-        raise MhtagError(f"limit must be at least 1, not {limit}")
-    if offset < 0:
-        raise MhtagError(f"offset must be 0 or more, not {offset}")
+    q = Query.of(query, **fields)
     db = location(db)
     meta = current_meta(db)
-    resolved = resolve_filters(meta, filters)
+    resolved = resolve_filters(meta, q.filters)
     version = version_key(db)  # one look at the table per search
     if choose_engine(db, meta, engine, version) == "lance":
-        return _search_lance(db, meta, resolved, where, like, like_id, vector, limit, offset, min_confidence,
-                             Source(source), facets, disputed)
+        return _search_lance(db, meta, resolved, q)
     snap = snapshot(db, version, meta.dim)
-    mask = attribute_mask(snap, meta, resolved, Source(source), min_confidence)
-    if disputed:
+    mask = attribute_mask(snap, meta, resolved, q.source, q.min_confidence)
+    if q.disputed:
         doubt = disputed_mask(snap, meta, list(resolved))
         mask = doubt if mask is None else mask & doubt
-    if where:
-        passed = np.isin(snap.rows.column("rid").to_numpy(), _user_where(db, where))
+    if q.where:
+        passed = np.isin(snap.rows.column("rid").to_numpy(), _user_where(db, q.where))
         mask = passed if mask is None else mask & passed
     rows = None if mask is None else np.flatnonzero(mask)  # the matched rows' positions, once
     matched = snap.rows.num_rows if rows is None else len(rows)
-    result = SearchResult(matched=matched, facets=facet_counts(snap, meta, rows) if facets else {})
-    if matched <= offset:
+    result = SearchResult(matched=matched, ranked_by=_ranked_by(q),
+                          facets=facet_counts(snap, meta, rows) if q.facets else {})
+    if matched <= q.offset:
         return result
-    if like is not None:
-        vector = embed_query(meta, db, like)
-    elif like_id is not None:
-        pos = snap.position(like_id)
+    vector = q.vector
+    if q.like is not None:
+        vector = embed_query(meta, db, q.like)
+    elif q.like_id is not None:
+        pos = snap.position(q.like_id)
         if pos is None:
-            raise NotFoundError(f"no row with id {like_id} in index {db}")
+            raise NotFoundError(f"no row with id {q.like_id} in index {db}")
         vector = snap.vectors.vectors[pos]
     if vector is not None:
-        top, top_scores = _nearest(snap, meta, db, vector, offset + limit, rows)
+        top, top_scores = _nearest(snap, meta, db, vector, q.offset + q.limit, rows)
     else:
-        top, top_scores = _most_confident(snap, meta, resolved, rows, offset + limit)
-    top, top_scores = top[offset:], top_scores[offset:]
+        top, top_scores = _most_confident(snap, meta, resolved, rows, q.offset + q.limit)
+    top, top_scores = top[q.offset:], top_scores[q.offset:]
     taken = _hit_columns(snap, meta).take(pa.array(top, type=pa.int64())).to_pydict()  # columns: cheaper
     shown = [dict(zip(taken, values, strict=True)) for values in zip(*taken.values(), strict=True)]
     result.results = hits_of(shown, top_scores, meta)
     return result
 
 
+def _ranked_by(q: Query) -> str:
+    return "similarity" if q.ranks_by_similarity else "confidence"
+
+
 def _hit_columns(snap: Snapshot, meta: IndexMeta) -> pa.Table:
     """The snapshot's columns that a hit shows (a take of these is cheaper than of every column)."""
     names = ["rid", "path", "rel"] + [c for a in meta.attributes
-                               for c in ([a.pred, a.conf] if a.has_head else []) + ([a.label] if a.has_labels else [])]
+                                      for c in ([a.pred, a.conf] if a.has_head else []) +
+                                      ([a.label] if a.has_labels else [])] + [text_column(t) for t in meta.text_columns]
     key = "hit columns:" + ",".join(names)
     if key not in snap.derived:
         snap.derived[key] = snap.rows.select(names)
@@ -313,26 +312,27 @@ def count_matches(db: Path, sql: str | None, where: str | None) -> int:
         raise MhtagError(f"--where {where!r} could not be evaluated: {str(exc).splitlines()[0][:300]}") from exc
 
 
-def _search_lance(db: Path, meta: IndexMeta, resolved: dict[str, list[str]], where: str | None, like, like_id,
-                  vector, limit: int, offset: int, min_confidence: float | None, source: Source, facets: bool,
-                  disputed: bool) -> SearchResult:
-    sql = ann.all_of(ann.filter_sql(meta, resolved, source, min_confidence, disputed),
-                     check_where(where) if where else None)
-    matched = count_matches(db, sql, where)
-    result = SearchResult(matched=matched, facets=ann.facets(db, meta, sql, MAX_FACET_VALUES) if facets else {})
-    if matched <= offset:
+def _search_lance(db: Path, meta: IndexMeta, resolved: dict[str, list[str]], q: Query) -> SearchResult:
+    sql = ann.all_of(ann.filter_sql(meta, resolved, q.source, q.min_confidence, q.disputed),
+                     check_where(q.where) if q.where else None)
+    matched = count_matches(db, sql, q.where)
+    result = SearchResult(matched=matched, ranked_by=_ranked_by(q),
+                          facets=ann.facets(db, meta, sql, MAX_FACET_VALUES) if q.facets else {})
+    if matched <= q.offset:
         return result
-    if like is not None:
-        vector = embed_query(meta, db, like)
-    elif like_id is not None:
-        vector = ann.vector_of(db, like_id)
+    vector = q.vector
+    if q.like is not None:
+        vector = embed_query(meta, db, q.like)
+    elif q.like_id is not None:
+        vector = ann.vector_of(db, q.like_id)
         if vector is None:
-            raise NotFoundError(f"no row with id {like_id} in index {db}")
+            raise NotFoundError(f"no row with id {q.like_id} in index {db}")
+    n = q.offset + q.limit
     if vector is not None:
-        rows, scores = ann.nearest(db, _query_vector(meta, db, vector), offset + limit, sql, matched)
+        rows, scores = ann.nearest(db, _query_vector(meta, db, vector), n, sql, matched)
     else:
-        rows, scores = ann.most_confident(db, [a.conf for a in _ranking_heads(meta, resolved)], offset + limit, sql)
-    result.results = hits_of(rows[offset:], scores[offset:], meta)
+        rows, scores = ann.most_confident(db, [a.conf for a in _ranking_heads(meta, resolved)], n, sql)
+    result.results = hits_of(rows[q.offset:], scores[q.offset:], meta)
     return result
 
 

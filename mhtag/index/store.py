@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from mhtag.core.errors import BusyError, MhtagError
 from mhtag.core.storage import is_remote, join, list_names, location, storage_options
-from mhtag.index.columns import PROBS, arrow_schema
+from mhtag.index.columns import PROBS
 from mhtag.index.meta import IndexMeta, current_meta
 from mhtag.index.vectors import VectorIndex
 
@@ -77,7 +77,7 @@ def open_table(db: str | Path, meta: IndexMeta | None = None, create: bool = Fal
         return conn.open_table(TABLE)
     if not create:
         raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
-    return conn.create_table(TABLE, schema=arrow_schema(meta.dim, meta.attributes))
+    return conn.create_table(TABLE, schema=meta.table_schema())
 
 
 def drop_table(db: str | Path) -> None:

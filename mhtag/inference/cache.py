@@ -31,7 +31,7 @@ FEATURES = "features"
 def _cache_key(backbone: Backbone, files: list[str], data_config: dict[str, Any]) -> str:
     """Backbone weights, preprocessing and the files' contents, in order: a catalogue copied, moved or
     re-mounted (new paths or modification times, same bytes) is answered from the cache; a changed file is not."""
-    h = hashlib.sha1(json.dumps([backbone.name, data_config], sort_keys=True).encode())
+    h = hashlib.sha1(json.dumps([backbone.name, data_config, backbone.options], sort_keys=True).encode())
     for p in backbone.state_dict().values():  # buffers too: BatchNorm statistics change the features
         h.update(p.detach().cpu().numpy().tobytes())
     for f, check in zip(files, check_image_files(files), strict=True):

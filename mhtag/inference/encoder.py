@@ -26,14 +26,6 @@ _logger = logging.getLogger(__name__)
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
-def resolve_data_config(backbone: Backbone, image_size: list[int] | None = None) -> dict[str, Any]:
-    """The backbone's own preprocessing, with the input size replaced when the config sets one."""
-    cfg = dict(backbone.data_config)
-    if image_size is not None:
-        cfg["input_size"] = list(image_size)
-    return cfg
-
-
 def loader_kwargs(device: torch.device, workers: int | None) -> dict[str, Any]:
     workers = auto_workers(workers)
     kw: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
@@ -142,8 +134,7 @@ def load_encoder(model: str | Path | None = None, backbone: str = DEFAULT_BACKBO
     """A trained run (folder or checkpoint) or, without one, the pretrained `backbone` alone."""
     if model is None:
         bb = create_backbone(backbone)
-        cfg = resolve_data_config(bb)
-        return Encoder(bb.eval(), f"backbone:{bb.name}", None, bb.name, cfg)
+        return Encoder(bb.eval(), f"backbone:{bb.name}", None, bb.name, bb.data_config)
     path = checkpoint_file(model)
     tagger = tagger_from_checkpoint(load_checkpoint(path))
     return Encoder(tagger, f"model:{_file_digest(path)}", str(path.resolve()), tagger.backbone.name,

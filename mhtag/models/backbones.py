@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mhtag.core.errors import MhtagError
-from mhtag.models.colour import colour_features, colour_histogram
+from mhtag.models.colour import colour_histogram
 
 _logger = logging.getLogger(__name__)
 
@@ -26,30 +26,44 @@ _FAMILIES: dict[str, Callable[..., Backbone]] = {}
 
 
 class Backbone(nn.Module):
-    """A pooled-embedding extractor plus the data config (input size, mean, std) its weights expect."""
+    """A pooled-embedding extractor plus the preprocessing its weights expect (`data_config`: input size, mean, std,
+    interpolation; read-only: a copy is handed out) and two options that change what it computes, saved with it:
+    `tta_flip` (in eval mode, the mean of the image's and its mirror's features) and `colour_bins` (a global colour
+    histogram appended to the features, `colour_bins**3` wide)."""
 
-    def __init__(self, body: nn.Module, num_features: int, data_config: dict[str, Any], name: str):
+    def __init__(self, body: nn.Module, num_features: int, data_config: dict[str, Any], name: str,
+                 tta_flip: bool = False, colour_bins: int = 0):
         super().__init__()
         self.body = body
         self.body_features = num_features
-        self.data_config = data_config
+        self._data_config = dict(data_config)
         self.name = name
+        self.tta_flip = bool(tta_flip)
+        self.colour_bins = int(colour_bins)
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return dict(self._data_config)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """What a checkpoint stores beside the preprocessing to rebuild this backbone."""
+        return {"tta_flip": self.tta_flip, "colour_bins": self.colour_bins}
 
     @property
     def num_features(self) -> int:
-        return self.body_features + colour_features(self.data_config)
+        return self.body_features + self.colour_bins ** 3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features (then the colour histogram, where `data_config` asks for one); in eval mode with
-        `data_config["tta_flip"]`, the mean of the image's and its mirror's (so the probe's cached features,
-        index vectors and predictions all see the same test-time flip)."""
-        if self.training or not self.data_config.get("tta_flip"):
+        """Pooled features (then the colour histogram); in eval mode with `tta_flip`, the mean of the image's and
+        its mirror's (so the probe's cached features, index vectors and predictions all see the same flip)."""
+        if self.training or not self.tta_flip:
             pooled = self.body(x)
         else:
             pooled = self.body(torch.cat([x, x.flip(-1)])).unflatten(0, (2, len(x))).mean(0)
-        if not colour_features(self.data_config):
+        if not self.colour_bins:
             return pooled
-        return torch.cat([pooled.float(), colour_histogram(x, self.data_config)], dim=1)
+        return torch.cat([pooled.float(), colour_histogram(x, self._data_config, self.colour_bins)], dim=1)
 
 
 def register_backbone(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
@@ -72,10 +86,18 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES) + [f"{p}/<name>" for p in sorted(_FAMILIES)]
 
 
-def create_backbone(name: str, pretrained: bool = True, checkpoint: str | None = None) -> Backbone:
-    """Build the backbone `name`; weights come from the package cache, `checkpoint`, or nowhere."""
+def create_backbone(name: str, pretrained: bool = True, checkpoint: str | None = None,
+                    image_size: list[int] | None = None, tta_flip: bool = False, colour_bins: int = 0) -> Backbone:
+    """Build the backbone `name`; weights come from the package cache, `checkpoint`, or nowhere. `image_size`
+    ([height, width]) replaces the weights' own input size; `tta_flip` and `colour_bins`: see `Backbone`."""
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise MhtagError(f"backbone checkpoint {checkpoint} does not exist")
+    bb = _build(name, pretrained, checkpoint)
+    data_config = bb.data_config | ({"input_size": list(image_size)} if image_size is not None else {})
+    return Backbone(bb.body, bb.body_features, data_config, bb.name, tta_flip, colour_bins)
+
+
+def _build(name: str, pretrained: bool, checkpoint: str | None) -> Backbone:
     if name in _BACKBONES:
         return _BACKBONES[name](pretrained=pretrained, checkpoint=checkpoint)
     prefix, sep, rest = name.partition("/")

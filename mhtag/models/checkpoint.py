@@ -54,6 +54,7 @@ def _calibration_state(model: Tagger, config: dict[str, Any], data_config: dict[
         "backbone": model.backbone.name,
         "config": config,
         "data_config": data_config,
+        "backbone_options": model.backbone.options,
         "schema": model.schema.to_dict(),
         "thresholds": model.thresholds_,
         "temperatures": model.temperatures_,
@@ -69,15 +70,38 @@ def tagger_from_checkpoint(state: dict[str, Any]) -> Tagger:
         model: Tagger = TaggerEnsemble([tagger_from_checkpoint(m) for m in state["members"]], state["scales"])
     else:
         cfg = state["config"]
-        backbone = create_backbone(state["backbone"], pretrained=False)
-        backbone.data_config = state["data_config"]
-        model = Tagger(backbone, LabelSchema.from_dict(state["schema"]), cfg["head"], cfg["head_hidden"],
-                       cfg["dropout"])
+        data_config, options = backbone_settings(state)
+        backbone = create_backbone(state["backbone"], pretrained=False, image_size=data_config["input_size"],
+                                   **options)
+        if backbone.data_config != data_config:
+            raise MhtagError(f"checkpoint preprocessing {data_config} differs from backbone {state['backbone']}'s "
+                             f"{backbone.data_config}")
+        if cfg.get("head", "linear") != "linear":
+            raise MhtagError(f"this model has {cfg['head']} heads, which this version of mhtag no longer builds")
+        model = Tagger(backbone, LabelSchema.from_dict(state["schema"]), cfg["dropout"])
         model.load_state_dict(state["model"])
     model.thresholds_ = {k: list(v) for k, v in state["thresholds"].items()}
     model.temperatures_ = {k: float(v) for k, v in state.get("temperatures", {}).items()}
     model.platt_ = {k: ([float(x) for x in a], [float(x) for x in b]) for k, (a, b) in state.get("platt", {}).items()}
     return model.eval()
+
+
+_OPTION_KEYS = ("tta_flip", "colour_bins")  # before `backbone_options`, checkpoints kept them in `data_config`
+
+
+def backbone_settings(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(preprocessing, backbone options) of a checkpoint, also of one written before the options had their own
+    key."""
+    data_config = {k: v for k, v in state["data_config"].items() if k not in _OPTION_KEYS}
+    legacy = {k: state["data_config"][k] for k in _OPTION_KEYS if state["data_config"].get(k) is not None}
+    options = {"tta_flip": False, "colour_bins": 0} | legacy | state.get("backbone_options", {})
+    return data_config, {"tta_flip": bool(options["tta_flip"]), "colour_bins": int(options["colour_bins"] or 0)}
+
+
+def with_options(state: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """The checkpoint `state` with backbone options changed (e.g. the test-time flip switched on)."""
+    data_config, current = backbone_settings(state)
+    return {**state, "data_config": data_config, "backbone_options": current | options}
 
 
 def checkpoint_file(path: str | Path, name: str = "best.pt") -> Path:

@@ -10,22 +10,10 @@ from typing import Any
 
 import torch
 
-COLOUR_BINS = "colour_bins"  # the data_config key: bins per RGB channel, 0 or absent = no histogram
 
-
-def colour_bins(data_config: dict[str, Any]) -> int:
-    return int(data_config.get(COLOUR_BINS) or 0)
-
-
-def colour_features(data_config: dict[str, Any]) -> int:
-    """How many feature dimensions the histogram adds under `data_config`."""
-    return colour_bins(data_config) ** 3
-
-
-def colour_histogram(x: torch.Tensor, data_config: dict[str, Any]) -> torch.Tensor:
+def colour_histogram(x: torch.Tensor, data_config: dict[str, Any], bins: int) -> torch.Tensor:
     """(B, bins**3) square roots of each image's share of pixels per RGB cell (so each row has unit L2 norm and
-    a linear head compares histograms by their Hellinger distance). `x` is the normalised model input."""
-    bins = colour_bins(data_config)
+    a linear head compares histograms by their Hellinger distance). `x` is the input normalised by `data_config`."""
     mean = torch.tensor(data_config["mean"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(data_config["std"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     rgb = (x.float() * std + mean).clamp(0, 1)

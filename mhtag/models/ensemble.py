@@ -34,16 +34,6 @@ class EnsembleBackbone(Backbone):
         return self.scale.tolist()
 
     @property
-    def data_config(self) -> dict:
-        return self.body[0].data_config
-
-    @data_config.setter
-    def data_config(self, value: dict) -> None:  # one preprocessing for all (e.g. switching test-time flip)
-        if "body" in self._modules:
-            for member in self.body:
-                member.data_config = value
-
-    @property
     def widths(self) -> list[int]:
         return [m.num_features for m in self.body]
 
@@ -62,14 +52,14 @@ def check_members(members: list[Tagger], names: list[str]) -> None:
     for m, name in zip(members[1:], names[1:], strict=True):
         if m.schema.to_dict() != first.schema.to_dict():
             raise MhtagError(f"{name}: its heads or classes differ from {name0}'s; members must share the schema")
-        keys = sorted(k for k in set(m.backbone.data_config) | set(first.backbone.data_config)
-                      if m.backbone.data_config.get(k) != first.backbone.data_config.get(k))
+        mine = m.backbone.data_config | {"tta_flip": m.backbone.tta_flip}
+        theirs = first.backbone.data_config | {"tta_flip": first.backbone.tta_flip}
+        keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if keys:
             fix = ("; --tta-flip or --no-tta-flip sets it for all members" if keys == ["tta_flip"]
                    else "; members must share input size and normalisation")
             raise MhtagError(f"{name}: its preprocessing differs from {name0}'s in {', '.join(keys)} "
-                             f"({m.backbone.data_config.get(keys[0])!r} vs {first.backbone.data_config.get(keys[0])!r})"
-                             + fix)
+                             f"({mine.get(keys[0])!r} vs {theirs.get(keys[0])!r})" + fix)
 
 
 class TaggerEnsemble(Tagger):

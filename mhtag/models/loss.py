@@ -54,16 +54,10 @@ class MultiHeadLoss(nn.Module):
     A head whose targets include `soft_key(name)` learns those probabilities instead of the one-hot labels."""
 
     def __init__(self, schema: LabelSchema, head_weights: dict[str, float] | None = None,
-                 weighting: str = "none", cap: float = 10.0, label_smoothing: float = 0.0, n_train: int = 0,
-                 tag_weighting: str = "sqrt", head_label_smoothing: dict[str, float] | None = None):
+                 weighting: str = "none", cap: float = 10.0, n_train: int = 0, tag_weighting: str = "sqrt"):
         super().__init__()
         self.schema = schema
         self.head_weights = _per_head(schema, "head_weights", head_weights, 1.0)
-        self.label_smoothing = _per_head(schema, "head_label_smoothing", head_label_smoothing, label_smoothing)
-        tags = sorted(set(head_label_smoothing or {}) & {a.name for a in schema.attributes if a.multi})
-        if tags:
-            raise MhtagError(f"head_label_smoothing names tag group(s) {tags}; label smoothing is for single-label "
-                             "heads (a tag group's loss is per-tag BCE)")
         for a in schema.attributes:
             w = self._weights(a, tag_weighting if a.multi else weighting, cap, n_train)
             self.register_buffer(f"w_{a.name}", w if w is not None else torch.empty(0), persistent=False)
@@ -89,11 +83,9 @@ class MultiHeadLoss(nn.Module):
             if not known.any():
                 continue
             if soft is None:
-                per_head[a.name] = F.cross_entropy(out, y.clamp(min=-1), weight=w, ignore_index=-1,
-                                                   label_smoothing=self.label_smoothing[a.name])
+                per_head[a.name] = F.cross_entropy(out, y.clamp(min=-1), weight=w, ignore_index=-1)
             else:
-                per_head[a.name] = F.cross_entropy(out[known], soft[known].float(), weight=w,
-                                                   label_smoothing=self.label_smoothing[a.name])
+                per_head[a.name] = F.cross_entropy(out[known], soft[known].float(), weight=w)
         if not per_head:
             raise MhtagError("a batch had no usable label for any head")
         total = sum(self.head_weights[k] * v for k, v in per_head.items())

@@ -11,13 +11,9 @@ from mhtag.data.schema import LabelSchema
 from mhtag.models.backbones import Backbone
 
 
-def make_head(in_features: int, out_features: int, kind: str = "linear", hidden: int = 512,
-              dropout: float = 0.1) -> nn.Module:
-    """One attribute's head. Its input dropout is the Tagger's, one mask shared by every head (on CPU a mask's
-    random numbers cost more than a linear head's arithmetic); the Identity keeps the checkpoint layout."""
-    if kind == "mlp":
-        return nn.Sequential(nn.Identity(), nn.Linear(in_features, hidden), nn.GELU(),
-                             nn.Dropout(dropout), nn.Linear(hidden, out_features))
+def make_head(in_features: int, out_features: int) -> nn.Module:
+    """One attribute's head: linear. Its input dropout is the Tagger's, one mask shared by every head (on CPU a
+    mask's random numbers cost more than a linear head's arithmetic); the Identity keeps the checkpoint layout."""
     return nn.Sequential(nn.Identity(), nn.Linear(in_features, out_features))
 
 
@@ -39,8 +35,7 @@ class FeatureDropout(nn.Dropout):
 class Tagger(nn.Module):
     """`forward_features` -> pooled embedding, `forward_heads` -> {attribute: logits}, `forward` -> both."""
 
-    def __init__(self, backbone: Backbone, schema: LabelSchema, head: str = "linear", head_hidden: int = 512,
-                 dropout: float = 0.1):
+    def __init__(self, backbone: Backbone, schema: LabelSchema, dropout: float = 0.1):
         super().__init__()
         self.backbone = backbone
         self.schema = schema
@@ -48,7 +43,7 @@ class Tagger(nn.Module):
         self.feature_norm = nn.BatchNorm1d(self.num_features)  # puts any backbone's features on one scale
         self.dropout = FeatureDropout(dropout)
         self.heads = nn.ModuleDict({
-            a.name: make_head(self.num_features, a.num_outputs, head, head_hidden, dropout)
+            a.name: make_head(self.num_features, a.num_outputs)
             for a in schema.attributes
         })
         self.temperatures_: dict[str, float] = {}  # per single-label head, fitted on val after training
@@ -62,11 +57,9 @@ class Tagger(nn.Module):
 
     def forward_heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.dropout(self.feature_norm(features.float()))
-        linear = [head[1] for head in self.heads.values() if len(head) == 2]
-        if len(linear) == len(self.heads):  # all linear: one matmul for every head, split by head
-            logits = F.linear(f, torch.cat([h.weight for h in linear]), torch.cat([h.bias for h in linear]))
-            return dict(zip(self.heads, logits.split([h.out_features for h in linear], dim=-1), strict=True))
-        return {name: head(f) for name, head in self.heads.items()}
+        linear = [head[1] for head in self.heads.values()]  # one matmul for every head, split by head
+        logits = F.linear(f, torch.cat([h.weight for h in linear]), torch.cat([h.bias for h in linear]))
+        return dict(zip(self.heads, logits.split([h.out_features for h in linear], dim=-1), strict=True))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_heads(self.forward_features(x))

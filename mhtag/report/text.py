@@ -91,6 +91,8 @@ def predictions_text(result: PredictResult) -> str:
     lines = []
     for p in result.predictions:
         lines.append(shown(p.path))
+        if p.labels:
+            lines.append("  known labels: " + ", ".join(f"{shown(k)}={shown(_fmt(v))}" for k, v in p.labels.items()))
         for name, a in p.attributes.items():
             fused = a.fused.label
             fused = ", ".join(fused) or "(none)" if isinstance(fused, list) else fused
@@ -104,7 +106,9 @@ def predictions_text(result: PredictResult) -> str:
 
 
 def search_text(result: SearchResult, attributes: list[str]) -> str:
-    lines = [f"{result.matched} row(s) match; showing {len(result.results)}"]
+    score = "cosine similarity to the query" if result.ranked_by == "similarity" else \
+        "mean confidence of the filtered heads"
+    lines = [f"{result.matched} row(s) match; showing {len(result.results)}, first column: {score}"]
     for r in result.results:
         row = r.model_dump()
         attrs = " ".join(f"{a}={_fmt(row[a])}" for a in attributes if row.get(a))

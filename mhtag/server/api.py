@@ -17,10 +17,10 @@ from starlette.background import BackgroundTask
 
 from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.data.images import MAX_PIXELS, decode_image, image_header
-from mhtag.index.build import add_images, delete_row
 from mhtag.index.export import export_index
 from mhtag.index.labels import InvalidLabel
 from mhtag.index.search import Source, index_attributes, index_health, search
+from mhtag.index.uploads import add_images, delete_row
 from mhtag.results import (
     Added,
     Attributes,

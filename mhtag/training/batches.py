@@ -64,19 +64,24 @@ class TensorBatches:
             yield self.x[idx], {k: v[idx] for k, v in self.y.items()}
 
 
-def make_loaders(model: Tagger, cfg: TrainConfig, mode: str, train_df, val_df, y_train, y_val, data_config,
-             device: torch.device, dist: DistInfo, generator: torch.Generator, progress: bool):
-    if mode == "probe":
-        def embed(df) -> np.ndarray:
-            return cached_embeddings(model.backbone, df[FILE].tolist(), data_config, cfg.batch_size, device,
-                                     cfg.num_workers, progress=progress)
+def probe_loaders(model: Tagger, cfg: TrainConfig, train_df, val_df, y_train, y_val, device: torch.device,
+                  generator: torch.Generator, progress: bool) -> tuple[TensorBatches, TensorBatches]:
+    """Mini-batches of the frozen backbone's embeddings of every row, computed once (cached on disk)."""
+    def embed(df) -> np.ndarray:
+        return cached_embeddings(model.backbone, df[FILE].tolist(), model.backbone.data_config, cfg.batch_size,
+                                 device, cfg.num_workers, progress=progress)
 
-        return (TensorBatches(embed(train_df), y_train, PROBE_BATCH, True, generator),
-                TensorBatches(embed(val_df), y_val, PROBE_BATCH * 2, False))
+    return (TensorBatches(embed(train_df), y_train, PROBE_BATCH, True, generator),
+            TensorBatches(embed(val_df), y_val, PROBE_BATCH * 2, False))
+
+
+def image_loaders(model: Tagger, cfg: TrainConfig, train_df, val_df, y_train, y_val, device: torch.device,
+                  dist: DistInfo, generator: torch.Generator) -> tuple[DataLoader, DataLoader]:
+    """Decoded, augmented training images (each draw seeded by seed, epoch and image) and plain validation ones."""
+    data_config = model.backbone.data_config
     forbid = forbidden_augmentations(model.schema.names, cfg.aug_forbid)
     train_ds = AugmentedDataset(train_df[FILE].tolist(), build_transform(data_config, train=cfg.augment,
-                                                                       forbid=forbid, strength=cfg.aug_strength),
-                                y_train, seed=cfg.seed)
+                                                                       forbid=forbid), y_train, seed=cfg.seed)
     val_ds = ImageDataset(val_df[FILE].tolist(), build_transform(data_config), y_val)
     kw = loader_kwargs(device, cfg.num_workers)
     # decoding processes live as long as the run: started anew each epoch, they cost seconds an epoch on a GPU

@@ -19,7 +19,7 @@ class LinearHeads(nn.Module):
         super().__init__()
         self.schema = schema
         self.norm = nn.BatchNorm1d(dim)
-        self.heads = nn.ModuleDict({a.name: make_head(dim, a.num_outputs, dropout=0.0) for a in schema.attributes})
+        self.heads = nn.ModuleDict({a.name: make_head(dim, a.num_outputs) for a in schema.attributes})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.norm(x)

@@ -14,7 +14,13 @@ from mhtag.core.io import atomic_write_json
 from mhtag.data.schema import LabelSchema
 from mhtag.data.transforms import mirroring_forbidden
 from mhtag.inference.cache import cached_embeddings
-from mhtag.models.checkpoint import ensemble_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
+from mhtag.models.checkpoint import (
+    ensemble_state,
+    load_checkpoint,
+    save_checkpoint,
+    tagger_from_checkpoint,
+    with_options,
+)
 from mhtag.models.ensemble import TaggerEnsemble, check_members, feature_scales
 from mhtag.models.tagger import Tagger, feature_probabilities
 from mhtag.training.calibration import calibrate, tune_tag_thresholds
@@ -39,7 +45,7 @@ def _with_tta_flip(state: dict[str, Any], name: str, on: bool) -> dict[str, Any]
     if on and mirroring_forbidden(LabelSchema.from_dict(state["schema"]).names, aug_forbid):
         raise MhtagError(f"{name}: a head forbids horizontal flips (a view/side head or aug_forbid), so the "
                          "test-time flip cannot be on")
-    return {**state, "data_config": {**state["data_config"], "tta_flip": on}}
+    return with_options(state, tta_flip=on)
 
 
 def build_ensemble(runs: list[str | Path], labels: str | Path, images: str | Path | None = None,
@@ -59,7 +65,7 @@ def build_ensemble(runs: list[str | Path], labels: str | Path, images: str | Pat
     members = [tagger_from_checkpoint(s) for s in states]
     check_members(members, names)
     config = {**states[0]["config"], "mode": "ensemble", "members": names,
-              "tta_flip": bool(members[0].backbone.data_config.get("tta_flip"))}
+              "tta_flip": members[0].backbone.tta_flip}
     rows = split_rows(members[0], config, labels, images, "val")
     data_config = members[0].backbone.data_config
     features = [cached_embeddings(m.backbone, rows.files, data_config, batch_size, progress=progress)

@@ -14,7 +14,7 @@ from mhtag.core.errors import MhtagError
 from mhtag.core.runtime import autocast, default_device
 from mhtag.data.labels import FILE, Skipped, drop_unreadable, read_labels
 from mhtag.inference.cache import cached_embeddings
-from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
+from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint, with_options
 from mhtag.models.tagger import Tagger
 from mhtag.training.metrics import head_metrics, reliability_curves
 
@@ -76,9 +76,7 @@ def evaluate(run: str | Path, labels: str | Path, images: str | Path | None = No
     and after calibration.
     `tta_flip` overrides the model's saved test-time flip (an ablation; None keeps what was saved)."""
     state = load_checkpoint(run)
-    model = tagger_from_checkpoint(state)
-    if tta_flip is not None:
-        model.backbone.data_config = {**model.backbone.data_config, "tta_flip": tta_flip}
+    model = tagger_from_checkpoint(state if tta_flip is None else with_options(state, tta_flip=tta_flip))
     rows = split_rows(model, state["config"], labels, images, split)
     targets = rows.targets
     probs, raw = tagger_probabilities(model, rows.files, batch_size, progress=progress)

@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.utils import ModelEmaV3
 
-from mhtag.core.config import RESUMABLE_KEYS, TrainConfig, config_from_dict, saved_config
+from mhtag.core.config import RESUMABLE_KEYS, TrainConfig, check_head_keys, config_from_dict, saved_config
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_path, atomic_write_json, atomic_write_text
 from mhtag.core.progress import progress_bar
@@ -35,18 +34,18 @@ from mhtag.core.runtime import DistInfo, autocast, default_device, init_distribu
 from mhtag.data.labels import FILE, LabelTable, Skipped
 from mhtag.data.schema import LabelSchema
 from mhtag.data.transforms import mirroring_forbidden
-from mhtag.inference.encoder import memory_format, resolve_data_config
+from mhtag.inference.encoder import memory_format
 from mhtag.models.backbones import create_backbone
 from mhtag.models.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint, tagger_from_checkpoint
-from mhtag.models.colour import COLOUR_BINS
 from mhtag.models.loss import MultiHeadLoss
 from mhtag.models.tagger import Tagger
 from mhtag.report.html import write_run_report
-from mhtag.training.batches import make_loaders, prepare_data
+from mhtag.training.batches import prepare_data
 from mhtag.training.calibration import calibrate, tune_tag_thresholds
 from mhtag.training.distill import teacher_targets
 from mhtag.training.metrics import calibration_errors, head_metrics, mean_macro_f1, reliability_curves
-from mhtag.training.optim import cosine_with_warmup, make_optimizer
+from mhtag.training.optim import cosine_with_warmup
+from mhtag.training.phases import FINETUNE, PHASES, PROBE, Phase
 
 _logger = logging.getLogger(__name__)
 PROBE_DIR = "probe"  # a fine-tune's phase one, inside its run folder
@@ -79,6 +78,7 @@ class Run:
     report: Path | None = None  # report.html, when the run finished
     kept: str = ""  # which model best.pt holds: "probe" or "finetune"
     comparison: list[HeadComparison] = field(default_factory=list)  # fine-tunes: per head, vs the probe
+    val_metrics: dict[str, Any] | None = None  # the shipped model's, calibrated (`ece`; `ece_uncalibrated` before)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -137,8 +137,7 @@ class NonFiniteLoss(MhtagError):
 
 def train_one_epoch(forward: Callable, loader: Iterable, loss_fn: MultiHeadLoss, device: torch.device,
                     optimizer: torch.optim.Optimizer, scheduler, amp: bool = True, progress: bool = False,
-                    description: str = "", steps: int | None = None,
-                    after_step: Callable[[], None] | None = None) -> EpochResult:
+                    description: str = "", steps: int | None = None) -> EpochResult:
     totals = _Totals()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     with progress_bar(description, steps, progress) as advance:
@@ -152,8 +151,6 @@ def train_one_epoch(forward: Callable, loader: Iterable, loss_fn: MultiHeadLoss,
             torch.nn.utils.clip_grad_norm_(params, 5.0)
             optimizer.step()
             scheduler.step()
-            if after_step is not None:
-                after_step()
             advance(1)
     return totals.result()
 
@@ -234,20 +231,20 @@ def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, 
     state = _resume_state(out, resume)
     dist = init_distributed()
     device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else default_device()
-    mode = state["mode"] if state else cfg.resolved_mode(device.type == "cuda")
-    if mode == "probe":
+    phase = PHASES[state["mode"] if state else cfg.resolved_mode(device.type == "cuda")]
+    data = prepare_data(cfg, labels, images, progress and dist.is_main)  # decodes each image once for every phase
+    check_head_keys(cfg, data[0].attributes)  # before anything is written
+    if phase is PROBE:
         if dist.enabled:
             raise MhtagError("probe mode trains in one process in seconds; run it without torchrun")
-        return _train(cfg, labels, prepare_data(cfg, labels, images, progress), out, state, dist, device, "probe",
-                      progress)
+        return _train(cfg, labels, data, out, state, dist, device, PROBE, progress)
     if dist.is_main:
-        atomic_write_text(out / "config.json", json.dumps({**cfg.to_dict(), "resolved_mode": mode}, indent=2))
-    data = prepare_data(cfg, labels, images, progress and dist.is_main)  # decodes each image once for both phases
+        atomic_write_text(out / "config.json", json.dumps({**cfg.to_dict(), "resolved_mode": phase.name}, indent=2))
     probe = _probe_phase(cfg, labels, data, out, resume, dist, device, progress)
     if probe.interrupted:
         return probe
     start = probe.model if cfg.lp_ft and state is None else None
-    run = _train(cfg, labels, data, out, state, dist, device, "finetune", progress, start)
+    run = _train(cfg, labels, data, out, state, dist, device, FINETUNE, progress, start)
     if not run.interrupted:
         _keep_better(run, probe, cfg, dist)
     return run
@@ -257,17 +254,18 @@ def _probe_phase(cfg: TrainConfig, labels, data: Data, out: Path, resume: bool, 
                  progress: bool) -> Run:
     """The fine-tune's phase one, run once in `out/probe` (by rank 0; the other ranks wait for it)."""
     folder = out / PROBE_DIR
-    probe_cfg = config_from_dict({"mode": "probe", "report": False, "patience": None}, cfg)  # probe epochs are cheap
+    probe_cfg = config_from_dict({"mode": PROBE.name, "report": False, "patience": None}, cfg)  # epochs are cheap
     if dist.is_main and not _finished(folder):
         state = load_checkpoint(folder, "last.pt") if resume and (folder / "last.pt").exists() else None
         _logger.info("phase 1/2: heads on frozen features (%d epochs)", cfg.probe_epochs)
-        run = _train(probe_cfg, labels, data, folder, state, DistInfo(), device, "probe", progress)
+        run = _train(probe_cfg, labels, data, folder, state, DistInfo(), device, PROBE, progress)
         if run.interrupted:
             return replace(run, dir=out)
     _rank0_value(None, dist)  # a barrier
     state = load_checkpoint(folder)
     history = json.loads((folder / "metrics.json").read_text())["epochs"]
-    return Run(folder, tagger_from_checkpoint(state), probe_cfg, state["data_config"], history, kept="probe")
+    return Run(folder, tagger_from_checkpoint(state), probe_cfg, state["data_config"], history, kept=PROBE.name,
+               val_metrics=state.get("val_metrics"))
 
 
 def _finished(folder: Path) -> bool:
@@ -283,8 +281,8 @@ def _keep_better(run: Run, probe: Run, cfg: TrainConfig, dist: DistInfo) -> None
         tuned, frozen = run.best, probe.best
         comparison = [HeadComparison(name, frozen["heads"][name]["macro_f1"], m["macro_f1"])
                       for name, m in tuned["heads"].items() if "macro_f1" in m]
-        kept = "probe" if cfg.keep == "best-of" and frozen["score"] > tuned["score"] else "finetune"
-        if kept == "probe":
+        kept = PROBE.name if cfg.keep == "best-of" and frozen["score"] > tuned["score"] else FINETUNE.name
+        if kept == PROBE.name:
             with atomic_path(run.dir / "best.pt") as tmp:
                 shutil.copyfile(probe.dir / "best.pt", tmp)
         metrics = json.loads((run.dir / "metrics.json").read_text())
@@ -293,96 +291,75 @@ def _keep_better(run: Run, probe: Run, cfg: TrainConfig, dist: DistInfo) -> None
         decision = (kept, [asdict(c) for c in comparison])
     run.kept, comparison = _rank0_value(decision, dist)
     run.comparison = [HeadComparison(**c) for c in comparison]
-    if run.kept == "probe":
-        run.model = probe.model
+    if run.kept == PROBE.name:
+        run.model, run.val_metrics = probe.model, probe.val_metrics
 
 
 def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any] | None, dist: DistInfo,
-           device: torch.device, mode: str, progress: bool, start: Tagger | None = None) -> Run:
-    """One training phase: `mode`'s epochs, checkpoints, calibration and report. A fresh fine-tune starts from the
-    heads of `start` (the probe) when given."""
+           device: torch.device, phase: Phase, progress: bool, start: Tagger | None = None) -> Run:
+    """One training phase: its epochs, checkpoints, calibration and report. A fresh fine-tune starts from the heads
+    of `start` (the probe) when given."""
     seed_everything(cfg.seed)
     table, train_df, val_df = data
-    if state is not None:
-        model = tagger_from_checkpoint(state).train()
-        data_config, dropped = state["data_config"], state.get("dropped", {})
-    else:
-        model, data_config, dropped = _new_model(cfg, labels, data)
-    schema = model.schema
+    model, dropped = (tagger_from_checkpoint(state).train(), state.get("dropped", {})) if state is not None \
+        else _new_model(cfg, labels, data)
+    data_config, schema = model.backbone.data_config, model.schema
     if start is not None:
         _copy_heads(start, model)
-    if mode == "probe":
-        model.backbone.requires_grad_(False)
     (y_train, _), (y_val, _) = schema.encode(train_df), schema.encode(val_df)
     if cfg.teacher and cfg.distill > 0:
         y_train = {**y_train, **teacher_targets(cfg.teacher, cfg.distill, schema, train_df[FILE].tolist(), y_train,
                                                 cfg.batch_size, device, cfg.num_workers, progress and dist.is_main)}
     loss_fn = MultiHeadLoss(schema, cfg.head_weights, cfg.class_weights, cfg.class_weight_cap,
-                            cfg.label_smoothing, n_train=len(train_df), tag_weighting=cfg.pos_weights,
-                            head_label_smoothing=cfg.head_label_smoothing).to(device)
-    epochs = cfg.probe_epochs if mode == "probe" else cfg.epochs
+                            n_train=len(train_df), tag_weighting=cfg.pos_weights).to(device)
+    epochs = phase.epochs(cfg)
     generator = torch.Generator()
-    train_loader, val_loader = make_loaders(model, cfg, mode, train_df, val_df, y_train, y_val, data_config,
-                                            device, dist, generator, progress)
-    if mode == "probe":
-        if state is None:
-            standardise_features(model.feature_norm, train_loader.x)
-        model.feature_norm.requires_grad_(False)
+    train_loader, val_loader = phase.loaders(model, cfg, (train_df, val_df, y_train, y_val), device, dist, generator,
+                                             progress)
+    phase.freeze(model, train_loader, resumed=state is not None)
     model.to(device, memory_format=memory_format(device))  # channels_last on a GPU, as the encoder
     # training's random stream (dropout; augmentation draws per image) starts here, from the seed: embedding the
     # data (a cold cache runs a DataLoader, which draws from it) must not change the model a seed gives
     seed_everything(cfg.seed)
-    optimizer = make_optimizer(model, cfg, mode)
+    optimizer = phase.optimizer(model, cfg)
     scheduler = cosine_with_warmup(optimizer, epochs * len(train_loader))
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if state is not None:
         history, start_epoch = _restore(state, optimizer, scheduler)
-    ema = _make_ema(model, cfg, mode, state)
-    shipped = ema.module if ema is not None else model  # what is validated, checkpointed and calibrated
-    after_step = None if ema is None else lambda: ema.update(model, step=scheduler.last_epoch)
-
     net = model
     if dist.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
                                                         else None)
     if dist.is_main:
-        atomic_write_text(out / "config.json", json.dumps({**cfg.to_dict(), "resolved_mode": mode}, indent=2))
+        atomic_write_text(out / "config.json", json.dumps({**cfg.to_dict(), "resolved_mode": phase.name}, indent=2))
         atomic_write_json(out / "schema.json", schema.to_dict())
     deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    extra = {"dropped": dropped, "mode": mode}
-    checkpoints = _Checkpoints(out, mode, best_score=max((h["score"] for h in history), default=-1.0))
+    extra = {"dropped": dropped, "mode": phase.name}
+    checkpoints = _Checkpoints(out, phase, best_score=max((h["score"] for h in history), default=-1.0))
     interrupted = False
-    show = progress and dist.is_main and mode == "finetune"
+    show = progress and dist.is_main and phase.shows_batches
     try:
         for epoch in range(start_epoch, epochs):
             generator.manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's order, independent of resumes
-            if mode == "finetune":  # the probe's batches come from memory, in the generator's order
-                train_loader.sampler.set_epoch(epoch)
             t0 = time.monotonic()
-            net.train()
-            if mode == "probe" or cfg.freeze_feature_norm:
-                model.feature_norm.eval()
-            if cfg.freeze_bn and mode == "finetune":
-                _freeze_batchnorm(model.backbone)
-            tr = train_one_epoch(_forward(net, mode), train_loader, loss_fn, device, optimizer, scheduler, cfg.amp,
-                                 show, f"epoch {epoch + 1}/{epochs}", len(train_loader), after_step)
+            phase.start_epoch(model, net, train_loader, cfg, epoch)
+            tr = train_one_epoch(phase.forward(net), train_loader, loss_fn, device, optimizer, scheduler, cfg.amp,
+                                 show, f"epoch {epoch + 1}/{epochs}", len(train_loader))
             if dist.is_main:  # validation, checkpoints and logs happen once, on rank 0
-                shipped.eval()
-                va = validate(_forward(shipped, mode), shipped, val_loader, loss_fn, device, cfg.amp, show,
+                model.eval()
+                va = validate(phase.forward(model), model, val_loader, loss_fn, device, cfg.amp, show,
                               len(val_loader))
-                heads = evaluate_outputs(shipped, va, tune=True)
+                heads = evaluate_outputs(model, va, tune=True)
                 history.append({"epoch": epoch, "train_loss": tr.loss, "train_head_losses": tr.head_losses,
                                 "val_loss": va.loss, "val_head_losses": va.head_losses, "heads": heads,
                                 "score": mean_macro_f1(heads), "seconds": time.monotonic() - t0})
-                _log_epoch(history[-1], epochs, mode)
-                checkpoints.save_best(history[-1]["score"], checkpoint_state(shipped, cfg.to_dict(), data_config,
+                _log_epoch(history[-1], epochs, phase.log_every(epochs))
+                checkpoints.save_best(history[-1]["score"], checkpoint_state(model, cfg.to_dict(), data_config,
                                                                              {**extra, "epoch": epoch}))
                 last = {**checkpoint_state(model, cfg.to_dict(), data_config, extra), "epoch": epoch,
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": torch.get_rng_state(), "history": list(history)}
-                if ema is not None:
-                    last["ema"] = ema.module.state_dict()
                 checkpoints.save_last(last, final=epoch == epochs - 1)
             stop = _rank0_value(_stop_reason(cfg, history, deadline) if dist.is_main else None, dist)
             if stop:
@@ -399,36 +376,34 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
     if not (out / "best.pt").exists():
         raise MhtagError("training stopped before the first epoch finished; nothing was saved")
     best = tagger_from_checkpoint(load_checkpoint(out / "best.pt"))
-    run = Run(out, best, cfg, data_config, history, table.skipped, dropped, interrupted, kept=mode)
+    run = Run(out, best, cfg, data_config, history, table.skipped, dropped, interrupted, kept=phase.name)
     if dist.is_main and not interrupted:
-        run.report = _finish(best, val_loader, loss_fn, device, cfg, out, data_config, extra, history, mode)
+        run.report, run.val_metrics = _finish(best, val_loader, loss_fn, device, cfg, out, data_config, extra,
+                                              history, phase)
     return run
 
 
-def _new_model(cfg: TrainConfig, labels, data: Data) -> tuple[Tagger, dict[str, Any], dict[str, str]]:
-    """A fresh tagger with a head per attribute of the training rows that has something to learn; returns it,
-    its preprocessing and the attributes left out (with why)."""
+def _new_model(cfg: TrainConfig, labels, data: Data) -> tuple[Tagger, dict[str, str]]:
+    """A fresh tagger with a head per attribute of the training rows that has something to learn; returns it and
+    the attributes left out (with why)."""
     table, train_df, _ = data
-    schema, dropped = LabelSchema.fit(train_df, table.attributes, table.multilabel, cfg.min_count)
+    schema, dropped = LabelSchema.fit(train_df, table.attributes, table.multilabel)
     for name, why in dropped.items():
         _logger.warning("attribute %r is not a head: %s", name, why)
     if not schema.attributes:
         raise MhtagError(f"{labels}: no attribute has two or more classes to learn "
                          f"({'; '.join(dropped.values())})")
-    backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.checkpoint)
-    data_config = {**resolve_data_config(backbone, cfg.image_size), "tta_flip": _tta_flip(cfg, schema)}
-    if cfg.colour_histogram:
-        data_config[COLOUR_BINS] = cfg.colour_histogram
-    backbone.data_config = data_config
-    return Tagger(backbone, schema, cfg.head, cfg.head_hidden, cfg.dropout), data_config, dropped
+    backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.checkpoint, image_size=cfg.image_size,
+                               tta_flip=_tta_flip(cfg, schema), colour_bins=cfg.colour_histogram)
+    return Tagger(backbone, schema, cfg.dropout), dropped
 
 
 class _Checkpoints:
     """best.pt whenever validation improves; last.pt (resumable) and metrics.json at most every LAST_EVERY_S and
     after the last epoch, the newest epoch's state held in memory in between, so that any stop can still write it."""
 
-    def __init__(self, out: Path, mode: str, best_score: float):
-        self.out, self.mode, self.best_score = out, mode, best_score
+    def __init__(self, out: Path, phase: Phase, best_score: float):
+        self.out, self.phase, self.best_score = out, phase, best_score
         self.pending: dict[str, Any] | None = None  # the newest epoch's resumable state, not yet on disk
         self.last_written = time.monotonic()
 
@@ -439,41 +414,45 @@ class _Checkpoints:
 
     def save_last(self, state: dict[str, Any], final: bool) -> None:
         if final or time.monotonic() - self.last_written >= LAST_EVERY_S:
-            _write_last(self.out, state, self.mode)
+            _write_last(self.out, state, self.phase)
             self.pending, self.last_written = None, time.monotonic()
         else:  # a copy only when it is kept: training goes on changing the tensors it refers to
-            self.pending = _held_copy(state, self.mode)
+            self.pending = _held_copy(state, self.phase)
 
     def flush(self) -> None:
         if self.pending is not None:
-            _write_last(self.out, self.pending, self.mode)
+            _write_last(self.out, self.pending, self.phase)
             self.pending = None
 
 
 def _finish(best: Tagger, val_loader, loss_fn: MultiHeadLoss, device: torch.device, cfg: TrainConfig, out: Path,
             data_config: dict[str, Any], extra: dict[str, Any], history: list[dict[str, Any]],
-            mode: str) -> Path | None:
-    """Calibrate the best model on the validation rows and write the run's report (its path, if written)."""
+            phase: Phase) -> tuple[Path | None, dict[str, Any]]:
+    """Calibrate the best model on the validation rows and write the run's report. Returns the report's path (if
+    written) and the calibrated model's validation metrics, each head's ECE before calibration beside its own."""
     best.to(device)
-    va = validate(_forward(best, mode), best, val_loader, loss_fn, device, cfg.amp)
+    va = validate(phase.forward(best), best, val_loader, loss_fn, device, cfg.amp)
     uncalibrated = _calibrate(best, va, out, cfg, data_config, extra)
+    heads = evaluate_outputs(best, va, tune=False)
+    for name, ece in calibration_errors(best.schema, uncalibrated, va.targets).items():
+        heads[name]["ece_uncalibrated"] = ece
+    state = load_checkpoint(out / "best.pt")
+    save_checkpoint({**state, "val_metrics": heads}, out / "best.pt")
     report = None
     if cfg.report:
-        report = write_run_report(out, history, evaluate_outputs(best, va, tune=False), va.probs, va.targets,
-                                  best.schema, title=f"mhtag run {out.name} ({mode}, {cfg.backbone})",
+        report = write_run_report(out, history, heads, va.probs, va.targets,
+                                  best.schema, title=f"mhtag run {out.name} ({phase.name}, {cfg.backbone})",
                                   reliability=reliability_curves(best.schema, va.targets, before=uncalibrated,
                                                                  after=va.probs))
     best.cpu()
-    return report
+    return report, heads
 
 
-def _held_copy(state: dict[str, Any], mode: str) -> dict[str, Any]:
+def _held_copy(state: dict[str, Any], phase: Phase) -> dict[str, Any]:
     """A copy of an epoch's resumable `state` that later steps cannot change. Past epochs' history entries never
-    change, and the probe's backbone is frozen: both are shared rather than copied (the backbone was 90% of it)."""
-    frozen = "backbone." if mode == "probe" else None
-    model = {k: v if frozen and k.startswith(frozen) else v.clone() for k, v in state["model"].items()}
-    rest = copy.deepcopy({k: v for k, v in state.items() if k not in ("model", "history")})  # ema: cloned here
-    return {**rest, "model": model, "history": state["history"]}
+    change and are shared; the model's tensors are copied as the phase says (a frozen backbone is shared)."""
+    rest = copy.deepcopy({k: v for k, v in state.items() if k not in ("model", "history")})
+    return {**rest, "model": phase.held_copy(state["model"]), "history": state["history"]}
 
 
 def _tta_flip(cfg: TrainConfig, schema: LabelSchema) -> bool:
@@ -484,21 +463,10 @@ def _tta_flip(cfg: TrainConfig, schema: LabelSchema) -> bool:
     return cfg.tta_flip
 
 
-def _make_ema(model: Tagger, cfg: TrainConfig, mode: str, state: dict[str, Any] | None) -> ModelEmaV3 | None:
-    """timm's weight EMA for a fine-tune with `ema` set, resumed from last.pt when there is one. No decay warm-up:
-    an LP-FT starts from good weights (the probe's heads), so the average may keep them in its early steps."""
-    if mode != "finetune" or cfg.ema is None:
-        return None
-    ema = ModelEmaV3(model, decay=cfg.ema)
-    if state is not None:
-        ema.module.load_state_dict(state["ema"])
-    return ema
-
-
-def _write_last(out: Path, state: dict[str, Any], mode: str) -> None:
+def _write_last(out: Path, state: dict[str, Any], phase: Phase) -> None:
     """last.pt (resumable) and metrics.json as of the epoch in `state`."""
     save_checkpoint(state, out / "last.pt")
-    atomic_write_json(out / "metrics.json", {"mode": mode, "epochs": state["history"]})
+    atomic_write_json(out / "metrics.json", {"mode": phase.name, "epochs": state["history"]})
 
 
 def _calibrate(best: Tagger, va: EpochResult, out: Path, cfg: TrainConfig, data_config: dict[str, Any],
@@ -530,11 +498,6 @@ def _restore(state: dict[str, Any], optimizer, scheduler) -> tuple[list[dict[str
     return state["history"], state["epoch"] + 1
 
 
-def _forward(model: torch.nn.Module, mode: str):
-    """The probe trains and validates on cached embeddings, so it calls the heads alone."""
-    return model.forward_heads if mode == "probe" else model
-
-
 def _stop_reason(cfg: TrainConfig, history: list[dict[str, Any]], deadline: float) -> str | None:
     if cfg.patience and history:
         best = max(history, key=lambda h: h["score"])["epoch"]
@@ -554,32 +517,13 @@ def _rank0_value(value: Any, dist: DistInfo) -> Any:
     return box[0]
 
 
-def _freeze_batchnorm(module: torch.nn.Module) -> None:
-    """Normalise with the pretrained running statistics (eval mode); the affine weights still train."""
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
-def standardise_features(norm: torch.nn.BatchNorm1d, features: torch.Tensor) -> None:
-    """The probe's feature norm: fixed to the training features' mean and variance (a standard scaler), so
-    the heads train on a stable input and no gradient flows into it (a linear head absorbs any affine map).
-    A fine-tune starts from it and trains it."""
-    with torch.no_grad():
-        norm.running_mean.copy_(features.mean(0))
-        norm.running_var.copy_(features.var(0))
-        norm.weight.fill_(1.0)
-        norm.bias.zero_()
-
-
 def _copy_heads(source: Tagger, target: Tagger) -> None:
     target.heads.load_state_dict(source.heads.state_dict())
     target.feature_norm.load_state_dict(source.feature_norm.state_dict())
     target.thresholds_ = {k: list(v) for k, v in source.thresholds_.items()}
 
 
-def _log_epoch(h: dict[str, Any], epochs: int, mode: str) -> None:
-    every = 1 if mode == "finetune" else max(1, epochs // 6)
+def _log_epoch(h: dict[str, Any], epochs: int, every: int) -> None:
     if h["epoch"] % every == 0 or h["epoch"] == epochs - 1:
         accs = ", ".join(f"{k} {m.get('accuracy', 0):.3f}" for k, m in h["heads"].items())
         _logger.info("epoch %d/%d train %.4f val %.4f macro-F1 %.3f | %s", h["epoch"] + 1, epochs,

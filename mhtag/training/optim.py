@@ -20,12 +20,16 @@ def _decay_groups(params: list[torch.nn.Parameter], lr: float, weight_decay: flo
                         {"params": no_decay, "lr": lr, "weight_decay": 0.0}) if g["params"]]
 
 
-def make_optimizer(model: Tagger, cfg: TrainConfig, mode: str) -> torch.optim.Optimizer:
-    """AdamW, fused (one kernel for every tensor: a third of the per-tensor loop's time on the probe's CPU steps)."""
-    heads = list(model.heads.parameters())
-    if mode == "probe":  # the feature norm is fixed there (see fit.standardise_features)
-        return torch.optim.AdamW(_decay_groups(heads, cfg.probe_lr, cfg.weight_decay), fused=True)
-    heads += list(model.feature_norm.parameters())
+def head_optimizer(model: Tagger, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The probe's: AdamW on the heads alone at `probe_lr` (the feature norm is fixed there: a standard scaler)."""
+    return torch.optim.AdamW(_decay_groups(list(model.heads.parameters()), cfg.probe_lr, cfg.weight_decay),
+                             fused=True)
+
+
+def full_optimizer(model: Tagger, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The fine-tune's: AdamW on the backbone (see `_backbone_groups`), the feature norm and the heads at `lr`.
+    Fused: one kernel for every tensor, a third of the per-tensor loop's time on CPU steps."""
+    heads = list(model.heads.parameters()) + list(model.feature_norm.parameters())
     return torch.optim.AdamW(_backbone_groups(model, cfg) + _decay_groups(heads, cfg.lr, cfg.weight_decay),
                              fused=True)
 

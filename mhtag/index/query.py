@@ -1,0 +1,56 @@
+"""One description of a search, built alike by the CLI, the API and Python, and answered by either engine: which
+rows (attribute filters over known labels and predictions, a confidence floor, disputed rows, the user's own SQL),
+how they rank (by similarity to an image, an indexed row or a vector; else by the filtered heads' confidence),
+which page, and whether to count facets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mhtag.core.errors import MhtagError
+from mhtag.index.filters import Source
+
+Filters = dict[str, list[str]] | list[tuple[str, str]]  # {"colour": ["red", "blue"]} or [("colour", "red"), ...]
+
+
+@dataclass
+class Query:
+    filters: Filters = field(default_factory=dict)  # OR within an attribute, AND across attributes
+    source: Source = Source.ANY  # which answer a filter reads: known labels, predictions, or a label where known
+    min_confidence: float | None = None  # predictions below it do not pass a filter
+    disputed: bool = False  # only rows whose known label and prediction differ (on the filtered attributes, if any)
+    where: str | None = None  # SQL of the user's own over the index's columns, ANDed with the rest
+    like: str | Path | None = None  # rank by similarity to this image file
+    like_id: int | None = None  # ... to this indexed row
+    vector: np.ndarray | None = None  # ... to this embedding (of the index's model)
+    limit: int = 20
+    offset: int = 0
+    facets: bool = False  # count the matched rows per attribute value
+
+    def __post_init__(self) -> None:
+        self.source = Source(self.source)
+        if self.limit < 1:
+            raise MhtagError(f"limit must be at least 1, not {self.limit}")
+        if self.offset < 0:
+            raise MhtagError(f"offset must be 0 or more, not {self.offset}")
+        if self.min_confidence is not None and not (math.isfinite(self.min_confidence)
+                                                    and 0 <= self.min_confidence <= 1):
+            raise MhtagError(f"min_confidence must be between 0 and 1, not {self.min_confidence}")
+        if sum(x is not None for x in (self.like, self.like_id, self.vector)) > 1:
+            raise MhtagError("rank by one thing: an image (like), an indexed row (like_id) or a vector")
+
+    @classmethod
+    def of(cls, query: Query | Filters | None = None, **fields: Any) -> Query:
+        """A Query from a Query (with `fields` changed), or from filters and fields."""
+        if isinstance(query, Query):
+            return replace(query, **fields)
+        return cls(**({"filters": query} if query is not None else {}), **fields)
+
+    @property
+    def ranks_by_similarity(self) -> bool:
+        return self.like is not None or self.like_id is not None or self.vector is not None
