@@ -3,9 +3,9 @@
 The public API, for notebooks and programs (imported lazily, so `import mhtag` is cheap):
 
     import mhtag
-    cfg = mhtag.load_config("configs/demo.yaml")
+    cfg = mhtag.load_config("demo")
     run = mhtag.fit(cfg, "demo/labels.csv", out="runs/demo")
-    mhtag.index_images("demo", "indexes/demo", model="runs/demo", labels="demo/labels.csv")
+    mhtag.index_images("demo", "indexes/demo", model="runs/demo", labels="demo/labels.csv", multilabel=["marks"])
     mhtag.search("indexes/demo", {"colour": ["red"]}, limit=5)
     mhtag.predict(["demo/images/00001.png"], "indexes/demo")
 """
@@ -22,6 +22,7 @@ _EXPORTS = {
     "ImageError": "mhtag.core.errors",
     "TrainConfig": "mhtag.core.config",
     "load_config": "mhtag.core.config",
+    "list_presets": "mhtag.core.config",
     "setup": "mhtag.core.runtime",
     "LabelSchema": "mhtag.data.schema",
     "read_labels": "mhtag.data.labels",
@@ -38,11 +39,15 @@ _EXPORTS = {
     "cache_usage": "mhtag.inference.cache",
     "prune_cache": "mhtag.inference.cache",
     "index_images": "mhtag.index.build",
+    "IndexOptions": "mhtag.index.build",
+    "Query": "mhtag.index.query",
     "export_index": "mhtag.index.export",
     "Predictor": "mhtag.index.predict",
     "predict": "mhtag.index.predict",
     "search": "mhtag.index.search",
     "inspect_labels": "mhtag.audit.health",
+    "audit_labels": "mhtag.audit.labels",
+    "AuditOptions": "mhtag.audit.labels",
     "create_app": "mhtag.server.app",
 }
 __all__ = sorted(_EXPORTS)

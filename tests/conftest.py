@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,9 @@ from mhtag.core.runtime import setup
 from mhtag.index.vectors import setup_faiss
 from mhtag.models.backbones import _BACKBONES, Backbone, register_backbone
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion12k"
+TESTS = Path(__file__).resolve().parent  # subprocess scripts put it on sys.path to import this module
+SHARED = TESTS.parents[1] / "shared" / "datasets" / "fashion12k"
+MHTAG = str(Path(sys.executable).with_name("mhtag"))  # the installed entry point
 setup_faiss(setup())
 
 
@@ -103,3 +107,33 @@ def s3_options():
                  region_name="us-east-1").create_bucket(Bucket=BUCKET)
     yield options
     server.stop()
+
+
+def invoke(*args) -> str:
+    """A command through Typer's CliRunner; it must succeed. Returns its output."""
+    from typer.testing import CliRunner
+
+    from mhtag import cli
+
+    result = CliRunner().invoke(cli.app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def run_main(monkeypatch, capsys, *args) -> tuple[int, object]:
+    """A command through `mhtag.cli.main` (the entry point's own error handling) in this process: (exit code,
+    captured output)."""
+    from mhtag import cli
+
+    monkeypatch.setattr(sys, "argv", ["mhtag", *map(str, args)])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr()
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """Through the installed entry point, in a subprocess: the real Typer/click path."""
+    return subprocess.run([MHTAG, *map(str, args)], capture_output=True, text=True, timeout=120)

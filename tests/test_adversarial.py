@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import MHTAG, run_main
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_bad_input import MHTAG, run_main
 
 from mhtag.index.build import IndexOptions, index_images
 from mhtag.index.store import open_table
@@ -292,7 +292,7 @@ def test_wide_csvs_are_answered_or_refused_by_a_documented_count(demo, tmp_path,
                                               for j, r in enumerate(rows)]) + "\n")
         return path
 
-    code, out = run_main(monkeypatch, capsys, "inspect", wide(300), "--json", "--out", tmp_path)
+    code, out = run_main(monkeypatch, capsys, "inspect", wide(300), "--json")
     assert code == 0 and len(json.loads(out.out)["attributes"]) == 300
     code, out = run_main(monkeypatch, capsys, "inspect", wide(MAX_ATTRIBUTES + 1), "--out", tmp_path)
     assert code == 1 and f"at most {MAX_ATTRIBUTES} heads" in out.err

@@ -19,8 +19,6 @@ def audit(labels: Labels, images: Images = None, model: Model = None,
           multilabel: Multilabel = None, ignore: Ignore = None,
           folds: Annotated[int, typer.Option(min=2, help="cross-fitting folds")] = 5,
           k: Annotated[int, typer.Option(min=1, help="neighbours that vote")] = 20,
-          vote_tau: Annotated[Optional[float], typer.Option(min=0.001, help="the vote's softmax temperature "
-                                                            "(default: tuned per attribute)")] = None,
           near: Annotated[float, typer.Option(min=0.5, max=1.0, help="cosine for near-duplicates")] = 0.97,
           image_size: Annotated[Optional[str], typer.Option(help="HxW to embed at, e.g. 160x120")] = None,
           as_json: AsJson = False,
@@ -34,8 +32,7 @@ def audit(labels: Labels, images: Images = None, model: Model = None,
     from mhtag.report.audit import write_audit_html
     from mhtag.report.text import shown
 
-    options = AuditOptions(attributes=attribute, folds=folds, k=k, near=near, image_size=_size(image_size),
-                           vote_tau=vote_tau)
+    options = AuditOptions(attributes=attribute, folds=folds, k=k, near=near, image_size=_size(image_size))
     result = audit_labels(labels, images, model, backbone, multilabel or [], ignore or [], options, progress=True)
     if html:
         write_audit_html(result, images or labels.parent, html)

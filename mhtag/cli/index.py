@@ -38,8 +38,6 @@ def index(folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="folder 
           verify: Annotated[bool, typer.Option("--verify", help="also compare content hashes of files whose size "
                                                                 "and mtime are unchanged (reads every file)")] = False,
           batch_size: Annotated[int, typer.Option(min=1)] = 64,
-          commit_every: Annotated[int, typer.Option(min=1, help="rows per atomic commit (what a killed run can "
-                                                               "lose and redo)")] = 512,
           workers: Annotated[Optional[int], typer.Option(min=0, help="decoding processes (default: auto)")] = None,
           engine: Annotated[Engine, typer.Option(help="local: this process (or one shard per torchrun process); "
                                                       "ray: Ray Data, on RAY_ADDRESS's cluster or a local Ray "
@@ -53,8 +51,8 @@ def index(folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="folder 
     from mhtag.index.build import IndexOptions, index_images
     from mhtag.index.store import DEFAULT_DB
 
-    options = IndexOptions(rebuild=rebuild, prune=prune, verify=verify, batch_size=batch_size,
-                           commit_every=commit_every, workers=workers, engine=engine.value, progress=True)
+    options = IndexOptions(rebuild=rebuild, prune=prune, verify=verify, batch_size=batch_size, workers=workers,
+                           engine=engine.value, progress=True)
     r = index_images(folder, db or DEFAULT_DB, model, labels, multilabel or [], options)
     if not is_rank0():
         return

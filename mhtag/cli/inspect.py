@@ -13,7 +13,8 @@ from mhtag.cli.app import AsJson, Ignore, Images, Multilabel, app, echo_json, ex
 @app.command(epilog=example("mhtag inspect shop/labels.csv --multilabel tags"))
 def inspect(labels: Annotated[Path, typer.Argument(metavar="CSV", help="labels CSV")], images: Images = None,
             multilabel: Multilabel = None, ignore: Ignore = None,
-            out: Annotated[Optional[Path], typer.Option(help="folder for health.json and classes.png")] = None,
+            out: Annotated[Optional[Path], typer.Option(metavar="DIR", help="also write health.json and classes.png "
+                                                                            "(class counts) there")] = None,
             as_json: AsJson = False) -> None:
     """Data health before training: balance, missing values, image sizes/modes, unreadable files, duplicates."""
     prepare(torch=False)
@@ -23,11 +24,12 @@ def inspect(labels: Annotated[Path, typer.Argument(metavar="CSV", help="labels C
     from mhtag.report.text import health_text
 
     health = inspect_labels(labels, images, multilabel or [], ignore or [], progress=True)
-    out = out or labels.parent
-    atomic_write_json(out / "health.json", health)
-    class_distribution_png(health, out / "classes.png")
+    if out is not None:  # not beside the images by default: a chart there would be indexed as one of them
+        atomic_write_json(out / "health.json", health)
+        class_distribution_png(health, out / "classes.png")
     if as_json:
         echo_json(health)
-    else:
-        typer.echo(health_text(health))
+        return
+    typer.echo(health_text(health))
+    if out is not None:
         typer.echo(f"\nwrote {out / 'health.json'} and {out / 'classes.png'}")

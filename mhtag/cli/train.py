@@ -27,34 +27,32 @@ def train(labels: Labels, images: Images = None,
           probe_lr: Annotated[Optional[float], typer.Option(help="learning rate of the probe's heads")] = None,
           batch_size: Annotated[Optional[int], typer.Option(min=1, help="images a step (fine-tune)")] = None,
           seed: Annotated[Optional[int], typer.Option()] = None,
-          teacher: Annotated[Optional[Path], typer.Option(metavar="RUN", help="a trained run or ensemble whose "
-                                                          "answers the model learns beside the labels "
-                                                          "(distillation; the teacher's share: --set distill=0.5)")
-                             ] = None,
           out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/latest"),
           resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint; "
                                                                 "its schedule may change")] = False,
           set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE",
                                                             help="any config key (repeatable)")] = None) -> None:
     """Train one model with a head per attribute of the labels CSV."""
-    prepare()
     from mhtag.core.config import load_config, parse_overrides, read_preset
-    from mhtag.report.text import comparison_lines, metrics_table
-    from mhtag.training.fit import fit, resumed_config
 
     flags = {"mode": mode.value if mode else None, "backbone": backbone, "epochs": epochs,
              "probe_epochs": probe_epochs, "batch_size": batch_size, "lr": lr, "probe_lr": probe_lr, "seed": seed,
-             "multilabel": multilabel or None, "ignore": ignore or None,
-             "teacher": str(teacher) if teacher else None}
+             "multilabel": multilabel or None, "ignore": ignore or None}
     overrides = {k: v for k, v in flags.items() if v is not None} | parse_overrides(set_ or [])
     if resume:
+        from mhtag.training.fit import resumed_config
+
         if config is not None:
             overrides = {**read_preset(config), **overrides}
         cfg, changes = resumed_config(out, overrides)
         for key, (old, new) in changes.items():
             typer.echo(f"resume: {key} {old} -> {new}", err=True)
     else:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides)  # a bad value is refused here, before torch is even loaded
+    prepare()
+    from mhtag.report.text import comparison_lines, metrics_table
+    from mhtag.training.fit import fit
+
     run = fit(cfg, labels, images, out, resume=resume, progress=True)
     if not is_rank0():
         return

@@ -23,6 +23,7 @@ def metrics_table(heads: dict[str, dict[str, Any]]) -> str:
         rows = {k: m for k, m in heads.items() if m.get("kind") == kind}
         if not rows:
             continue
+        cols = [c for c in cols if any(c in m for m in rows.values())]  # a column no head has says nothing
         width = max(len(k) for k in rows) + 2
         lines.append("head".ljust(width) + "n".rjust(7) + "".join(c.rjust(18) for c in cols))
         for name, m in rows.items():

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import invoke
 from PIL import Image
-from test_cli import invoke, runner  # pytest puts tests/ on sys.path
+from typer.testing import CliRunner
 
 from mhtag import cli
 from mhtag.core.errors import MhtagError
@@ -20,6 +21,8 @@ from mhtag.models.ensemble import TaggerEnsemble
 from mhtag.training.ensemble import build_ensemble
 from mhtag.training.evaluate import evaluate, split_rows, tagger_probabilities
 from mhtag.training.fit import fit
+
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")

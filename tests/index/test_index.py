@@ -8,6 +8,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import TESTS
 
 from mhtag.core.errors import MhtagError
 from mhtag.index.build import IndexOptions, index_images
@@ -164,11 +165,12 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess that loads torch, killed mid-way
 def test_killed_index_resumes_to_the_same_rows_as_a_clean_run(demo, tiny_run, tmp_path):
     clean = tmp_path / "clean"
     index_images(demo.parent, clean, model=tiny_run, labels=demo, options=IndexOptions(workers=0))
     db = tmp_path / "killed"
-    script = KILL_SCRIPT.format(tests=os.path.dirname(__file__), root=str(demo.parent), db=str(db),
+    script = KILL_SCRIPT.format(tests=str(TESTS), root=str(demo.parent), db=str(db),
                                 model=str(tiny_run), labels=str(demo))
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 120
@@ -221,7 +223,7 @@ TORCHRUN_SCRIPT = textwrap.dedent("""
 def test_torchrun_shards_and_the_report_counts_every_rank(demo, tiny_run, tmp_path):
     """Two processes (gloo) index one table: the same rows as one process, and rank 0 reports all ranks' work."""
     db = tmp_path / "db"
-    (tmp_path / "run.py").write_text(TORCHRUN_SCRIPT.format(tests=os.path.dirname(__file__), root=str(demo.parent),
+    (tmp_path / "run.py").write_text(TORCHRUN_SCRIPT.format(tests=str(TESTS), root=str(demo.parent),
                                                             db=str(db), model=str(tiny_run), labels=str(demo)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

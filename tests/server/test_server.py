@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TESTS
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -252,7 +253,7 @@ def test_serve_with_two_workers_answers_like_the_library(indexed):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     script = Path(db).parent / "serve.py"  # registers the tests' tiny backbone, in the workers too (spawned)
-    script.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nimport conftest  # noqa\n"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport conftest  # noqa\n"
                       "from mhtag.cli import main\nif __name__ == '__main__':\n    main()\n")
     server = subprocess.Popen([sys.executable, str(script), "-q", "serve", "--db", str(db), "--port", str(port),
                                "--workers", "2"])

@@ -5,12 +5,10 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli, run_main
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,31 +20,19 @@ from mhtag.index.search import search
 from mhtag.index.store import open_table, read_columns
 from mhtag.models.checkpoint import load_checkpoint
 
-MHTAG = str(Path(sys.executable).with_name("mhtag"))
-
-
-def run_cli(*args):
-    """Through the installed entry point, in a subprocess: the real Typer/click path."""
-    return subprocess.run([MHTAG, *map(str, args)], capture_output=True, text=True, timeout=120)
-
-
-def run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["mhtag", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr()
-
 
 @pytest.mark.parametrize("args", [("nosuchcmd",), ("search", "--limit", "abc"), ("index",),
                                   ("index", "x", "--foo"), ("predict", "x.png", "--k", "-5"),
                                   ("search", "--limit", "-1"), ("train", "--labels", "x.csv", "--mode", "fast")])
-def test_usage_errors_print_usage_and_exit_2(args):
-    r = run_cli(*args)
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr and "Usage: mhtag" in r.stderr and "Error:" in r.stderr
+def test_usage_errors_print_usage_and_exit_2(args, monkeypatch, capsys):
+    code, out = run_main(monkeypatch, capsys, *args)
+    assert code == 2, out.err
+    assert "Traceback" not in out.err and "Usage: mhtag" in out.err and "Error:" in out.err
+
+
+def test_a_usage_error_through_the_installed_entry_point():
+    r = run_cli("search", "--limit", "abc")
+    assert r.returncode == 2 and "Usage: mhtag search" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_bad_config_values_are_refused_before_a_run_folder_exists(monkeypatch, capsys, demo, tmp_path):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cli import invoke  # pytest puts tests/ on sys.path
+from conftest import invoke
 
 from mhtag.core.config import config_from_dict
 from mhtag.core.errors import MhtagError
@@ -119,7 +119,8 @@ def test_a_teacher_with_other_heads_is_refused(demo, tiny_run, tiny_cfg, tmp_pat
 def test_the_cli_trains_a_student_and_its_config_names_the_teacher(demo, tiny_run, tmp_path):
     out = tmp_path / "student"
     invoke("train", "--labels", demo, "--multilabel", "marks", "--backbone", "tiny_cnn", "--mode", "probe",
-           "--epochs", 3, "--teacher", tiny_run, "--set", "distill=0.3", "--set", "report=false", "--out", out)
+           "--probe-epochs", 3, "--set", f"teacher={tiny_run}", "--set", "distill=0.3", "--set", "report=false",
+           "--out", out)
     saved = json.loads((out / "config.json").read_text())
     assert saved["teacher"] == str(tiny_run) and saved["distill"] == 0.3
     assert tagger_from_checkpoint(load_checkpoint(out)).schema.version == \

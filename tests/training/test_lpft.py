@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import TESTS
 from typer.testing import CliRunner
 
 from mhtag.core.config import config_from_dict
@@ -96,6 +97,7 @@ def test_a_fine_tune_stopped_in_its_probe_phase_resumes_to_the_uninterrupted_res
     assert run.history[-1]["val_loss"] == pytest.approx(clean.history[-1]["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # decoding processes start once per run: seconds each on 2 cores
 def test_a_fine_tune_gives_the_same_model_whatever_the_number_of_decoding_processes(demo, finetune_cfg, tmp_path):
     """Augmentation is drawn per (seed, epoch, image), so persistent decoding processes change nothing."""
     cfg = config_from_dict({"epochs": 2, "keep": "finetune"}, finetune_cfg)
@@ -127,7 +129,7 @@ def test_lp_ft_under_torchrun_trains_the_probe_once_then_every_rank_fine_tunes(d
     import sys
 
     script = tmp_path / "train.py"
-    script.write_text(TORCHRUN_TRAIN.format(tests=os.path.dirname(__file__), labels=str(demo),
+    script.write_text(TORCHRUN_TRAIN.format(tests=str(TESTS), labels=str(demo),
                                             out=str(tmp_path / "run")))
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(script)], capture_output=True, text=True, timeout=300,

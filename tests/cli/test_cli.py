@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import invoke, run_main
 from typer.testing import CliRunner
 
 from mhtag import cli
@@ -10,20 +11,16 @@ from mhtag import cli
 runner = CliRunner()
 
 
-def invoke(*args):
-    result = runner.invoke(cli.app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 def test_demo_inspect_train_eval_through_the_cli(tmp_path):
     invoke("make-demo-data", tmp_path / "demo", "--n", 80, "--size", 32)
     labels = tmp_path / "demo" / "labels.csv"
     out = invoke("inspect", labels, "--multilabel", "marks")
     assert "shape [single]: 3 classes" in out and "marks [multi]" in out
-    health = json.loads((tmp_path / "demo" / "health.json").read_text())
+    assert not (tmp_path / "demo" / "classes.png").exists()  # nothing lands among the images by default
+    invoke("inspect", labels, "--multilabel", "marks", "--out", tmp_path / "health")
+    health = json.loads((tmp_path / "health" / "health.json").read_text())
     assert health["rows"] == 80 and health["attributes"]["marks"]["kind"] == "multi"
-    assert (tmp_path / "demo" / "classes.png").stat().st_size > 1000
+    assert (tmp_path / "health" / "classes.png").stat().st_size > 1000
     invoke("train", "--labels", labels, "--multilabel", "marks", "--backbone", "tiny_cnn", "--mode", "probe",
            "--set", "probe_epochs=3", "--set", "num_workers=0", "--set", "report=false", "--out", tmp_path / "run")
     result = json.loads(invoke("eval", "--model", tmp_path / "run", "--labels", labels, "--json"))
@@ -45,13 +42,6 @@ def test_inspect_reports_unreadable_files_and_duplicates(tmp_path):
     health = json.loads(invoke("inspect", tmp_path / "d" / "labels.csv", "--json"))
     assert health["unreadable"] == [{"path": "images/00001.png", "reason": "not an image (unrecognised format)"}]
     assert ["images/00002.png", "images/00003.png"] in health["duplicates"]
-
-
-def run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["mhtag", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    return exc.value.code, capsys.readouterr()
 
 
 def test_user_error_is_one_line_and_exit_1(monkeypatch, capsys, tmp_path):
@@ -88,12 +78,15 @@ def test_commands_that_run_no_model_never_load_torch(indexed, demo, tmp_path):
     """Torch takes seconds to import: a search without a query image, an export, the cache report and the data
     check must not wait for it (a query image, training or indexing does)."""
     db, _ = indexed
-    probe = ("import sys\nfrom mhtag.cli import main\nsys.argv = ['mhtag'] + sys.argv[1:]\ntry:\n    main()\n"
-             "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
-             "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')\n")
-    for args in (["search", "--db", str(db), "--colour", "red", "--facets"],
-                 ["export", str(tmp_path / "rows.csv"), "--db", str(db), "--shape", "circle"],
-                 ["cache"], ["inspect", str(demo), "--out", str(tmp_path / "health")]):
-        run = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr
-        assert run.stdout.strip().endswith("torch not loaded"), (args, run.stdout[-300:])
+    probe = ("import json, sys\nfrom mhtag.cli import main\nfor args in json.loads(sys.argv[1]):\n"
+             "    sys.argv = ['mhtag', *args]\n    try:\n        main()\n    except SystemExit as exc:\n"
+             "        assert not exc.code, (args, exc.code)\n"
+             "    print('torch loaded' if 'torch' in sys.modules else 'torch not loaded', args[0])\n")
+    commands = [["search", "--db", str(db), "--colour", "red", "--facets"],
+                ["export", str(tmp_path / "rows.csv"), "--db", str(db), "--shape", "circle"],
+                ["cache"], ["inspect", str(demo), "--out", str(tmp_path / "health")]]
+    run = subprocess.run([sys.executable, "-c", probe, json.dumps(commands)], capture_output=True, text=True,
+                         timeout=120)  # one process, the commands one after another: torch stays out of all four
+    assert run.returncode == 0, run.stderr
+    for args in commands:
+        assert f"torch not loaded {args[0]}" in run.stdout, (args, run.stdout[-300:])

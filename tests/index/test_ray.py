@@ -91,8 +91,9 @@ def test_ray_engine_writes_a_table_on_object_storage(demo, lite_run, local_ray, 
 def test_a_killed_ray_run_resumes_with_no_lost_and_no_duplicate_row(demo, lite_run, local_ray, local_table,
                                                                     tmp_path):
     db = tmp_path / "db"
-    cmd = [sys.executable, "-m", "mhtag", "index", str(demo.parent), "--db", str(db), "--model", str(lite_run),
-           "--labels", str(demo), "--engine", "ray", "--batch-size", "4", "--commit-every", "8"]
+    cmd = [sys.executable, "-c", "from mhtag.index.build import IndexOptions, index_images; "
+           f"index_images({str(demo.parent)!r}, {str(db)!r}, model={str(lite_run)!r}, labels={str(demo)!r}, "
+           "options=IndexOptions(engine='ray', batch_size=4, commit_every=8))"]
     proc = subprocess.Popen(cmd, env={**os.environ, "RAY_ADDRESS": local_ray}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
