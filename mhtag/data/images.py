@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,24 +51,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def decode_image(data: bytes, name: str | Path = "<upload>", draft_size: tuple[int, int] | None = None,
-                 max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode encoded bytes to an upright RGB image (EXIF rotation applied; an animation's first frame),
-    or raise `ImageError` naming `name` and the reason. `draft_size` (width, height) lets a JPEG decode at a
-    reduced scale that is still at least that large."""
+@contextmanager
+def _opened(data: bytes, name: str | Path, bombs: str) -> Iterator[Image.Image]:
+    """The encoded image, opened lazily (header read, pixels not yet), with every way it can fail said as an
+    `ImageError` naming `name`. `bombs`: "error" refuses PIL's decompression-bomb warning, "ignore" lets the
+    caller check the size itself."""
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter(bombs, Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > max_pixels:
-                    raise ImageError(name, f"{img.width}x{img.height} pixels is over the {max_pixels:,} limit "
-                                           "(possible decompression bomb)")
-                if draft_size and img.format == "JPEG":
-                    img.draft("RGB", draft_size)
-                img.load()
-                return _to_rgb(ImageOps.exif_transpose(img))
+                yield img
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -76,6 +71,21 @@ def decode_image(data: bytes, name: str | Path = "<upload>", draft_size: tuple[i
         raise ImageError(name, "not an image (unrecognised format)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(name, f"corrupt or truncated image ({exc})") from exc
+
+
+def decode_image(data: bytes, name: str | Path = "<upload>", draft_size: tuple[int, int] | None = None,
+                 max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode encoded bytes to an upright RGB image (EXIF rotation applied; an animation's first frame),
+    or raise `ImageError` naming `name` and the reason. `draft_size` (width, height) lets a JPEG decode at a
+    reduced scale that is still at least that large."""
+    with _opened(data, name, "error") as img:
+        if img.width * img.height > max_pixels:
+            raise ImageError(name, f"{img.width}x{img.height} pixels is over the {max_pixels:,} limit "
+                                   "(possible decompression bomb)")
+        if draft_size and img.format == "JPEG":
+            img.draft("RGB", draft_size)
+        img.load()
+        return _to_rgb(ImageOps.exif_transpose(img))
 
 
 def read_image_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
@@ -113,17 +123,8 @@ def read_image_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes
 
 def image_header(data: bytes, name: str | Path = "<upload>") -> tuple[int, int]:
     """(width, height) from the encoded header alone, nothing decoded: what a pixel budget is checked on."""
-    if not data:
-        raise ImageError(name, "empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                return img.width, img.height
-    except UnidentifiedImageError as exc:
-        raise ImageError(name, "not an image (unrecognised format)") from exc
-    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(name, f"corrupt or truncated image ({exc})") from exc
+    with _opened(data, name, "ignore") as img:
+        return img.width, img.height
 
 
 def load_image(path: str | Path, draft_size: tuple[int, int] | None = None,
