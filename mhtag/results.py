@@ -87,10 +87,10 @@ class IndexReport(BaseModel):
 
 
 class CacheReport(BaseModel):
-    """The embedding cache: what it holds and, after `prune_cache`, what was removed."""
+    """The feature store: what it holds and, after `prune_store`, what was removed."""
 
     folder: str
-    entries: int = Field(description="embedding files (.npy), one per backbone, preprocessing and file set")
+    entries: int = Field(description="backbone tables: one per backbone weights, preprocessing and options")
     bytes: int
     oldest_use_days: float | None = None
     newest_use_days: float | None = None

@@ -35,5 +35,5 @@ def test_the_docs_site_builds_strict_and_documents_the_public_api(tmp_path):
                           capture_output=True, text=True, timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     api = (tmp_path / "site" / "api" / "index.html").read_text()
-    missing = [name for name in mhtag.__all__ if f'id="mhtag.' not in api or name not in api]
+    missing = [name for name in mhtag.__all__ if 'id="mhtag.' not in api or name not in api]
     assert not missing, missing

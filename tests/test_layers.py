@@ -14,7 +14,7 @@ LAYERS = [
     ("data", ["images", "schema", "labels", "transforms", "datasets", "synthetic", "shifts"]),
     ("models", ["colour", "backbones", "tagger", "ensemble", "loss", "checkpoint"]),
     ("report", ["text", "html", "sheets", "audit"]),
-    ("inference", ["encoder", "cache", "fusion"]),
+    ("inference", ["store", "encoder", "fusion"]),
     ("training", ["metrics", "calibration", "optim", "batches", "phases", "distill", "fit", "evaluate", "ensemble",
                   "crossfit"]),
     ("index", ["guard", "columns", "filters", "query", "meta", "labels", "vectors", "store", "neighbours", "predict",

@@ -18,12 +18,10 @@ import pandas as pd
 from mhtag.audit.rules import rule_breaks
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_write_text
-from mhtag.data.images import check_image_files
-from mhtag.data.labels import FILE, ROW, LabelTable, drop_unreadable, read_csv_frame, read_labels
+from mhtag.data.labels import FILE, ROW, SHA1, LabelTable, drop_unreadable, read_csv_frame, read_labels
 from mhtag.data.schema import Attribute, LabelSchema, split_tags
 from mhtag.index.vectors import VectorIndex
-from mhtag.inference.cache import cached_embeddings
-from mhtag.inference.encoder import DEFAULT_BACKBONE
+from mhtag.inference.encoder import DEFAULT_BACKBONE, stored_features
 from mhtag.inference.fusion import TAU_GRID, log_score, vote_matrix
 from mhtag.models.backbones import Backbone, create_backbone
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
@@ -47,8 +45,8 @@ class Witnesses:
 
 def embed_table(table: LabelTable, backbone: Backbone, progress: bool = False) -> np.ndarray:
     """Frozen embeddings of every usable row, cached on disk."""
-    return cached_embeddings(backbone, table.frame[FILE].tolist(), backbone.data_config, 64, workers=0,
-                             progress=progress)
+    return stored_features(backbone, table.frame[FILE].tolist(), table.frame[SHA1].tolist(), workers=0,
+                           progress=progress)
 
 
 def _backbone(model: str | Path | None, name: str, image_size: list[int] | None) -> tuple[Backbone, set[str]]:
@@ -230,7 +228,7 @@ def find_duplicates(table: LabelTable, vectors: np.ndarray, attributes: list[str
     def join(i: int, j: int) -> None:
         parent[root(i)] = root(j)
 
-    hashes = [check.sha1 for check in check_image_files(frame[FILE].tolist())]  # rows are readable: no None
+    hashes = frame[SHA1].tolist()  # the content hashes of the check that kept these rows
     first: dict[str, int] = {}
     for i, h in enumerate(hashes):
         join(i, first.setdefault(h, i))

@@ -25,20 +25,21 @@ def parse_size(text: str) -> int:
 def cache(prune_to: Annotated[Optional[str], typer.Option(
               help="keep at most this much (2GB, 500MB), deleting the least recently used first")] = None,
           unused_days: Annotated[Optional[float], typer.Option(
-              min=0, help="delete embeddings unused for more than this many days")] = None,
-          clear: Annotated[bool, typer.Option("--clear", help="delete every cached embedding")] = False,
+              min=0, help="delete backbones' features unused for more than this many days")] = None,
+          clear: Annotated[bool, typer.Option("--clear", help="delete every stored feature")] = False,
           as_json: AsJson = False) -> None:
-    """Show the embedding cache ($MHTAG_CACHE, else ~/.cache/mhtag), or prune it by last use. Pruning is always
-    safe: a deleted entry only costs its next use the embedding time."""
-    from mhtag.inference.cache import cache_usage, prune_cache
+    """Show the feature store ($MHTAG_CACHE/features, else ~/.cache/mhtag/features: each image's backbone
+    features, once per backbone), or prune it by last use. Pruning is always safe: it only costs the next use of a
+    pruned backbone the embedding time."""
+    from mhtag.inference.store import prune_store, store_usage
 
     max_bytes = 0 if clear else parse_size(prune_to) if prune_to is not None else None
     pruning = max_bytes is not None or unused_days is not None
-    report = prune_cache(max_bytes, unused_days) if pruning else cache_usage()
+    report = prune_store(max_bytes, unused_days) if pruning else store_usage()
     if as_json:
         echo_json(report)
         return
-    typer.echo(f"{report.folder}: {report.entries} embedding file(s), {report.bytes / 1e6:.1f} MB"
+    typer.echo(f"{report.folder}: {report.entries} backbone(s), {report.bytes / 1e6:.1f} MB"
                + (f", last used {report.newest_use_days:g} to {report.oldest_use_days:g} days ago"
                   if report.entries else ""))
     if pruning:

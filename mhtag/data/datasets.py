@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -13,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from mhtag.core.errors import ImageError
-from mhtag.data.images import decode_image, read_image_bytes
+from mhtag.data.images import decode_image, read_image_bytes, upright_size
 from mhtag.data.transforms import Letterbox
 
 
@@ -96,21 +95,43 @@ class SafeImageDataset(ImageDataset):
         try:
             data = read_image_bytes(self.files[i])
             img = decode_image(data, self.files[i], self.draft)
-            facts = FileFacts(hashlib.sha1(data).hexdigest(), len(data), *_full_size(data, img, self.draft))
+            size = _full_size(data, img, self.draft, self.files[i])
+            facts = FileFacts(hashlib.sha1(data).hexdigest(), len(data), *size)
             return self.transform(img), i, facts
         except ImageError as exc:
             return None, i, exc.reason
 
 
-def _full_size(data: bytes, img: Image.Image, draft: tuple[int, int] | None) -> tuple[int, int]:
-    """A draft-mode JPEG decodes smaller than it is; then the upright full size comes from its header
-    (EXIF orientations 5-8 rotate by 90 degrees, swapping width and height)."""
-    if draft is None:
-        return img.size
-    with Image.open(io.BytesIO(data)) as raw:
-        w, h = raw.size
-        orientation = raw.getexif().get(0x0112, 1)
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+def read_facts(files: list[str], progress: bool = False) -> tuple[dict[int, FileFacts], list[tuple[int, str]]]:
+    """What an index stores of each file, from its bytes and header alone (nothing decoded): {index: FileFacts},
+    and [(index, reason)] for the files that cannot be read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mhtag.core.progress import progress_bar
+
+    def facts(path: str) -> FileFacts | str:
+        try:
+            data = read_image_bytes(path)
+            width, height = upright_size(data, path)
+        except ImageError as exc:
+            return exc.reason
+        return FileFacts(hashlib.sha1(data).hexdigest(), len(data), width, height)
+
+    found, failed = {}, []
+    with progress_bar("reading", len(files), progress and len(files) > 1000) as advance, \
+            ThreadPoolExecutor(4) as pool:  # reading and hashing release the GIL
+        for i, fact in enumerate(pool.map(facts, files, chunksize=64)):
+            if isinstance(fact, FileFacts):
+                found[i] = fact
+            else:
+                failed.append((i, fact))
+            advance(1)
+    return found, failed
+
+
+def _full_size(data: bytes, img: Image.Image, draft: tuple[int, int] | None, name: str) -> tuple[int, int]:
+    """A draft-mode JPEG decodes smaller than it is; then the upright full size comes from its header."""
+    return img.size if draft is None else upright_size(data, name)
 
 
 def collate_safe(batch):

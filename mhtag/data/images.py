@@ -127,6 +127,14 @@ def image_header(data: bytes, name: str | Path = "<upload>") -> tuple[int, int]:
         return img.width, img.height
 
 
+def upright_size(data: bytes, name: str | Path = "<upload>") -> tuple[int, int]:
+    """(width, height) as displayed, from the header and the EXIF orientation alone (5-8 turn by 90 degrees)."""
+    with _opened(data, name, "ignore") as img:
+        w, h = img.size
+        orientation = img.getexif().get(0x0112, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 def load_image(path: str | Path, draft_size: tuple[int, int] | None = None,
                max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode the file at `path` (see `decode_image`)."""

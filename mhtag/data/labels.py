@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from mhtag.core.errors import MhtagError
-from mhtag.data.images import image_errors
+from mhtag.data.images import check_image_files
 from mhtag.data.schema import check_distinct_columns, is_blank
 
 _logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ SPLITS = ("train", "val", "test")
 MAX_ATTRIBUTES = 1000  # heads one labels CSV may define
 MAX_HEADER_CHARS = 1 << 20  # the header line is read at most this far when the delimiter is detected
 # Columns of `LabelTable.frame` that mhtag adds; dunder names so that no user column is shadowed.
-FILE, ROW = "__file__", "__row__"
+FILE, ROW, SHA1 = "__file__", "__row__", "__sha1__"  # SHA1: content hash, once the files were checked
 
 
 @dataclass
@@ -174,9 +174,10 @@ def read_labels(csv_path: str | Path, images_root: str | Path | None = None, mul
 def drop_unreadable(table: LabelTable, workers: int = 4, progress: bool = False) -> LabelTable:
     """Decode every image (once per version of the file); rows whose file is unusable move to `skipped` with
     the reason."""
-    errors = image_errors(table.frame[FILE].tolist(), workers, progress)
-    bad = [i for i, error in enumerate(errors) if error]
+    checks = check_image_files(table.frame[FILE].tolist(), workers, progress)
+    bad = [i for i, check in enumerate(checks) if check.error]
     for i in bad:
-        table.skipped.append(Skipped(int(table.frame[ROW].iat[i]), table.frame["path"].iat[i], errors[i]))
+        table.skipped.append(Skipped(int(table.frame[ROW].iat[i]), table.frame["path"].iat[i], checks[i].error))
+    table.frame[SHA1] = [check.sha1 for check in checks]
     table.frame = table.frame.drop(index=bad).reset_index(drop=True)
     return table

@@ -14,10 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mhtag.core.errors import MhtagError
 from mhtag.core.progress import progress_bar
 from mhtag.core.runtime import auto_workers, autocast, default_device
-from mhtag.data.datasets import FileFacts, SafeImageDataset, collate_safe
+from mhtag.data.datasets import FileFacts, SafeImageDataset, collate_safe, read_facts
+from mhtag.data.images import check_image_files
 from mhtag.data.transforms import build_transform
+from mhtag.inference.store import FeatureStore
 from mhtag.models.backbones import Backbone, create_backbone
 from mhtag.models.checkpoint import checkpoint_file, load_checkpoint, tagger_from_checkpoint
 from mhtag.models.tagger import Tagger
@@ -89,27 +92,51 @@ class Encoder:
     def dim(self) -> int:
         return self.module.num_features
 
+    @property
+    def backbone_module(self) -> Backbone:
+        return self.tagger.backbone if self.tagger is not None else self.module
+
+    def answer(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(L2-normalised embeddings, head probabilities) of raw backbone features."""
+        probs = self.tagger.probabilities(self.tagger.forward_heads(features)) if self.tagger is not None else {}
+        return torch.nn.functional.normalize(features.float(), dim=1), probs
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(L2-normalised embeddings, head probabilities)."""
-        if self.tagger is None:
-            return torch.nn.functional.normalize(self.module(x).float(), dim=1), {}
-        f = self.tagger.forward_features(x)
-        probs = self.tagger.probabilities(self.tagger.forward_heads(f))
-        return torch.nn.functional.normalize(f.float(), dim=1), probs
+        """(L2-normalised embeddings, head probabilities) of a batch of images."""
+        return self.answer(self.backbone_module(x))
 
     @torch.no_grad()
     def encode_files(self, files: list[str], batch_size: int = 64, workers: int | None = None,
                      progress: bool = False, description: str = "embedding") -> Iterator[Batch]:
+        """Embeddings and head probabilities of `files`, a batch at a time (in any order: `Batch.ok` says which
+        files). A file's features come from the feature store where it has the file's content, else from the
+        backbone, and are then stored: an image is embedded once per backbone, whatever the command."""
         device = default_device()
         self.module.to(device, memory_format=memory_format(device)).eval()
-        for out, ok, facts, bad in embed_batches(self.forward, files, self.data_config, batch_size, device,
-                                                 workers, progress, description):
-            if out is None:
-                yield Batch(np.zeros((0, self.dim), np.float32), {}, ok, facts, bad)
-                continue
-            feats, probs = out
-            yield Batch(feats.cpu().numpy(), {k: v.float().cpu().numpy() for k, v in probs.items()}, ok, facts,
-                        bad)
+        facts, failed = read_facts(files, progress)
+        if failed:
+            yield self._batch(None, [], [], failed)
+        store = FeatureStore(self.backbone_module)
+        found = store.get([f.sha1 for f in facts.values()])
+        hits = [i for i, f in facts.items() if f.sha1 in found]
+        for start in range(0, len(hits), batch_size):
+            chunk = hits[start:start + batch_size]
+            features = torch.from_numpy(np.stack([found[facts[i].sha1] for i in chunk]))
+            yield self._batch(features, chunk, [facts[i] for i in chunk], [])
+        misses = [i for i in facts if facts[i].sha1 not in found]
+        for out, ok, got, bad in embed_batches(self.backbone_module, [files[i] for i in misses], self.data_config,
+                                               batch_size, device, workers, progress, description):
+            if out is not None:
+                store.put([f.sha1 for f in got], out.float().cpu().numpy())
+            yield self._batch(out, [misses[i] for i in ok], got, [(misses[i], reason) for i, reason in bad])
+
+    def _batch(self, features: torch.Tensor | None, ok: list[int], facts: list[FileFacts],
+               failed: list[tuple[int, str]]) -> Batch:
+        if features is None or not ok:
+            return Batch(np.zeros((0, self.dim), np.float32), {}, ok, facts, failed)
+        embeddings, probs = self.answer(features.to(next(self.module.parameters()).device))
+        return Batch(embeddings.cpu().numpy(), {k: v.float().cpu().numpy() for k, v in probs.items()}, ok, facts,
+                     failed)
 
     def encode_images(self, images: list) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Embeddings and probabilities of decoded PIL images (uploads: nothing touches the file system)."""
@@ -151,16 +178,45 @@ class Embedded:
     failed: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
 
 
-def embed_files(backbone: Backbone, files: list[str], data_config: dict[str, Any], batch_size: int = 64,
-                device: torch.device | None = None, workers: int | None = None, progress: bool = False) -> Embedded:
-    """Raw (un-normalised) backbone features of `files`: what heads train on."""
+def embed_files(backbone: Backbone, files: list[str], batch_size: int = 64, device: torch.device | None = None,
+                workers: int | None = None, progress: bool = False) -> Embedded:
+    """Raw (un-normalised) backbone features of `files`, computed (`store.stored_features` reuses them)."""
     device = device or default_device()
     backbone = backbone.to(device).eval()
     vectors, ok, failed = [], [], []
-    for out, idx, _, bad in embed_batches(backbone, files, data_config, batch_size, device, workers, progress):
+    for out, idx, _, bad in embed_batches(backbone, files, backbone.data_config, batch_size, device, workers,
+                                          progress):
         if out is not None:
             vectors.append(out.float().cpu().numpy())
             ok += idx
         failed += bad
     dim = backbone.num_features
     return Embedded(np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32), ok, failed)
+
+
+def stored_features(backbone: Backbone, files: list[str], hashes: list[str] | None = None, batch_size: int = 64,
+                    device: torch.device | None = None, workers: int | None = None,
+                    progress: bool = False) -> np.ndarray:
+    """Raw backbone features of `files` (all must be usable images), in order: from the store where it has them,
+    from the backbone where it does not (and then stored). `hashes`: the files' content hashes where the caller
+    knows them (an index, a check of the files), else they are computed from the files."""
+    if hashes is None:
+        checks = check_image_files(files)
+        bad = next((i for i, c in enumerate(checks) if c.error), None)
+        if bad is not None:
+            raise MhtagError(f"{files[bad]}: {checks[bad].error}")
+        hashes = [c.sha1 for c in checks]
+    store = FeatureStore(backbone)
+    found = store.get(hashes)
+    todo = [i for i, h in enumerate(hashes) if h not in found]
+    if todo:
+        _logger.debug("embedding %d of %d images (the store has the rest)", len(todo), len(files))
+        result = embed_files(backbone, [files[i] for i in todo], batch_size, device, workers, progress)
+        if result.failed:
+            i, reason = result.failed[0]
+            raise MhtagError(f"{files[todo[i]]}: {reason}")
+        store.put([hashes[todo[i]] for i in result.ok], result.vectors)
+        found.update({hashes[todo[i]]: v for i, v in zip(result.ok, result.vectors, strict=True)})
+    else:
+        _logger.debug("reusing stored features of %d images", len(files))
+    return np.stack([found[h] for h in hashes]) if hashes else np.zeros((0, backbone.num_features), np.float32)

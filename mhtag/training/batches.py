@@ -15,10 +15,9 @@ from mhtag.core.config import TrainConfig
 from mhtag.core.errors import MhtagError
 from mhtag.core.runtime import DistInfo
 from mhtag.data.datasets import AugmentedDataset, EpochSampler, ImageDataset
-from mhtag.data.labels import FILE, LabelTable, drop_unreadable, read_labels
+from mhtag.data.labels import FILE, SHA1, LabelTable, drop_unreadable, read_labels
 from mhtag.data.transforms import build_transform, forbidden_augmentations
-from mhtag.inference.cache import cached_embeddings
-from mhtag.inference.encoder import loader_kwargs
+from mhtag.inference.encoder import loader_kwargs, stored_features
 from mhtag.models.tagger import Tagger
 
 _logger = logging.getLogger(__name__)
@@ -68,8 +67,8 @@ def probe_loaders(model: Tagger, cfg: TrainConfig, train_df, val_df, y_train, y_
                   generator: torch.Generator, progress: bool) -> tuple[TensorBatches, TensorBatches]:
     """Mini-batches of the frozen backbone's embeddings of every row, computed once (cached on disk)."""
     def embed(df) -> np.ndarray:
-        return cached_embeddings(model.backbone, df[FILE].tolist(), model.backbone.data_config, cfg.batch_size,
-                                 device, cfg.num_workers, progress=progress)
+        return stored_features(model.backbone, df[FILE].tolist(), df[SHA1].tolist(), cfg.batch_size, device,
+                               cfg.num_workers, progress=progress)
 
     return (TensorBatches(embed(train_df), y_train, PROBE_BATCH, True, generator),
             TensorBatches(embed(val_df), y_val, PROBE_BATCH * 2, False))

@@ -9,7 +9,7 @@ import torch
 
 from mhtag.core.errors import MhtagError
 from mhtag.data.schema import Attribute, LabelSchema
-from mhtag.inference.cache import cached_embeddings
+from mhtag.inference.encoder import stored_features
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
 from mhtag.models.loss import soft_key
 from mhtag.models.tagger import Tagger, feature_probabilities
@@ -40,7 +40,7 @@ def teacher_targets(path: str, share: float, schema: LabelSchema, files: list[st
     """Soft targets for every head, keyed by `soft_key`, for the rows `files` whose encoded labels are `labels`.
     The teacher embeds the images once (cached on disk like any embedding), without augmentation."""
     teacher = load_teacher(path, schema)
-    features = cached_embeddings(teacher.backbone, files, teacher.backbone.data_config, batch_size, device, workers,
-                                 progress=progress)
+    features = stored_features(teacher.backbone, files, batch_size=batch_size, device=device, workers=workers,
+                               progress=progress)
     probs = feature_probabilities(teacher, features)
     return {soft_key(a.name): mix_targets(a, labels[a.name], probs[a.name], share) for a in schema.attributes}

@@ -13,7 +13,7 @@ from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_write_json
 from mhtag.data.schema import LabelSchema
 from mhtag.data.transforms import mirroring_forbidden
-from mhtag.inference.cache import cached_embeddings
+from mhtag.inference.encoder import stored_features
 from mhtag.models.checkpoint import (
     ensemble_state,
     load_checkpoint,
@@ -67,9 +67,7 @@ def build_ensemble(runs: list[str | Path], labels: str | Path, images: str | Pat
     config = {**states[0]["config"], "mode": "ensemble", "members": names,
               "tta_flip": members[0].backbone.tta_flip}
     rows = split_rows(members[0], config, labels, images, "val")
-    data_config = members[0].backbone.data_config
-    features = [cached_embeddings(m.backbone, rows.files, data_config, batch_size, progress=progress)
-                for m in members]
+    features = [stored_features(m.backbone, rows.files, batch_size=batch_size, progress=progress) for m in members]
     scales = feature_scales(features)
     model = TaggerEnsemble(members, scales).eval()
     joined = np.concatenate([f * s for f, s in zip(features, scales, strict=True)], axis=1)

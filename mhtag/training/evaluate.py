@@ -13,7 +13,7 @@ import torch
 from mhtag.core.errors import MhtagError
 from mhtag.core.runtime import autocast, default_device
 from mhtag.data.labels import FILE, Skipped, drop_unreadable, read_labels
-from mhtag.inference.cache import cached_embeddings
+from mhtag.inference.encoder import stored_features
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint, with_options
 from mhtag.models.tagger import Tagger
 from mhtag.training.metrics import head_metrics, reliability_curves
@@ -27,8 +27,8 @@ def tagger_probabilities(model: Tagger, files: list[str], batch_size: int = 128,
     """Head probabilities for readable `files`, calibrated and as the heads gave them before calibration;
     embeddings of the (frozen or fine-tuned) backbone are cached."""
     device = default_device()
-    feats = cached_embeddings(model.backbone, files, model.backbone.data_config, batch_size, device, workers,
-                              progress)
+    feats = stored_features(model.backbone, files, batch_size=batch_size, device=device, workers=workers,
+                            progress=progress)
     model.to(device).eval()
     with autocast(device):
         logits = model.forward_heads(torch.from_numpy(feats).to(device))

@@ -14,7 +14,7 @@ from mhtag.core.config import config_from_dict
 from mhtag.core.errors import MhtagError
 from mhtag.data.labels import FILE, read_labels
 from mhtag.data.schema import MISSING, LabelSchema
-from mhtag.inference.cache import cached_embeddings
+from mhtag.inference.encoder import stored_features
 from mhtag.models.checkpoint import load_checkpoint, tagger_from_checkpoint
 from mhtag.models.loss import MultiHeadLoss, soft_key
 from mhtag.models.tagger import feature_probabilities
@@ -74,7 +74,7 @@ def _agreement(run, teacher, demo) -> float:
     """Share of the demo's images where `run`'s colour answer is the teacher's."""
     files = read_labels(demo).frame[FILE].tolist()
     models = [tagger_from_checkpoint(load_checkpoint(r)).eval() for r in (run, teacher)]
-    answers = [feature_probabilities(m, cached_embeddings(m.backbone, files, m.backbone.data_config))["colour"]
+    answers = [feature_probabilities(m, stored_features(m.backbone, files))["colour"]
                .argmax(1) for m in models]
     return float((answers[0] == answers[1]).mean())
 
@@ -100,7 +100,7 @@ def test_teacher_targets_are_the_teachers_calibrated_probabilities(demo, tiny_ru
     files = frame[FILE].tolist()[:10]
     labels = teacher.schema.encode(frame.iloc[:10])[0]
     targets = teacher_targets(str(tiny_run), 1.0, teacher.schema, files, labels)
-    probs = feature_probabilities(teacher, cached_embeddings(teacher.backbone, files, teacher.backbone.data_config))
+    probs = feature_probabilities(teacher, stored_features(teacher.backbone, files))
     assert set(targets) == {soft_key(name) for name in teacher.schema.names}
     for a in teacher.schema.attributes:
         assert np.allclose(targets[soft_key(a.name)], probs[a.name], atol=1e-6), a.name

@@ -36,13 +36,13 @@ def test_probe_run_writes_checkpoint_metrics_and_report(demo, tiny_cfg, tmp_path
 def test_the_probe_standardises_features_with_training_statistics(demo, tiny_cfg, tmp_path):
     """The probe's feature norm is a fixed standard scaler (training rows' mean and variance), not trained."""
     from mhtag.data.labels import FILE, drop_unreadable, read_labels
-    from mhtag.inference.cache import cached_embeddings
+    from mhtag.inference.encoder import stored_features
 
     run = fit(config_from_dict({"probe_epochs": 3}, tiny_cfg), demo, out=tmp_path / "run")
     norm = run.model.feature_norm
     frame = drop_unreadable(read_labels(demo)).frame
     train = frame[frame["split"] == "train"][FILE].tolist()
-    x = torch.from_numpy(cached_embeddings(run.model.backbone, train, run.data_config))
+    x = torch.from_numpy(stored_features(run.model.backbone, train))
     assert torch.allclose(norm.running_mean, x.mean(0), atol=1e-5)
     assert torch.allclose(norm.running_var, x.var(0), rtol=1e-4, atol=1e-6)
     assert (norm.weight == 1).all() and (norm.bias == 0).all()
