@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from fashion import DATA, ROOT
+from mhtag.inference.cache import cached_embeddings
 
 from mhtag.index.build import index_images
-from mhtag.inference.cache import cached_embeddings
 from mhtag.models.backbones import create_backbone
 
 
