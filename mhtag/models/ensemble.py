@@ -34,6 +34,11 @@ class EnsembleBackbone(Backbone):
         return self.scale.tolist()
 
     @property
+    def options(self) -> dict:
+        """The members' own (their checkpoints keep them): what makes their features, beside their weights."""
+        return {"members": [m.options for m in self.body]}
+
+    @property
     def widths(self) -> list[int]:
         return [m.num_features for m in self.body]
 
