@@ -11,6 +11,52 @@ RowId = Annotated[int, PlainSerializer(str, return_type=str, when_used="json"),
                   Field(description="row id (a 64-bit integer, as a string in JSON)")]
 
 
+class LabelChange(BaseModel):
+    """One recorded change of a known label."""
+
+    id: int
+    row: RowId
+    rel: str
+    attribute: str
+    old: str | list[str] | None
+    new: str | list[str] | None
+    at: str = Field(description="when (ISO 8601, UTC)")
+    source: str = Field(description="gallery, review, csv, api or undo")
+    note: str = ""
+
+
+class RetrainReport(BaseModel):
+    """Heads retrained from a catalogue's labels, and every row refreshed with them."""
+
+    db: str
+    model: str = Field(description="the new model's run folder")
+    labelled_rows: int
+    changes_included: int = Field(description="the last label change the model was trained with")
+    train_seconds: float
+    refresh_seconds: float
+    rows_refreshed: int
+    val_metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class ReviewItem(BaseModel):
+    """A known label the head and the labelled neighbours doubt."""
+
+    id: RowId
+    rel: str
+    attribute: str
+    given: str
+    suggested: str
+    score: float = Field(description="how much the fused answer doubts the label: 1 - its share for the label")
+    head: list[tuple[str, float]] = Field(description="the head's top 3: [label, probability]")
+    neighbours: list[tuple[str, float]] = Field(description="the labelled neighbours' vote: [label, share]")
+    neighbour_ids: list[RowId] = Field(description="the nearest labelled rows (their thumbnails say why)")
+
+
+class ReviewQueue(BaseModel):
+    total: int = Field(description="doubted labels not yet reviewed")
+    items: list[ReviewItem]
+
+
 class Failure(BaseModel):
     """An input that could not be used, with the reason."""
 
@@ -35,6 +81,7 @@ class ImagePrediction(BaseModel):
     attributes: dict[str, AttributeAnswer]
     labels: dict[str, str | list[str]] = Field(default_factory=dict,
                                                description="the known labels, where the image is an indexed row")
+    neighbour_ids: list[RowId] = Field(default_factory=list, description="the nearest labelled rows, which vote")
 
 
 class PredictResult(BaseModel):
@@ -108,12 +155,35 @@ class ExportReport(BaseModel):
     columns: list[str]
 
 
+class ImportReport(BaseModel):
+    """A file of label corrections applied to an index."""
+
+    csv: str
+    rows: int = Field(description="rows of the file")
+    applied_rows: int = Field(description="rows whose labels were applied")
+    changes: int = Field(description="labels that changed (a label already at its value is no change)")
+    skipped: list[str] = Field(default_factory=list, description="rows not applied: line, path and why")
+
+
+class RetrainStatus(BaseModel):
+    """The service's retraining from the catalogue: idle, running (its phase), done (its report) or failed."""
+
+    state: str = "idle"
+    phase: str = ""
+    started: str | None = None
+    finished: str | None = None
+    error: str | None = None
+    report: RetrainReport | None = None
+
+
 class Health(BaseModel):
     status: str = "ok"
     rows: int
     model: str | None
     backbone: str
     version: int = Field(description="the table version the answers come from")
+    label_changes: int = Field(0, description="label changes recorded in the catalogue")
+    changes_since_model: int = Field(0, description="label changes made after the model was trained")
 
 
 class ValueCount(BaseModel):
@@ -143,6 +213,9 @@ class RowDetail(BaseModel):
     split: str | None
     labels: dict[str, str | list[str]] = Field(description="known labels")
     attributes: dict[str, AttributeAnswer] = Field(description="head, neighbours, fused and agree, per attribute")
+    texts: dict[str, str] = Field(default_factory=dict, description="the free-text columns (a product title)")
+    neighbour_ids: list[RowId] = Field(default_factory=list, description="the nearest labelled rows, which vote")
+    history: list[LabelChange] = Field(default_factory=list, description="the row's label changes, oldest first")
 
 
 class Added(BaseModel):

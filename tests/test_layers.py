@@ -17,12 +17,14 @@ LAYERS = [
     ("inference", ["store", "encoder", "fusion"]),
     ("training", ["metrics", "calibration", "optim", "batches", "phases", "distill", "fit", "evaluate", "ensemble",
                   "crossfit"]),
-    ("index", ["guard", "columns", "filters", "query", "meta", "labels", "vectors", "store", "neighbours", "predict",
-               "rows", "raydata", "build", "uploads", "synthetic", "ann", "search", "export", "robustness"]),
+    ("index", ["guard", "columns", "filters", "query", "meta", "labels", "vectors", "store", "history", "neighbours",
+               "predict", "rows", "refresh", "raydata", "build", "uploads", "synthetic", "ann", "search", "export",
+               "robustness"]),
     ("audit", ["health", "rules", "labels"]),
+    ("catalogue", ["edits", "retrain", "review"]),
     ("server", ["service", "files", "api", "app"]),
-    ("cli", ["app", "demo", "inspect", "train", "evaluate", "ensemble", "index", "predict", "search", "export", "audit",
-             "serve", "backbones", "cache"]),
+    ("cli", ["app", "demo", "inspect", "train", "evaluate", "ensemble", "index", "predict", "search", "export",
+             "labels", "audit", "serve", "backbones", "cache"]),
     ("__main__", []),
 ]
 RANK = {}

@@ -11,6 +11,7 @@ from mhtag.cli import (  # noqa: F401, I001  (each module registers its command;
     predict,
     search,
     export,
+    labels,
     audit,
     serve,
     backbones,

@@ -7,12 +7,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import Ignore, Images, Labels, Mode, Multilabel, app, example, is_rank0, prepare
+from mhtag.cli.app import Ignore, Images, Mode, Multilabel, app, example, is_rank0, prepare
 
 
 @app.command(epilog=example("mhtag train --labels shop/labels.csv --config fashion_probe --out runs/shop",
-                            "mhtag train --labels shop/labels.csv --out runs/shop --resume --epochs 8"))
-def train(labels: Labels, images: Images = None,
+                            "mhtag train --labels shop/labels.csv --out runs/shop --resume --epochs 8",
+                            "mhtag train --db indexes/shop --out runs/shop2      # the catalogue's current labels"))
+def train(labels: Annotated[Optional[Path], typer.Option(metavar="CSV", help="labels CSV: a `path` column plus one "
+                                                                            "column per attribute")] = None,
+          db: Annotated[Optional[str], typer.Option(metavar="INDEX", help="instead of --labels: an index's known "
+                                                                          "labels and stored features (no image "
+                                                                          "decoded for a probe)")] = None,
+          images: Images = None,
           config: Annotated[Optional[str], typer.Option(metavar="PRESET", help="a preset by name (`mhtag configs` "
                                                                                "lists them) or a YAML file")] = None,
           mode: Annotated[Optional[Mode], typer.Option(help="default: auto (finetune on a GPU, probe on a CPU)")
@@ -32,8 +38,12 @@ def train(labels: Labels, images: Images = None,
                                                                 "its schedule may change")] = False,
           set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE",
                                                             help="any config key (repeatable)")] = None) -> None:
-    """Train one model with a head per attribute of the labels CSV."""
+    """Train one model with a head per attribute of the labels CSV (or of an index's known labels)."""
     from mhtag.core.config import load_config, parse_overrides, read_preset
+    from mhtag.core.errors import MhtagError
+
+    if (labels is None) == (db is None):
+        raise typer.BadParameter("give the labels to learn: --labels CSV, or --db INDEX", param_hint="--labels / --db")
 
     flags = {"mode": mode.value if mode else None, "backbone": backbone, "epochs": epochs,
              "probe_epochs": probe_epochs, "batch_size": batch_size, "lr": lr, "probe_lr": probe_lr, "seed": seed,
@@ -47,13 +57,23 @@ def train(labels: Labels, images: Images = None,
         cfg, changes = resumed_config(out, overrides)
         for key, (old, new) in changes.items():
             typer.echo(f"resume: {key} {old} -> {new}", err=True)
-    else:
+    elif db is None or config is not None:
         cfg = load_config(config, overrides)  # a bad value is refused here, before torch is even loaded
     prepare()
     from mhtag.report.text import comparison_lines, metrics_table
     from mhtag.training.fit import fit
 
-    run = fit(cfg, labels, images, out, resume=resume, progress=True)
+    source = labels
+    if db is not None:
+        from mhtag.catalogue.retrain import catalogue_table, same_space_config
+        from mhtag.index.meta import require_meta
+
+        if resume:
+            raise MhtagError("--resume continues a run trained from a CSV; train from --db anew")
+        if config is None:  # the index's own backbone and preprocessing: its stored features serve, and the
+            cfg = same_space_config(require_meta(db), overrides)  # new heads index without --rebuild
+        source = catalogue_table(db, multilabel or [])
+    run = fit(cfg, source, images, out, resume=resume, progress=True)
     if not is_rank0():
         return
     if run.skipped:
@@ -67,7 +87,7 @@ def train(labels: Labels, images: Images = None,
         typer.echo(line)
     if run.interrupted:
         kept = ", ".join(str(p) for p in sorted(run.dir.rglob("*.pt")))
-        typer.echo(f"interrupted: kept {kept}; continue with `mhtag train --labels {labels} --out {run.dir} "
+        typer.echo(f"interrupted: kept {kept}; continue with `mhtag train --labels {source} --out {run.dir} "
                    "--resume`", err=True)
         raise typer.Exit(130)
     typer.echo(f"run saved in {run.dir}" + (f" (report: {run.report})" if run.report else ""))

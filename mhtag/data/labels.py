@@ -49,6 +49,10 @@ class LabelTable:
     text_columns: list[str]
     skipped: list[Skipped]
     root: Path
+    source: str = ""  # where the rows came from, for messages: the CSV's path, or an index
+
+    def __str__(self) -> str:
+        return self.source
 
     def split(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame["split"] == name].reset_index(drop=True)
@@ -168,7 +172,7 @@ def read_labels(csv_path: str | Path, images_root: str | Path | None = None, mul
     if not attributes:
         raise MhtagError(f"{csv_path}: no attribute columns besides path/split (columns: {', '.join(df.columns)})")
     check_distinct_columns(attributes, str(csv_path))
-    return LabelTable(frame, attributes, set(multilabel), text, skipped, root)
+    return LabelTable(frame, attributes, set(multilabel), text, skipped, root, str(csv_path))
 
 
 def drop_unreadable(table: LabelTable, workers: int = 4, progress: bool = False) -> LabelTable:

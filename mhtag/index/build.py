@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,13 @@ from mhtag.data.labels import absolute, read_csv_frame, read_labels
 from mhtag.data.schema import AttributeKind, check_distinct_columns, encode_tags, is_blank, split_tags
 from mhtag.index.columns import StoredAttribute, rid_for, text_column
 from mhtag.index.guard import guard_index
+from mhtag.index.history import LabelHistory
 from mhtag.index.meta import IndexMeta, read_meta, write_meta
 from mhtag.index.neighbours import calibrate_fusion
 from mhtag.index.predict import check_compatible
+from mhtag.index.refresh import refresh_predictions
 from mhtag.index.rows import KnownLabels, Plan, Written, label_columns, row_of
-from mhtag.index.store import DEFAULT_DB, drop_table, open_table, read_columns, writer_lock
+from mhtag.index.store import DEFAULT_DB, add_missing_columns, drop_table, open_table, read_columns, writer_lock
 from mhtag.inference.encoder import DEFAULT_BACKBONE, Batch, Encoder, load_encoder
 from mhtag.results import Failure, IndexReport
 
@@ -79,7 +81,9 @@ def stored_label(value: Any, kind: AttributeKind) -> str:
     return "" if is_blank(value) else str(value).strip()
 
 
-def _build_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, root: Path) -> IndexMeta:
+def index_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, root: Path) -> IndexMeta:
+    """The meta of an index written with `enc` and the known labels `known`, over the index's `old` meta: the model,
+    its heads' attributes and every attribute the index holds labels for (their vocabularies grown by `known`)."""
     attrs: dict[str, StoredAttribute] = {}
     if enc.tagger:
         for a in enc.tagger.schema.attributes:
@@ -100,11 +104,12 @@ def _build_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, 
     texts += [t for t in (known.text_names if known else []) if t not in texts]
     check_distinct_columns(list(attrs), "index")
     check_distinct_columns(texts, "index (free-text columns)")
-    return IndexMeta(enc.model_id, enc.model_path, enc.backbone, enc.dim, enc.data_config,
-                     enc.tagger.schema.version if enc.tagger else None, list(attrs.values()),
-                     old.root if old and old.root else str(absolute(root)),
-                     dict(old.fusion) if old else {}, old.fusion_k if old else 20,
-                     dict(old.fusion_tau) if old else {}, text_columns=texts)
+    made = {"model_id": enc.model_id, "model_path": enc.model_path, "backbone": enc.backbone, "dim": enc.dim,
+            "data_config": enc.data_config, "schema_version": enc.tagger.schema.version if enc.tagger else None,
+            "attributes": list(attrs.values()), "text_columns": texts, "space": enc.space}
+    if old is None:
+        return IndexMeta(**made, root=str(absolute(root)))
+    return replace(old, **made)  # what this run does not set (fusion, the label history's counts) stays
 
 
 # ---------------------------------------------------------------- plan
@@ -119,21 +124,24 @@ def _sha1_file(path: Path) -> str:
 
 
 def make_plan(table, root: Path, files: dict[str, Path], meta: IndexMeta, known: KnownLabels | None,
-              verify: bool = False, complete: bool = True) -> Plan:
+              verify: bool = False, complete: bool = True, corrected: dict[int, set[str]] | None = None) -> Plan:
     """Compare `files` (rel path under `root` -> file) with the table's rows from `root` (other folders' rows are
-    left alone). `complete`: `files` is the whole folder, so an indexed file missing from it has vanished."""
+    left alone). `complete`: `files` is the whole folder, so an indexed file missing from it has vanished.
+    `corrected`: per row id, the attributes people set since, which the CSV in `known` leaves."""
     plan = Plan(dict(files))
+    corrected = corrected or {}
     label_cols = [c for c in _stored_label_columns(meta) if c in table.schema.names]
     prefix = str(absolute(root)).rstrip("/") + "/"
-    existing = read_columns(table, ["rid", "id", "rel", "path", "size", "mtime_ns", "split", *label_cols]
-                            ).to_pylist()
+    existing = read_columns(table, ["rid", "id", "rel", "path", "size", "mtime_ns", "split", "changed_ns",
+                                    *label_cols]).to_pylist()
     by_rel = {r["rel"]: r for r in existing if r["path"].startswith(prefix)}
     for rel, path in plan.files.items():
         old = by_rel.get(rel)
-        same, fresh = (False, None) if old is None else _compare(old, path, meta, known, rel, verify)
+        mine = corrected.get(old["rid"], set()) if old else set()
+        same, fresh = (False, None) if old is None else _compare(old, path, meta, known, rel, verify, mine)
         if not same:
             plan.todo.append(rel)
-            plan.columns[rel] = label_columns(rel, meta, known, old)
+            plan.columns[rel] = label_columns(rel, meta, known, old, mine)
             if old is not None:
                 plan.changed.append(old["rid"])
         elif fresh:
@@ -146,7 +154,7 @@ def make_plan(table, root: Path, files: dict[str, Path], meta: IndexMeta, known:
 
 
 def _compare(old: dict[str, Any], path: Path, meta: IndexMeta, known: KnownLabels | None, rel: str,
-             verify: bool) -> tuple[bool, dict[str, Any] | None]:
+             verify: bool, corrected: set[str]) -> tuple[bool, dict[str, Any] | None]:
     """Whether the file holds the indexed bytes, and if so the columns that moved without them (a new mtime
     after a copy or a re-mount, new known labels), or None. A new mtime is checked against the content hash."""
     st = path.stat()
@@ -156,7 +164,7 @@ def _compare(old: dict[str, Any], path: Path, meta: IndexMeta, known: KnownLabel
     if (touched or verify) and _sha1_file(path) != old["id"]:
         return False, None
     kept = {k: v for k, v in old.items() if k == "split" or k in _stored_label_columns(meta)}
-    now = {"mtime_ns": st.st_mtime_ns, **kept, **(known.given(rel, meta) if known is not None else {})}
+    now = {"mtime_ns": st.st_mtime_ns, **kept, **(known.given(rel, meta, corrected) if known is not None else {})}
     return True, now if any(old.get(k) != v for k, v in now.items()) else None
 
 
@@ -280,15 +288,19 @@ def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None,
     if options.engine == "ray" and dist.enabled:
         raise MhtagError("--engine ray spreads the work itself; run it without torchrun")
     plan = None
+    before = None if options.rebuild else read_meta(db)
     with index_writer(db, enc, known, root, options.rebuild, dist) as (table, meta):
         if dist.is_main:
             walk = walk_images([root])
+            corrected = LabelHistory(db, meta).corrected() if known is not None else {}
             plan = make_plan(table, root, {f.relative_to(root).as_posix(): f for f in walk.files}, meta, known,
-                             options.verify)
+                             options.verify, corrected=corrected)
             plan.problems = [Failure(path=path, reason=reason) for path, reason in walk.problems]
             if options.prune:
                 _delete(table, plan.vanished)
         plan, written = write_plan(db, table, plan, meta, enc, options, dist)
+        if dist.is_main and before is not None and before.model_id != enc.model_id:  # new heads, same backbone
+            refresh_predictions(db, enc, meta, options.progress)
     report = IndexReport(db=str(db), has_heads=enc.tagger is not None, unmatched_labels=known.unmatched if known else 0,
                          added=written.new, updated=written.changed, ids=written.rids,
                          failed=plan.problems + written.failed, unchanged=plan.unchanged,
@@ -307,7 +319,7 @@ def index_writer(db: Path, enc: Encoder, known: KnownLabels | None, root: Path, 
     """The table at `db`, held by this writer alone (rank 0 under torchrun), checked against `enc` and the known
     labels, with the meta written and the label columns these labels need added; yields (table, meta)."""
     old = None if rebuild else read_meta(db)
-    meta = _build_meta(enc, known, old, root)
+    meta = index_meta(enc, known, old, root)
     if not dist.is_main:
         yield None, meta
         return
@@ -319,7 +331,7 @@ def index_writer(db: Path, enc: Encoder, known: KnownLabels | None, root: Path, 
             drop_table(db)
         write_meta(db, meta)
         table = open_table(db, meta, create=True)
-        _add_label_columns(table, meta)
+        add_missing_columns(table, meta)
         yield table, meta
 
 
@@ -358,9 +370,3 @@ def _stored_label_columns(meta: IndexMeta) -> list[str]:
     return [a.label for a in meta.attributes if a.has_labels] + [text_column(t) for t in meta.text_columns]
 
 
-def _add_label_columns(table, meta: IndexMeta) -> None:
-    """Label and text columns that the table lacks (given for the first time to an index), added empty."""
-    missing = [c for c in _stored_label_columns(meta) if c not in table.schema.names]
-    if missing:
-        table.add_columns(pa.schema([pa.field(name, pa.string()) for name in missing]))
-        table.update(values={name: "" for name in missing})

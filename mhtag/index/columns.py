@@ -1,7 +1,8 @@
 """The index table's columns, defined once.
 
 Row columns: `rid` (int64 key from the path), `id` (content sha1), `path`, `rel` (path under the indexed root),
-`size`, `mtime_ns`, `width`, `height` (upright), `split`, `vector`, and per attribute `pred_<a>` (label, or
+`size`, `mtime_ns`, `width`, `height` (upright), `split`, `changed_ns` (when a person last changed a label; 0:
+never), `vector`, and per attribute `pred_<a>` (label, or
 `|tag|tag|` for tag groups), `conf_<a>`, `probs_<a>` (the head's full probabilities) and `label_<a>` (a known
 label, kept apart from predictions), and `text_<t>` per free-text column of the labels (a product title). `<a>` and
 `<t>` are column-safe names.
@@ -61,7 +62,7 @@ def base_fields(dim: int) -> list[pa.Field]:
     return [pa.field("rid", pa.int64()), pa.field("id", pa.string()), pa.field("path", pa.string()),
             pa.field("rel", pa.string()), pa.field("size", pa.int64()), pa.field("mtime_ns", pa.int64()),
             pa.field("width", pa.int32()), pa.field("height", pa.int32()), pa.field("split", pa.string()),
-            pa.field("vector", pa.list_(pa.float32(), dim))]
+            pa.field("changed_ns", pa.int64()), pa.field("vector", pa.list_(pa.float32(), dim))]
 
 
 def text_column(name: str) -> str:

@@ -4,13 +4,14 @@ attribute's kind and vocabulary before anything is stored, so that a client can 
 
 from __future__ import annotations
 
+import copy
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mhtag.core.errors import MhtagError
-from mhtag.data.schema import TAG_SEP, encode_tags
+from mhtag.data.schema import TAG_SEP, AttributeKind, check_distinct_columns, encode_tags
 from mhtag.index.columns import StoredAttribute
 from mhtag.index.meta import IndexMeta
 
@@ -24,10 +25,22 @@ class InvalidLabel(MhtagError):
 
 @dataclass
 class CheckedLabels:
-    """Labels in the form the table stores (`""` clears; tags as `|a|b|`), and the values new to the vocabulary."""
+    """Labels in the form the table stores (`""` clears; tags as `|a|b|`), and what they add to the vocabulary."""
 
     stored: dict[str, str] = field(default_factory=dict)  # attribute -> stored cell
     new_values: dict[str, list[str]] = field(default_factory=dict)  # attribute -> values it never had
+    new_attributes: dict[str, AttributeKind] = field(default_factory=dict)  # attributes the index did not have
+
+    def applied_to(self, meta: IndexMeta) -> IndexMeta:
+        """`meta` with these labels' attributes labelled and their new values and attributes in the vocabulary."""
+        attributes = [copy.copy(a) for a in meta.attributes]
+        attributes += [StoredAttribute(name, kind) for name, kind in self.new_attributes.items()]
+        for a in attributes:
+            if a.name in self.stored:
+                a.has_labels = True
+                a.label_values = sorted(set(a.label_values) | set(self.new_values.get(a.name, [])))
+        check_distinct_columns([a.name for a in attributes], "index")
+        return replace(meta, attributes=attributes)
 
 
 def vocabulary(a: StoredAttribute) -> list[str]:
@@ -76,8 +89,8 @@ def checked_labels(meta: IndexMeta, given: Mapping[str, Any], add_values: bool =
     for name, value in given.items():
         a = meta.find_attribute(str(name)) if isinstance(name, str) else None
         if a is None:
-            raise InvalidLabel(f"unknown attribute {name!r}; this index has: "
-                               f"{', '.join(x.name for x in meta.attributes) or 'none yet'}")
+            a = _new_attribute(meta, name, value, add_values)
+            out.new_attributes[a.name] = a.kind
         known = {v.lower(): v for v in vocabulary(a)}
         if value is None:
             out.stored[a.name] = ""
@@ -89,3 +102,14 @@ def checked_labels(meta: IndexMeta, given: Mapping[str, Any], add_values: bool =
         else:
             out.stored[a.name] = _canonical(a, _clean(a, value), known, add_values, out)
     return out
+
+
+def _new_attribute(meta: IndexMeta, name: object, value: Any, add_values: bool) -> StoredAttribute:
+    """An attribute the index does not have, added on purpose (`add_values`): a tag group when its value is a
+    list of tags, else single-label."""
+    if not add_values or not isinstance(name, str) or not name.strip() or value is None:
+        raise InvalidLabel(f"unknown attribute {name!r}; this index has: "
+                           f"{', '.join(x.name for x in meta.attributes) or 'none yet'} (to add an attribute on "
+                           'purpose, send a value with "add_values": true)')
+    kind = AttributeKind.MULTI if isinstance(value, list) else AttributeKind.SINGLE
+    return StoredAttribute(_clean(StoredAttribute(name, kind), name), kind)

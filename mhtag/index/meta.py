@@ -33,6 +33,10 @@ class IndexMeta:
     fusion_tau: dict[str, float] = field(default_factory=dict)  # attribute -> its vote's softmax temperature
     format: int = INDEX_FORMAT
     text_columns: list[str] = field(default_factory=list)  # free-text columns of the labels, as named there
+    space: str | None = None  # the backbone's identity (weights, preprocessing, options): what the vectors mean
+    label_changes: int = 0  # changes the label history holds (a missing history is then an error, not a reset)
+    labels_applied: int = 0  # the id of the last change applied to the table (later ones are replayed)
+    model_labels: int = 0  # the id of the last change the model's heads were trained with
 
     def table_schema(self) -> pa.Schema:
         return arrow_schema(self.dim, self.attributes, self.text_columns)

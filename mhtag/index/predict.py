@@ -17,8 +17,9 @@ from mhtag.core.storage import location
 from mhtag.data.images import walk_images
 from mhtag.data.labels import absolute
 from mhtag.data.schema import decode_tags
-from mhtag.index.columns import StoredAttribute
+from mhtag.index.columns import StoredAttribute, text_column
 from mhtag.index.guard import guard_index
+from mhtag.index.history import LabelHistory, shown
 from mhtag.index.meta import IndexMeta, read_meta
 from mhtag.index.neighbours import labelled_index
 from mhtag.index.store import DEFAULT_DB, open_table, read_columns, snapshot
@@ -27,11 +28,13 @@ from mhtag.inference.fusion import NEIGHBOUR_TAU, attribute_answer, head_distrib
 from mhtag.results import Failure, ImagePrediction, PredictResult, RowDetail
 
 _logger = logging.getLogger(__name__)
+SHOWN_NEIGHBOURS = 6  # the nearest labelled rows an answer names, for their thumbnails
 
 
 def check_compatible(meta: IndexMeta, enc: Encoder, db: Path) -> None:
-    """Refuse to mix embeddings of different models in one index."""
-    if meta.model_id == enc.model_id and meta.dim == enc.dim:
+    """Refuse to mix embeddings of different backbones in one index. Models that share a backbone (a probe
+    retrained on corrected labels) share the embedding space: the vectors stay, the predictions are refreshed."""
+    if meta.model_id == enc.model_id and meta.dim == enc.dim or meta.space is not None and meta.space == enc.space:
         return
     if meta.model_path and enc.model_path == meta.model_path:
         raise MhtagError(f"index {db} was built with {meta.model_path}, and that file has changed since "
@@ -116,7 +119,8 @@ class Predictor:
                 th = dict(zip(a.classes, thresholds.get(a.name, []), strict=False)) if a.multi else None
                 answers[a.name] = attribute_answer(a, head, nbr, weight, th)
             labels = lab.known_labels(own_paths[row], {a.name for a in self.attributes if a.multi}) if lab else {}
-            out.append(ImagePrediction(path=name, attributes=answers, labels=labels))
+            voters = [int(r) for r in lab.vectors.rids[near[1][:SHOWN_NEIGHBOURS]]] if near else []
+            out.append(ImagePrediction(path=name, attributes=answers, labels=labels, neighbour_ids=voters))
         return out
 
 
@@ -127,15 +131,20 @@ class Predictor:
         pos = snap.position(rid)
         if pos is None or self.meta is None:
             raise NotFoundError(f"no row with id {rid} in index {self.db}")
-        columns = ["rid", "path", "rel", "size", "width", "height", "split"] + \
+        texts = {t: text_column(t) for t in self.meta.text_columns}
+        columns = ["rid", "path", "rel", "size", "width", "height", "split", *texts.values()] + \
             [f.name for a in self.attributes for f in a.columns()]
         row = read_columns(open_table(self.db), columns, where=f"rid = {int(rid)}").to_pylist()[0]
         probs = {a.name: np.asarray([row[a.probs]], dtype=np.float32) for a in self.attributes if a.has_head}
         answer = self.answer(snap.vectors.vectors[pos:pos + 1], probs, [row["path"]], [row["path"]])[0]
         labels = {a.name: decode_tags(row[a.label]) if a.multi else row[a.label]
                   for a in self.attributes if a.has_labels and row[a.label]}
+        multi = {a.name for a in self.attributes if a.multi}
+        history = [shown(c, c.attribute in multi) for c in LabelHistory(self.db, self.meta).of_row(int(rid))]
         return RowDetail(id=int(rid), path=row["path"], rel=row["rel"], size=row["size"], width=row["width"],
-                         height=row["height"], split=row["split"], labels=labels, attributes=answer.attributes)
+                         height=row["height"], split=row["split"], labels=labels, attributes=answer.attributes,
+                         texts={t: row[c] or "" for t, c in texts.items()}, neighbour_ids=answer.neighbour_ids,
+                         history=history)
 
 
 @guard_index

@@ -27,14 +27,16 @@ class KnownLabels:
     texts: dict[str, dict[str, str]] = field(default_factory=dict)  # rel -> free-text column -> its text
     text_names: list[str] = field(default_factory=list)  # the CSV's free-text columns
 
-    def given(self, rel: str, meta: IndexMeta) -> dict[str, str]:
-        """The columns the CSV sets for the image `rel`: its split and a label per attribute the CSV has; nothing
-        for an image the CSV does not name (its stored labels stay as they are)."""
+    def given(self, rel: str, meta: IndexMeta, corrected: set[str] = frozenset()) -> dict[str, str]:
+        """The columns the CSV sets for the image `rel`: its split and a label per attribute the CSV has, but for
+        the `corrected` attributes (set by people since: a correction outlives every later `mhtag index`);
+        nothing for an image the CSV does not name (its stored labels stay as they are)."""
         if rel not in self.by_rel:
             return {}
         labels, texts = self.by_rel[rel], self.texts.get(rel, {})
         split = {"split": self.splits[rel]} if rel in self.splits else {}
-        return (split | {a.label: labels[a.name] for a in meta.attributes if a.has_labels and a.name in labels}
+        return (split | {a.label: labels[a.name] for a in meta.attributes
+                         if a.has_labels and a.name in labels and a.name not in corrected}
                 | {text_column(t): texts[t] for t in self.text_names if t in texts})
 
 
@@ -53,16 +55,16 @@ class Plan:
     columns: dict[str, dict[str, str]] = field(default_factory=dict)  # todo rel -> its split and label columns
 
 
-def label_columns(rel: str, meta: IndexMeta, known: KnownLabels | None, old: dict[str, Any] | None
-                  ) -> dict[str, str]:
+def label_columns(rel: str, meta: IndexMeta, known: KnownLabels | None, old: dict[str, Any] | None,
+                  corrected: set[str] = frozenset()) -> dict[str, str]:
     """The split and label columns of a row about to be written: the CSV's where it names the image, else what
     the image's previous row held (a re-embedded file keeps its labels), else a split from the path and no
     labels."""
-    columns = {"split": hash_split(rel), **{a.label: "" for a in meta.attributes if a.has_labels},
+    columns = {"split": hash_split(rel), "changed_ns": 0, **{a.label: "" for a in meta.attributes if a.has_labels},
                **{text_column(t): "" for t in meta.text_columns}}
     if old is not None:
         columns |= {k: old[k] for k in columns if old.get(k) is not None}
-    return columns | (known.given(rel, meta) if known else {})
+    return columns | (known.given(rel, meta, corrected) if known else {})
 
 
 def row_of(rel: str, path: Path, facts: FileFacts, vec: np.ndarray, probs: dict[str, np.ndarray], r: int,
@@ -72,6 +74,14 @@ def row_of(rel: str, path: Path, facts: FileFacts, vec: np.ndarray, probs: dict[
     out: dict[str, Any] = {"rid": rid_for(str(absolute(path))), "id": facts.sha1, "path": str(absolute(path)),
                            "rel": rel, "size": facts.size, "mtime_ns": path.stat().st_mtime_ns,
                            "width": facts.width, "height": facts.height, "vector": vec, **columns}
+    return out | head_columns(meta, probs, r, thresholds)
+
+
+def head_columns(meta: IndexMeta, probs: dict[str, np.ndarray], r: int, thresholds: dict[str, list[float]]
+                 ) -> dict[str, Any]:
+    """Row `r`'s prediction columns: per head its answer (a tag group's tags over their thresholds, as `|a|b|`),
+    the answer's confidence and the full probabilities."""
+    out: dict[str, Any] = {}
     for a in meta.attributes:
         if a.has_head:
             p = probs[a.name][r]

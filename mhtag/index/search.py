@@ -419,4 +419,6 @@ def index_health(db: str | Path = DEFAULT_DB) -> Health:
     db = location(db)
     meta = current_meta(db)
     snap = snapshot(db)
-    return Health(rows=snap.rows.num_rows, model=meta.model_path, backbone=meta.backbone, version=snap.version)
+    return Health(rows=snap.rows.num_rows, model=meta.model_path, backbone=meta.backbone, version=snap.version,
+                  label_changes=meta.label_changes,
+                  changes_since_model=max(0, meta.labels_applied - meta.model_labels) if meta.model_path else 0)

@@ -9,6 +9,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,22 +31,29 @@ DEFAULT_DB = Path("indexes/default")
 
 
 @contextmanager
-def writer_lock(db: str | Path) -> Iterator[None]:
-    """One writer per database: a second `index` run fails at once with a clear message. Object storage has
-    no file lock: there Lance's commit keeps the table consistent (a conflicting commit fails) and running one
+def writer_lock(db: str | Path, wait: float = 0.0) -> Iterator[None]:
+    """One writer per database (processes and threads alike). A second writer waits up to `wait` seconds (a label
+    edit waits for another), then fails with a clear message (a second `index` run fails at once). Object storage
+    has no file lock: there Lance's commit keeps the table consistent (a conflicting commit fails) and running one
     writer at a time is the operator's part (see docs/scale.md)."""
     if is_remote(db):
         yield
         return
     Path(db).mkdir(parents=True, exist_ok=True)
     with open(Path(db) / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            raise BusyError(f"another `mhtag index` (pid {holder}) is writing to {db}; "
-                             "wait for it to finish") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                fh.seek(0)
+                holder = fh.read().strip() or "?"
+                raise BusyError(f"another mhtag writer (pid {holder}) is writing to {db}; wait for it to finish"
+                                ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
@@ -78,6 +86,18 @@ def open_table(db: str | Path, meta: IndexMeta | None = None, create: bool = Fal
     if not create:
         raise MhtagError(f"no index at {db}; build one with `mhtag index DIR --db {db}`")
     return conn.create_table(TABLE, schema=meta.table_schema())
+
+
+def add_missing_columns(table, meta: IndexMeta) -> list[str]:
+    """Add the columns `meta` describes and the table lacks (labels or a head given to an index for the first
+    time), empty: "" for text, 0 for numbers, an empty list for probabilities. Returns their names."""
+    missing = [f for f in meta.table_schema() if f.name not in table.schema.names]
+    if missing:
+        table.add_columns(pa.schema(missing))
+        empty = {f.name: "''" if pa.types.is_string(f.type) else "0" for f in missing if not pa.types.is_list(f.type)}
+        if empty:
+            table.update(values_sql=empty)
+    return [f.name for f in missing]
 
 
 def drop_table(db: str | Path) -> None:

@@ -45,7 +45,8 @@ def write_synthetic_index(db: str | Path, rows: int, dim: int, attributes: dict[
                 "path": [f"/synthetic/{i}.jpg" for i in ids], "rel": [f"{i}.jpg" for i in ids],
                 "size": np.zeros(len(x), np.int64), "mtime_ns": np.zeros(len(x), np.int64),
                 "width": np.full(len(x), 60, np.int32), "height": np.full(len(x), 80, np.int32),
-                "split": ["train"] * len(x), "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim)}
+                "split": ["train"] * len(x), "changed_ns": np.zeros(len(x), np.int64),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim)}
         for a, values in zip(attrs, attributes.values(), strict=True):
             cols[a.label] = rng.choice(values, len(ids)).tolist() if random_labels \
                 else [values[i % len(values)] for i in ids]

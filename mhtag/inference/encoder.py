@@ -7,6 +7,7 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from mhtag.core.runtime import auto_workers, autocast, default_device
 from mhtag.data.datasets import FileFacts, SafeImageDataset, collate_safe, read_facts
 from mhtag.data.images import check_image_files
 from mhtag.data.transforms import build_transform
-from mhtag.inference.store import FeatureStore
+from mhtag.inference.store import FeatureStore, backbone_key
 from mhtag.models.backbones import Backbone, create_backbone
 from mhtag.models.checkpoint import checkpoint_file, load_checkpoint, tagger_from_checkpoint
 from mhtag.models.tagger import Tagger
@@ -91,6 +92,12 @@ class Encoder:
     @property
     def dim(self) -> int:
         return self.module.num_features
+
+    @cached_property
+    def space(self) -> str:
+        """What the embeddings mean: the backbone's identity. Two models with one backbone (a probe retrained on
+        corrected labels) share it, and an index keeps its vectors across them."""
+        return backbone_key(self.backbone_module)
 
     @property
     def backbone_module(self) -> Backbone:

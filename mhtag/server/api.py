@@ -6,18 +6,21 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
+from mhtag.catalogue.edits import set_labels, undo
+from mhtag.catalogue.review import answer, review_queue
 from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.data.images import MAX_PIXELS, decode_image, image_header
 from mhtag.index.export import export_index
+from mhtag.index.history import shown
 from mhtag.index.labels import InvalidLabel
 from mhtag.index.search import Source, index_attributes, index_health, search
 from mhtag.index.uploads import add_images, delete_row
@@ -27,7 +30,10 @@ from mhtag.results import (
     Deleted,
     ErrorBody,
     Health,
+    LabelChange,
     PredictResult,
+    RetrainStatus,
+    ReviewQueue,
     RowDetail,
     SearchHit,
     SearchResult,
@@ -275,3 +281,64 @@ async def add(svc: ServiceDep, image: Annotated[list[UploadFile], File(descripti
 def delete(rid: int, svc: ServiceDep, authorization: Annotated[str | None, Header()] = None) -> Deleted:
     _require_key(svc, authorization)
     return delete_row(svc.db, _row_id(rid))
+
+
+# ---------------------------------------------------------------- the catalogue: labels, review, retraining
+
+
+class LabelEdit(BaseModel):
+    """Set or clear a row's labels: `{attribute: value}` (a string, a list of tags for a tag group, null to clear)."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: dict[str, Any]
+    add_values: bool = Field(False, description="accept a value (or an attribute) the index never had")
+    source: Literal["gallery", "api"] = "api"
+
+
+@router.patch("/rows/{rid}", response_model=RowDetail)
+def edit_row(rid: int, body: LabelEdit, svc: ServiceDep,
+             authorization: Annotated[str | None, Header()] = None) -> RowDetail:
+    _require_key(svc, authorization)
+    set_labels(svc.db, _row_id(rid), body.labels, body.source, body.add_values)
+    return row(rid, svc)
+
+
+@router.post("/changes/{change}/undo", response_model=LabelChange)
+def undo_change(change: int, svc: ServiceDep, authorization: Annotated[str | None, Header()] = None) -> LabelChange:
+    _require_key(svc, authorization)
+    made = undo(svc.db, change)
+    return shown(made, svc.predictor.meta.attribute(made.attribute).multi)
+
+
+@router.get("/review", response_model=ReviewQueue)
+def review(svc: ServiceDep, limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
+           offset: Annotated[int, Query(ge=0)] = 0, attribute: str | None = None) -> ReviewQueue:
+    return review_queue(svc.db, limit, offset, attribute)
+
+
+class ReviewAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    row: int = Field(description="the row id (a string in JSON)")
+    attribute: str
+    accept: bool = Field(description="true: set the suggestion; false: keep the label")
+
+
+@router.post("/review", response_model=RowDetail)
+def answer_review(body: ReviewAnswer, svc: ServiceDep,
+                  authorization: Annotated[str | None, Header()] = None) -> RowDetail:
+    _require_key(svc, authorization)
+    answer(svc.db, _row_id(body.row), body.attribute, body.accept)
+    return row(body.row, svc)
+
+
+@router.get("/retrain", response_model=RetrainStatus)
+def retrain_status(svc: ServiceDep) -> RetrainStatus:
+    return svc.retraining.status
+
+
+@router.post("/retrain", response_model=RetrainStatus)
+def retrain_start(svc: ServiceDep, authorization: Annotated[str | None, Header()] = None) -> RetrainStatus:
+    """Retrain the heads on the catalogue's current labels in the background; the index switches to them when done
+    (`GET /api/retrain` tells how it goes)."""
+    _require_key(svc, authorization)
+    return svc.retraining.start()

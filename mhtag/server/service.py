@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
+import threading
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from mhtag.core.errors import MhtagError
+from mhtag.core.errors import BusyError, MhtagError
 from mhtag.core.storage import location, stamp
 from mhtag.index.guard import index_errors
 from mhtag.index.meta import meta_path, require_meta
@@ -16,6 +19,9 @@ from mhtag.index.neighbours import labelled_index
 from mhtag.index.predict import Predictor
 from mhtag.index.search import warm
 from mhtag.index.store import DEFAULT_DB
+from mhtag.results import RetrainStatus
+
+_logger = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOOPBACK_HOST_HEADERS = ["127.0.0.1", "localhost", "[::1]", "::1"]
@@ -53,6 +59,45 @@ class Settings:
         return cls(**fields)
 
 
+class RetrainJob:
+    """Retraining from the catalogue, one at a time, in a background thread: searches keep answering from the old
+    model and predictions until `retrain` switches the index to the new ones."""
+
+    def __init__(self, db):
+        self.db = db
+        self.status = RetrainStatus()
+        self._lock = threading.Lock()
+
+    def start(self) -> RetrainStatus:
+        with self._lock:
+            if self.status.state == "running":
+                raise BusyError(f"a retraining started at {self.status.started} is running; wait for it")
+            self.status = RetrainStatus(state="running", phase="starting", started=_now())
+        threading.Thread(target=self._run, name="mhtag-retrain", daemon=True).start()
+        return self.status
+
+    def _run(self) -> None:
+        from mhtag.catalogue.retrain import retrain
+
+        def phase(name: str) -> None:
+            self.status = self.status.model_copy(update={"phase": name})
+
+        try:
+            report = retrain(self.db, phase=phase)
+            self.status = self.status.model_copy(update={"state": "done", "phase": "", "finished": _now(),
+                                                         "report": report})
+        except MhtagError as exc:
+            self.status = self.status.model_copy(update={"state": "failed", "finished": _now(), "error": str(exc)})
+        except Exception:  # a bug: logged with its traceback; the service goes on with the model it has
+            _logger.exception("retraining %s failed", self.db)
+            self.status = self.status.model_copy(update={"state": "failed", "finished": _now(),
+                                                         "error": "internal error (logged on the server)"})
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 class Service:
     """Loads the encoder and the index snapshot once; a write from anywhere (CLI or API) makes a new table
     version, which the next request sees (the predictor is rebuilt, reusing the encoder, when meta changes)."""
@@ -62,6 +107,7 @@ class Service:
         self.db = location(settings.db)
         self.api_key = check_settings(settings)
         self.model_limiter = None  # an anyio.CapacityLimiter, made on first use inside the event loop
+        self.retraining = RetrainJob(self.db)
         with index_errors(self.db):
             self._predictor = Predictor(self.db, settings.model)
             self._meta_stamp = self._stamp()

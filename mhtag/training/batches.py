@@ -24,9 +24,14 @@ _logger = logging.getLogger(__name__)
 PROBE_BATCH = 512  # with probe_lr 6e-3: equal val accuracy to 256 and 3e-3 on fashion12k, fewer steps
 
 
-def prepare_data(cfg: TrainConfig, labels: str | Path, images: str | Path | None,
+def prepare_data(cfg: TrainConfig, labels: str | Path | LabelTable, images: str | Path | None,
                  progress: bool = False) -> tuple[LabelTable, Any, Any]:
-    table = drop_unreadable(read_labels(labels, images, cfg.multilabel, cfg.ignore), progress=progress)
+    """The usable rows of a labels CSV (every image checked once), or of a table already checked (a catalogue's:
+    `catalogue.retrain.catalogue_table`), split into train and val rows."""
+    if isinstance(labels, LabelTable):
+        table = labels
+    else:
+        table = drop_unreadable(read_labels(labels, images, cfg.multilabel, cfg.ignore), progress=progress)
     for s in table.skipped[:20]:
         _logger.warning("skipped %s", s)
     if table.skipped:

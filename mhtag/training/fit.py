@@ -219,9 +219,10 @@ def _resume_state(out: Path, resume: bool) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- the loop
 
 
-def fit(cfg: TrainConfig, labels: str | Path, images: str | Path | None = None, out: str | Path = "runs/latest",
-        resume: bool = False, progress: bool = False) -> Run:
-    """Train a tagger on the labels CSV; returns the run with the best model loaded.
+def fit(cfg: TrainConfig, labels: str | Path | LabelTable, images: str | Path | None = None,
+        out: str | Path = "runs/latest", resume: bool = False, progress: bool = False) -> Run:
+    """Train a tagger on a labels CSV (or on a table of checked rows, such as a catalogue's known labels); returns
+    the run with the best model loaded.
 
     With `resume`, training continues from `out/last.pt`: the model (backbone included) comes from the checkpoint
     before anything is embedded, and `cfg` should come from `resumed_config`."""

@@ -204,12 +204,18 @@ def test_semicolon_csv_unmatched_rows_vanished_files_and_newlines(demo, tmp_path
 
 
 def test_a_replaced_model_is_named_as_changed(indexed, demo, tiny_run, tmp_path):
+    """A model file replaced by one with other backbone weights is named as changed; one with other heads on the
+    same backbone is accepted, and every row's answers are refreshed with it."""
     db, _ = indexed
     backup = tmp_path / "best.bak"
     shutil.copy(tiny_run / "best.pt", backup)
     try:
         state = torch.load(tiny_run / "best.pt", weights_only=True)
         state["thresholds"] = {k: [0.4] * len(v) for k, v in state["thresholds"].items()}
+        torch.save(state, tiny_run / "best.pt")
+        assert index_images(demo.parent, db, options=IndexOptions(workers=0)).unchanged == 120
+        key = next(k for k in state["model"] if k.startswith("backbone."))
+        state["model"][key] = state["model"][key] + 1
         torch.save(state, tiny_run / "best.pt")
         with pytest.raises(MhtagError, match="that file has changed since"):
             index_images(demo.parent, db, options=IndexOptions(workers=0))

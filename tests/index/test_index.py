@@ -115,28 +115,36 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path, tiny_run):
         ("empty.jpg", "empty file"), ("text.png", "not an image")]
 
 
-def test_other_model_is_refused_until_rebuild(indexed, demo, tmp_path):
+def test_another_backbone_is_refused_until_rebuild_and_new_heads_refresh_every_row(indexed, demo, tmp_path):
     db, _ = indexed
+    other = _other_model(demo, tmp_path, "other", {"colour_histogram": 2})  # other features: another space
     with pytest.raises(MhtagError, match="does not match.*--rebuild"):
-        index_images(demo.parent, db, model=_other_model(demo, tmp_path), options=IndexOptions(workers=0))
-    r = index_images(demo.parent, db, model=_other_model(demo, tmp_path), options=IndexOptions(workers=0, rebuild=True))
-    assert r.added == 120 and read_meta(db).model_path.startswith(str(tmp_path / "other"))
+        index_images(demo.parent, db, model=other, options=IndexOptions(workers=0))
+    r = index_images(demo.parent, db, model=other, options=IndexOptions(workers=0, rebuild=True))
+    assert r.added == 120 and read_meta(db).model_path.startswith(str(other))
+    heads = _other_model(demo, tmp_path, "heads", {"colour_histogram": 2, "seed": 3})  # same backbone, new heads
+    before = {x["rid"]: x for x in read_columns(open_table(db), ["rid", "vector", "probs_colour"]).to_pylist()}
+    r = index_images(demo.parent, db, model=heads, options=IndexOptions(workers=0))
+    after = {x["rid"]: x for x in read_columns(open_table(db), ["rid", "vector", "probs_colour"]).to_pylist()}
+    assert (r.added, r.updated, r.unchanged) == (0, 0, 120) and read_meta(db).model_path.startswith(str(heads))
+    assert all(after[k]["vector"] == before[k]["vector"] for k in before)  # the vectors stay: one backbone
+    assert all(after[k]["probs_colour"] != before[k]["probs_colour"] for k in before)  # every row's answer is new
 
 
-def _other_model(demo, tmp_path):
+def _other_model(demo, tmp_path, name, overrides):
     from mhtag.core.config import load_config
     from mhtag.training.fit import fit
 
-    out = tmp_path / "other"
+    out = tmp_path / name
     if not (out / "best.pt").exists():
         fit(load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "probe_epochs": 2,
-                                   "num_workers": 0, "mode": "probe", "seed": 7}), demo, out=out)
+                                   "num_workers": 0, "mode": "probe", "seed": 7, **overrides}), demo, out=out)
     return out
 
 
 def test_second_writer_fails_clearly(indexed, demo):
     db, _ = indexed
-    with writer_lock(db), pytest.raises(MhtagError, match="another `mhtag index`.*is writing"):
+    with writer_lock(db), pytest.raises(MhtagError, match="another mhtag writer.*is writing"):
         index_images(demo.parent, db, options=IndexOptions(workers=0))
 
 
