@@ -90,10 +90,12 @@ def label_history(db: str | Path, rid: int | None = None) -> list[Change]:
 
 
 @guard_index
-def import_labels(db: str | Path, csv: str | Path, add_values: bool = False) -> ImportReport:
+def import_labels(db: str | Path, csv: str | Path, add_values: bool = False,
+                  multilabel: list[str] | tuple = ()) -> ImportReport:
     """Apply a file of corrections: a CSV with a `path` column (the row's path under its folder, or its full path)
     and one column per attribute; a filled cell sets that label (tags `a|b`), a blank one leaves it. A row that
-    names no indexed image or holds an invalid value is not applied, and is reported with its line and why."""
+    names no indexed image or holds an invalid value is not applied, and is reported with its line and why.
+    `multilabel`: columns of tags, for attributes the index does not have yet (`add_values`)."""
     db = location(db)
     frame = read_csv_frame(csv)
     meta = require_meta(db)
@@ -108,9 +110,9 @@ def import_labels(db: str | Path, csv: str | Path, add_values: bool = False) -> 
         if rid is None:
             skipped.append(Skipped(line, path, "no indexed image has this path"))
             continue
-        given = {a: _cell(meta, a, record[a]) for a in attributes if not is_blank(record[a])}
+        given = {a: _cell(meta, a, record[a], multilabel) for a in attributes if not is_blank(record[a])}
         try:
-            checked_labels(meta, given, add_values)
+            meta = checked_labels(meta, given, add_values).applied_to(meta)
         except InvalidLabel as exc:
             skipped.append(Skipped(line, path, str(exc)))
             continue
@@ -120,10 +122,10 @@ def import_labels(db: str | Path, csv: str | Path, add_values: bool = False) -> 
                         skipped=[str(s) for s in skipped])
 
 
-def _cell(meta: IndexMeta, name: str, value: Any) -> Any:
+def _cell(meta: IndexMeta, name: str, value: Any, multilabel: list[str] | tuple) -> Any:
     """A CSV cell as a client value: a tag group's `a|b` as a list."""
     a = meta.find_attribute(name)
-    return split_tags(value) if a is not None and a.multi else str(value).strip()
+    return split_tags(value) if (a.multi if a is not None else name in multilabel) else str(value).strip()
 
 
 @guard_index
@@ -160,9 +162,10 @@ def _edit(db: Path, edits: dict[int, Mapping[str, Any]], source: str, add_values
         table = open_table(db)
         history = LabelHistory(db, meta)
         meta = _replay(db, table, meta, history)
-        checked = {rid: checked_labels(meta, given, add_values) for rid, given in edits.items()}
-        for c in checked.values():
-            meta = c.applied_to(meta)
+        checked = {}
+        for rid, given in edits.items():  # one after another: an attribute the first row adds, the next one has
+            checked[rid] = checked_labels(meta, given, add_values)
+            meta = checked[rid].applied_to(meta)
         add_missing_columns(table, meta)
         current = _current(table, meta, list(checked))
         missing = sorted(set(checked) - set(current))

@@ -21,6 +21,27 @@ def _build_ann(db: str) -> str:
             f"({ann.seconds:.1f}s)")
 
 
+def _has_labels(db: str) -> bool:
+    from mhtag.index.meta import require_meta
+
+    return any(a.has_labels for a in require_meta(db).attributes)
+
+
+def next_steps(db: str, labelled: bool) -> list[str]:
+    """What an index without a model can do now, and how it gets attributes."""
+    lines = ["no --model: the index holds the backbone's embeddings. What you can do now:",
+             f"  find similar images:    mhtag search --db {db} --like photo.jpg   (or `mhtag serve --db {db}`)"]
+    if labelled:
+        lines.append(f"  train heads on the labels it holds:    mhtag train --db {db} --out runs/mine   "
+                     f"then    mhtag index DIR --db {db} --model runs/mine")
+    else:
+        lines += [f"  give it labels: label some rows in the gallery (mhtag serve --db {db} --api-key-file KEY), or",
+                  f"                  mhtag labels import labels.csv --db {db} --add-values [--multilabel COL]",
+                  "                  (a `path` column and one column per attribute)",
+                  f"  then train heads on them:    mhtag train --db {db} --out runs/mine   and index with the run"]
+    return lines
+
+
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
@@ -68,7 +89,8 @@ def index(folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="folder 
     if ann_line:
         typer.echo(ann_line)
     if not r.has_heads:
-        typer.echo("no --model: embeddings only (similarity search and known labels work; heads are absent)")
+        for line in next_steps(r.db, labelled=labels is not None or _has_labels(r.db)):
+            typer.echo(line)
     if r.fusion:
         typer.echo(f"fusion weights (head vs neighbours, tuned on val rows): {r.fusion}")
         typer.echo(f"neighbour vote temperatures (tuned with them): {r.fusion_tau}")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, Db, app, echo_json, example
+from mhtag.cli.app import AsJson, Db, Multilabel, app, echo_json, example
 
 labels_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                          help="The catalogue's known labels: export, import corrections, history, undo.")
@@ -35,12 +35,13 @@ def export_labels(out: Annotated[Path, typer.Argument(metavar="CSV", help="the l
 @labels_app.command("import", epilog=example("mhtag labels import fixes.csv --db indexes/shop"))
 def import_labels(csv: Annotated[Path, typer.Argument(metavar="CSV", help="path + one column per attribute; a "
                                                                             "blank cell leaves the label")],
-                  db: Db = None, add_values: AddValues = False, as_json: AsJson = False) -> None:
+                  db: Db = None, add_values: AddValues = False, multilabel: Multilabel = None,
+                  as_json: AsJson = False) -> None:
     """Apply a file of label corrections to the catalogue (rows by path), each recorded in its history."""
     from mhtag.catalogue.edits import import_labels as apply
     from mhtag.index.store import DEFAULT_DB
 
-    report = apply(db or DEFAULT_DB, csv, add_values)
+    report = apply(db or DEFAULT_DB, csv, add_values, multilabel or [])
     if as_json:
         echo_json(report)
         return

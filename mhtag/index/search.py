@@ -27,6 +27,9 @@ from mhtag.index.store import DEFAULT_DB, Snapshot, coded_mask, open_table, snap
 from mhtag.results import AttributeInfo, Attributes, Health, SearchHit, SearchResult, ValueCount
 
 MAX_FACET_VALUES = 200
+NO_ATTRIBUTES = ("this index has no attributes yet: it holds embeddings only, so similar-image search works "
+                 "(--like IMAGE) but no filter. Add labels (label rows in the gallery, or `mhtag labels import "
+                 "CSV --db INDEX`), then train heads on them (`mhtag train --db INDEX`) and index with the run")
 SEARCH_ENGINES = ("auto", "memory", "lance")
 
 
@@ -50,6 +53,8 @@ def resolve_filters(meta: IndexMeta, filters: Filters | None) -> dict[str, list[
     valid choices."""
     out: dict[str, list[str]] = {}
     names = [a.name for a in meta.attributes]
+    if filters and not names:
+        raise MhtagError(NO_ATTRIBUTES)
     for name, value in _pairs(filters):
         a = meta.find_attribute(str(name))
         if a is None:

@@ -94,6 +94,9 @@ def predictions_text(result: PredictResult) -> str:
         lines.append(shown(p.path))
         if p.labels:
             lines.append("  known labels: " + ", ".join(f"{shown(k)}={shown(_fmt(v))}" for k, v in p.labels.items()))
+        if not p.attributes:
+            lines.append("  no attributes yet: the index holds no labels and no heads to answer with (see `mhtag "
+                         "labels import --help`, then `mhtag train --db`); similar images: `mhtag search --like`")
         for name, a in p.attributes.items():
             fused = a.fused.label
             fused = ", ".join(fused) or "(none)" if isinstance(fused, list) else fused

@@ -204,3 +204,36 @@ def test_the_service_edits_undoes_reviews_and_retrains(catalogue, tmp_path):
         threading.Event().wait(0.05)
     assert status["state"] == "done", status
     assert client.get("/api/health").json()["changes_since_model"] == 0
+
+
+def test_a_folder_with_nothing_else_says_what_to_do_and_grows_into_a_tagged_catalogue(demo_copy, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """Index a bare folder (no model, no labels), get told the next steps, import labels, train on the index,
+    index with the run: the attributes are searchable."""
+    import mhtag.models.backbones as backbones
+
+    monkeypatch.setattr(backbones, "create_backbone", _tiny(backbones.create_backbone))  # the default is Lite0
+    db, folder = tmp_path / "db", demo_copy.parent
+    code, out = run_main(monkeypatch, capsys, "index", folder, "--db", db)
+    assert code == 0 and "find similar images" in out.out and "mhtag labels import" in out.out
+    code, out = run_main(monkeypatch, capsys, "search", "--db", db, "--colour", "red")
+    assert code == 1 and "no attributes yet" in out.err and "mhtag train --db" in out.err
+    code, out = run_main(monkeypatch, capsys, "predict", folder / "images" / "00001.png", "--db", db)
+    assert "no attributes yet" in out.out
+    code, out = run_main(monkeypatch, capsys, "labels", "import", demo_copy, "--db", db)
+    assert code == 0 and "row(s)" in out.out and "add_values" in out.err  # every value is new: refused row by row
+    code, out = run_main(monkeypatch, capsys, "labels", "import", demo_copy, "--db", db, "--add-values",
+                         "--multilabel", "marks")
+    assert code == 0 and "on 120 of 120 row(s)" in out.out
+    code, out = run_main(monkeypatch, capsys, "train", "--db", db, "--out", tmp_path / "run", "--set",
+                         "probe_epochs=3", "--set", "num_workers=0", "--set", "report=false")
+    assert code == 0, out.err
+    code, out = run_main(monkeypatch, capsys, "index", folder, "--db", db, "--model", tmp_path / "run")
+    assert code == 0, out.err  # the same backbone: no --rebuild, every row's answers refreshed
+    assert search(db, {"colour": ["red"]}, source="pred", limit=1).matched > 0
+
+
+def _tiny(create):
+    def create_tiny(name, *args, **kwargs):
+        return create("tiny_cnn" if name == "efficientnet_lite0" else name, *args, **kwargs)
+    return create_tiny
