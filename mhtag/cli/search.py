@@ -15,6 +15,14 @@ FILTER_HELP = ("Every attribute of the index is a filter: --type Dress --view si
                "of this command (--filter limit=low).")
 
 
+class SortChoice(str, Enum):
+    auto = "auto"
+    similarity = "similarity"
+    confidence = "confidence"
+    path = "path"
+    changed = "changed"
+
+
 class SearchEngine(str, Enum):
     auto = "auto"
     memory = "memory"
@@ -44,6 +52,10 @@ def search(ctx: typer.Context, db: Db = None, filter_: Filter = None, where: Whe
                                                                              "row")] = None,
            limit: Annotated[int, typer.Option(min=1)] = 20,
            offset: Annotated[int, typer.Option(min=0, help="skip this many ranked rows")] = 0,
+           sort: Annotated[SortChoice, typer.Option(help="similarity (to --like/--like-id), confidence, path, or "
+                                                         "changed (the last label change, newest first); auto: "
+                                                         "similarity where there is a query image, else "
+                                                         "confidence")] = SortChoice.auto,
            min_confidence: MinConfidence = None, source: Source = SourceChoice.any,
            facets: Annotated[bool, typer.Option("--facets", help="count the matched rows per attribute value")
                              ] = False,
@@ -69,7 +81,7 @@ def search(ctx: typer.Context, db: Db = None, filter_: Filter = None, where: Whe
         check_sheet_path(sheet)
     query = Query(filter_pairs(ctx.args, filter_), source=source.value, min_confidence=min_confidence,
                   disputed=disputed, where=where, like=like, like_id=like_id, limit=limit, offset=offset,
-                  facets=facets)
+                  facets=facets, sort=sort.value)
     result = run_search(db, query, engine=engine.value)
     names = [a.name for a in require_meta(db).attributes]
     if as_json:

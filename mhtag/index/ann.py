@@ -15,6 +15,7 @@ quoted as SQL strings (a `'` doubled), so a user's text is never SQL.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,23 +121,22 @@ def vector_of(db: Path, rid: int) -> np.ndarray | None:
     return np.asarray(got.column("vector")[0].as_py(), dtype=np.float32) if got.num_rows else None
 
 
-def most_confident(db: Path, conf_columns: list[str], n: int, where: str | None
-                   ) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """The `n` passing rows with the highest mean confidence over `conf_columns` (ties in table order)."""
+def ranked(db: Path, columns: list[str], n: int, where: str | None,
+           order_of: Callable[[pa.Table], tuple[np.ndarray, np.ndarray]]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The first `n` passing rows in the order `order_of(scan of rid + columns)` gives as (positions, scores)."""
     table = open_table(db)
-    q = table.search().select(["rid", *conf_columns]).limit(None)
+    q = table.search().select(["rid", *columns]).limit(None)
     scan = (q.where(where) if where else q).to_arrow()
     rids = scan.column("rid").to_numpy()
-    score = np.mean([scan.column(c).to_numpy() for c in conf_columns], axis=0) if conf_columns \
-        else np.zeros(len(rids))
-    order = np.lexsort((np.arange(len(rids)), -score))[:n]  # ties in table order, as the memory engine
+    order, score = order_of(scan)
+    order, score = order[:n], score[:n]
     if not len(order):
         return [], np.zeros(0)
     chosen = rids[order]
     rows = table.search().where(f"rid IN ({', '.join(str(int(r)) for r in chosen)})") \
         .select(_columns(table)).limit(None).to_arrow().to_pylist()
     by_rid = {r["rid"]: r for r in rows}
-    return [by_rid[int(r)] for r in chosen], score[order]
+    return [by_rid[int(r)] for r in chosen], score
 
 
 def facets(db: Path, meta: IndexMeta, where: str | None, top: int) -> dict[str, dict[str, int]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,16 @@ from mhtag.core.errors import MhtagError
 from mhtag.index.filters import Source
 
 Filters = dict[str, list[str]] | list[tuple[str, str]]  # {"colour": ["red", "blue"]} or [("colour", "red"), ...]
+
+
+class Sort(str, Enum):
+    """How results rank: each hit's `score` is this (the result's `ranked_by` says which)."""
+
+    AUTO = "auto"  # similarity where the query names an image, a row or a vector; else confidence
+    SIMILARITY = "similarity"  # cosine to the query image, row or vector, highest first
+    CONFIDENCE = "confidence"  # the mean confidence of the filtered heads' predictions, highest first
+    PATH = "path"  # the path under the indexed folder, A-Z (score 0)
+    CHANGED = "changed"  # the last change of a label by a person, newest first (score: its UNIX time)
 
 
 @dataclass
@@ -31,9 +42,13 @@ class Query:
     limit: int = 20
     offset: int = 0
     facets: bool = False  # count the matched rows per attribute value
+    sort: Sort = Sort.AUTO
 
     def __post_init__(self) -> None:
         self.source = Source(self.source)
+        self.sort = Sort(self.sort)
+        if self.sort is Sort.SIMILARITY and not self.ranks_by_similarity:
+            raise MhtagError("sort by similarity needs something to be similar to: an image, a row or a vector")
         if self.limit < 1:
             raise MhtagError(f"limit must be at least 1, not {self.limit}")
         if self.offset < 0:
@@ -54,3 +69,31 @@ class Query:
     @property
     def ranks_by_similarity(self) -> bool:
         return self.like is not None or self.like_id is not None or self.vector is not None
+
+    def sort_columns(self, confidences: list[str]) -> list[str]:
+        """The columns a ranking other than similarity reads (`confidences`: the ranked heads' columns)."""
+        return {Sort.PATH: ["rel"], Sort.CHANGED: ["changed_ns"]}.get(self.ranking, confidences)
+
+    def order(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in ranked order, their scores) of rows given as `columns` (those of `sort_columns`), ties in
+        the rows' own order: what a ranking other than similarity means, for every engine."""
+        n = len(next(iter(columns.values()))) if columns else 0
+        tie = np.arange(n)
+        if self.ranking is Sort.PATH:
+            order = np.argsort(np.asarray(columns["rel"], dtype=object), kind="stable")
+            return order, np.zeros(n)
+        if self.ranking is Sort.CHANGED:
+            changed = np.asarray(columns["changed_ns"], dtype=np.int64)
+            order = np.lexsort((tie, -changed))
+            return order, changed[order] / 1e9
+        score = np.mean([np.asarray(v, dtype=np.float64) for v in columns.values()], axis=0) if columns \
+            else np.zeros(n)
+        order = np.lexsort((tie, -score))
+        return order, score[order]
+
+    @property
+    def ranking(self) -> Sort:
+        """The sort, AUTO resolved."""
+        if self.sort is not Sort.AUTO:
+            return self.sort
+        return Sort.SIMILARITY if self.ranks_by_similarity else Sort.CONFIDENCE

@@ -22,7 +22,7 @@ from mhtag.index.columns import StoredAttribute, text_column
 from mhtag.index.filters import Source, source_term
 from mhtag.index.guard import guard_index, index_problem
 from mhtag.index.meta import IndexMeta, current_meta
-from mhtag.index.query import Filters, Query
+from mhtag.index.query import Filters, Query, Sort
 from mhtag.index.store import DEFAULT_DB, Snapshot, coded_mask, open_table, snapshot, table_rows, version_key
 from mhtag.results import AttributeInfo, Attributes, Health, SearchHit, SearchResult, ValueCount
 
@@ -281,10 +281,10 @@ def search(db: str | Path = DEFAULT_DB, query: Query | Filters | None = None, en
         if pos is None:
             raise NotFoundError(f"no row with id {q.like_id} in index {db}")
         vector = snap.vectors.vectors[pos]
-    if vector is not None:
+    if vector is not None and q.ranking is Sort.SIMILARITY:
         top, top_scores = _nearest(snap, meta, db, vector, q.offset + q.limit, rows)
     else:
-        top, top_scores = _most_confident(snap, meta, resolved, rows, q.offset + q.limit)
+        top, top_scores = _ordered(snap, meta, resolved, rows, q, q.offset + q.limit)
     top, top_scores = top[q.offset:], top_scores[q.offset:]
     taken = _hit_columns(snap, meta).take(pa.array(top, type=pa.int64())).to_pydict()  # columns: cheaper
     shown = [dict(zip(taken, values, strict=True)) for values in zip(*taken.values(), strict=True)]
@@ -293,7 +293,7 @@ def search(db: str | Path = DEFAULT_DB, query: Query | Filters | None = None, en
 
 
 def _ranked_by(q: Query) -> str:
-    return "similarity" if q.ranks_by_similarity else "confidence"
+    return q.ranking.value
 
 
 def _hit_columns(snap: Snapshot, meta: IndexMeta) -> pa.Table:
@@ -333,10 +333,12 @@ def _search_lance(db: Path, meta: IndexMeta, resolved: dict[str, list[str]], q: 
         if vector is None:
             raise NotFoundError(f"no row with id {q.like_id} in index {db}")
     n = q.offset + q.limit
-    if vector is not None:
+    if vector is not None and q.ranking is Sort.SIMILARITY:
         rows, scores = ann.nearest(db, _query_vector(meta, db, vector), n, sql, matched)
     else:
-        rows, scores = ann.most_confident(db, [a.conf for a in _ranking_heads(meta, resolved)], n, sql)
+        names = q.sort_columns([a.conf for a in _ranking_heads(meta, resolved)])
+        rows, scores = ann.ranked(db, names, n, sql, lambda scan: q.order(
+            {c: scan.column(c).to_numpy(zero_copy_only=False) for c in names}))
     result.results = hits_of(rows[q.offset:], scores[q.offset:], meta)
     return result
 
@@ -377,16 +379,13 @@ def _nearest(snap: Snapshot, meta: IndexMeta, db: Path, vector: np.ndarray, n: i
     return pos[0][keep], scores[0][keep]
 
 
-def _most_confident(snap: Snapshot, meta: IndexMeta, resolved: dict[str, list[str]], rows: np.ndarray | None,
-                    n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The matched rows (positions, in table order; None: all) by the mean confidence of the filtered heads (or
-    of every head), ties in table order."""
-    ranked_by = _ranking_heads(meta, resolved)
+def _ordered(snap: Snapshot, meta: IndexMeta, resolved: dict[str, list[str]], rows: np.ndarray | None,
+             q: Query, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` matched rows (positions, in table order; None: all) in the query's order (`Query.order`)."""
     positions = np.arange(snap.rows.num_rows) if rows is None else rows
-    score = np.mean([snap.rows.column(a.conf).to_numpy()[positions] for a in ranked_by], axis=0) \
-        if ranked_by else np.zeros(len(positions))
-    order = np.lexsort((positions, -score))[:n]
-    return positions[order], score[order]
+    names = q.sort_columns([a.conf for a in _ranking_heads(meta, resolved)])
+    order, score = q.order({c: snap.rows.column(c).to_numpy(zero_copy_only=False)[positions] for c in names})
+    return positions[order[:n]], score[:n]
 
 
 def warm(db: str | Path = DEFAULT_DB) -> None:

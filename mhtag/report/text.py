@@ -110,8 +110,8 @@ def predictions_text(result: PredictResult) -> str:
 
 
 def search_text(result: SearchResult, attributes: list[str]) -> str:
-    score = "cosine similarity to the query" if result.ranked_by == "similarity" else \
-        "mean confidence of the filtered heads"
+    score = {"similarity": "cosine similarity to the query", "confidence": "mean confidence of the filtered heads",
+             "path": "0 (sorted by path)", "changed": "when a label last changed (UNIX time)"}[result.ranked_by]
     lines = [f"{result.matched} row(s) match; showing {len(result.results)}, first column: {score}"]
     for r in result.results:
         row = r.model_dump()

@@ -22,6 +22,7 @@ from mhtag.data.images import MAX_PIXELS, decode_image, image_header
 from mhtag.index.export import export_index
 from mhtag.index.history import shown
 from mhtag.index.labels import InvalidLabel
+from mhtag.index.query import Sort
 from mhtag.index.search import Source, index_attributes, index_health, search
 from mhtag.index.uploads import add_images, delete_row
 from mhtag.results import (
@@ -59,6 +60,8 @@ class RowFilter(BaseModel):
 
 class SearchRequest(RowFilter):
     like_id: int | None = Field(None, description="rank by similarity to this row")
+    sort: Sort = Field(Sort.AUTO, description="similarity (with like_id or an image), confidence, path, or changed "
+                                               "(the last label change, newest first)")
     limit: int = Field(20, ge=1, le=MAX_LIMIT)
     offset: int = Field(0, ge=0)
     facets: bool = True
@@ -192,7 +195,7 @@ def _json(result: BaseModel) -> Response:
 def _search(svc: Service, query: SearchRequest, vector=None) -> SearchResult:
     result = search(svc.db, query.filters, limit=query.limit, min_confidence=query.min_confidence,
                     source=query.source, offset=query.offset, like_id=query.like_id, facets=query.facets,
-                    disputed=query.disputed, vector=vector)
+                    disputed=query.disputed, vector=vector, sort=query.sort)
     _relative(result.results)
     return result
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -76,7 +77,7 @@ class BodyLimit:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     svc = Service(settings)  # loads the encoder and the snapshot now: the first request is not slow
-    app = FastAPI(title="mhtag", summary="Multi-head image tagging and attribute search")
+    app = FastAPIOffline(title="mhtag", summary="Multi-head image tagging and attribute search")
     app.state.service = svc
     app.include_router(router)
     app.add_middleware(BodyLimit, largest=settings.max_upload_bytes * settings.max_files + (1 << 20))

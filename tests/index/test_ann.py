@@ -16,6 +16,9 @@ QUERIES = [
     dict(filters={"size": ["large"]}, disputed=True),
     dict(where="width = 32", filters={"background": ["light"]}),
     dict(filters={"shape": ["circle"]}, like_id="first", limit=7, offset=3),
+    dict(sort="path", limit=7, offset=2),
+    dict(filters={"colour": ["red"]}, sort="changed", limit=5),
+    dict(like_id="first", sort="confidence", limit=4),
 ]
 
 
