@@ -201,6 +201,7 @@ class AttributeInfo(BaseModel):
 
 class Attributes(BaseModel):
     attributes: list[AttributeInfo]
+    texts: list[str] = Field(default_factory=list, description="the free-text columns (a product title), by name")
 
 
 class RowDetail(BaseModel):

@@ -415,7 +415,7 @@ def index_attributes(db: str | Path = DEFAULT_DB) -> Attributes:
             [ValueCount(value=v, count=0) for v in rest if v not in seen]
         out.append(AttributeInfo(name=a.name, kind=str(a.kind), has_head=a.has_head, has_labels=a.has_labels,
                                  values=values))
-    return Attributes(attributes=out)
+    return Attributes(attributes=out, texts=list(meta.text_columns))
 
 
 @guard_index

@@ -124,3 +124,23 @@ def test_an_export_stopped_midway_leaves_the_old_file_and_no_partial_one(indexed
         export_index(out, db, overwrite=True)
     assert seen == [16, 16, 16] and out.read_text() == "the previous export\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db", "rows.csv"]  # no temporary file left behind
+
+
+def test_free_text_columns_are_kept_shown_in_hits_and_exported(demo_copy, tiny_run, tmp_path):
+    """A product title beside the labels is no head: it is stored per row, named by `index_attributes`, carried by
+    every hit and exported."""
+    from mhtag.index.build import IndexOptions, index_images
+    from mhtag.index.search import index_attributes
+
+    frame = pd.read_csv(demo_copy, keep_default_na=False)
+    frame["title"] = [f"Product number {i} in {c}" for i, c in enumerate(frame["colour"])]
+    frame.to_csv(demo_copy, index=False)
+    db = tmp_path / "db"
+    index_images(demo_copy.parent, db, model=tiny_run, labels=demo_copy, options=IndexOptions(workers=0))
+    attributes = index_attributes(db)
+    assert attributes.texts == ["title"] and "title" not in [a.name for a in attributes.attributes]
+    hit = search(db, [("colour", "red")], limit=1, source="label").results[0]
+    assert hit.title.startswith("Product number ") and hit.title.endswith(" in red")
+    export_index(tmp_path / "out.csv", db)
+    exported = pd.read_csv(tmp_path / "out.csv", keep_default_na=False).set_index("path")
+    assert exported.loc[hit.path, "title"] == hit.title

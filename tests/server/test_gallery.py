@@ -118,3 +118,74 @@ def test_a_private_gallery_asks_for_the_key_once(indexed, page, tmp_path):
         page.wait_for_load_state("networkidle")
         loaded = page.evaluate("[...document.querySelectorAll('.card img')].filter(i => i.naturalWidth > 0).length")
         assert loaded > 0  # thumbnails, fetched by the page itself with the key's cookie
+
+
+def _matched(page) -> int:
+    return int(page.inner_text("#matched").split()[0])
+
+
+def test_labels_fixed_in_the_gallery_reach_the_grid_the_export_and_the_retrained_model(indexed, page, tmp_path):
+    import pandas as pd
+
+    from mhtag.catalogue.edits import export_labels
+    from mhtag.server.service import Settings
+
+    db, key = indexed[0], "w" * 32
+    (tmp_path / "key").write_text(key)
+    with serving(Settings(db=db, api_key_file=tmp_path / "key")) as url:
+        page.goto(url + "/")
+        page.evaluate("k => localStorage.setItem('mhtag_key', k)", key)
+        page.goto(url + "/?colour=red&source=label")
+        page.wait_for_selector(".card")
+        red = _matched(page)
+        first = page.locator(".card").first
+        rid, rel = first.get_attribute("data-id"), first.locator("img").get_attribute("alt")
+        first.locator("img").click()
+        page.wait_for_selector("#detail:not([hidden]) table.labels")
+        page.select_option("#detail select[data-attribute='colour']", "blue")
+        page.click("#save-labels")
+        page.wait_for_selector("#save-status:has-text('saved')")
+        page.wait_for_function(f"parseInt(document.querySelector('#matched').textContent) === {red - 1}")
+        assert page.locator(f".card[data-id='{rid}']").count() == 0  # no longer red: gone from the red grid
+        assert "red → blue (gallery)" in page.inner_text("#detail .history")
+        page.wait_for_selector("#notice:has-text('1 label change')")
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(SHOTS / "gallery-edit.png"))
+        exported = pd.read_csv(export_labels(db, tmp_path / "labels.csv").path)
+        assert exported.set_index("path").loc[f"images/{rel}", "colour"] == "blue"
+
+        page.click("#review-open")  # the review queue, answered from the keyboard
+        page.wait_for_selector("#review-body .review-item")
+        item = page.evaluate("state.review")
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(SHOTS / "gallery-review.png"))
+        with page.expect_response(lambda r: "/api/review?" in r.url):  # the next item, once the answer is in
+            page.keyboard.press("a")
+        labels = page.request.get(f"{url}/api/rows/{item['id']}").json()["labels"]
+        assert labels[item["attribute"]] == item["suggested"]
+        page.keyboard.press("Escape")
+        assert page.is_hidden("#review")
+
+        before = page.request.get(url + "/api/health").json()
+        confidences = page.request.post(url + "/api/search", data={"limit": 120}).json()["results"]
+        page.click("#retrain")
+        page.wait_for_selector("#notice:has-text('retrained on')", timeout=120_000)
+        after = page.request.get(url + "/api/health").json()
+        assert before["changes_since_model"] == 2 and after["changes_since_model"] == 0
+        assert after["model"] != before["model"]
+        refreshed = page.request.post(url + "/api/search", data={"limit": 120}).json()["results"]
+        assert [r["colour_confidence"] for r in refreshed] != [r["colour_confidence"] for r in confidences]
+        page.wait_for_selector(".card")
+
+
+def test_the_gallery_fits_a_phone(server, page):
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(server + "/")
+    page.wait_for_selector(".card")
+    assert not page.evaluate("document.getElementById('filters').open")  # filters folded away on a phone
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(SHOTS / "gallery-phone.png"))
+    page.click("#filters summary")
+    page.check("input[data-attribute='colour'][data-value='red']")
+    page.wait_for_function("document.querySelector('#matched').textContent.indexOf('120 matched') < 0")
