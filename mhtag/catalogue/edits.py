@@ -41,9 +41,9 @@ def set_labels(db: str | Path, rid: int, labels: Mapping[str, Any], source: str 
 
 
 @guard_index
-def confirm(db: str | Path, rid: int, attribute: str) -> Change:
-    """Record that a person kept row `rid`'s `attribute` label as it is (a review's "keep"): it leaves the review
-    queue, and a later labels CSV leaves it too. The label itself does not change."""
+def confirm(db: str | Path, rid: int, attribute: str, source: str = "review") -> Change:
+    """Record that a person kept row `rid`'s `attribute` label as it is (a review's "keep", a gallery's confirm):
+    it leaves the review queue, and a later labels CSV leaves it too. The label itself does not change."""
     db = location(db)
     meta = require_meta(db)
     a = meta.find_attribute(attribute)
@@ -54,7 +54,7 @@ def confirm(db: str | Path, rid: int, attribute: str) -> Change:
         raise NotFoundError(f"no row with id {rid} in index {db}")
     value = current[a.label]
     kept = decode_tags(value) if a.multi else value
-    return _edit(db, {int(rid): {a.name: kept or None}}, "review", add_values=True, note="kept", unchanged=True)[0][0]
+    return _edit(db, {int(rid): {a.name: kept or None}}, source, add_values=True, note="kept", unchanged=True)[0][0]
 
 
 @guard_index

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
-from mhtag.catalogue.edits import set_labels, undo
+from mhtag.catalogue.edits import confirm, set_labels, undo
 from mhtag.catalogue.review import answer, review_queue
 from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.data.images import MAX_PIXELS, decode_image, image_header
@@ -293,8 +293,10 @@ class LabelEdit(BaseModel):
     """Set or clear a row's labels: `{attribute: value}` (a string, a list of tags for a tag group, null to clear)."""
 
     model_config = ConfigDict(extra="forbid")
-    labels: dict[str, Any]
+    labels: dict[str, Any] = Field(default_factory=dict)
     add_values: bool = Field(False, description="accept a value (or an attribute) the index never had")
+    confirm: list[str] = Field(default_factory=list, description="attributes whose current label a person checked "
+                                                                   "and keeps (recorded; they leave the review queue)")
     source: Literal["gallery", "api"] = "api"
 
 
@@ -303,6 +305,8 @@ def edit_row(rid: int, body: LabelEdit, svc: ServiceDep,
              authorization: Annotated[str | None, Header()] = None) -> RowDetail:
     _require_key(svc, authorization)
     set_labels(svc.db, _row_id(rid), body.labels, body.source, body.add_values)
+    for attribute in body.confirm:
+        confirm(svc.db, _row_id(rid), attribute, body.source)
     return row(rid, svc)
 
 

@@ -148,7 +148,9 @@ def test_labels_fixed_in_the_gallery_reach_the_grid_the_export_and_the_retrained
         page.wait_for_function(f"parseInt(document.querySelector('#matched').textContent) === {red - 1}")
         assert page.locator(f".card[data-id='{rid}']").count() == 0  # no longer red: gone from the red grid
         assert "red → blue (gallery)" in page.inner_text("#detail .history")
-        page.wait_for_selector("#notice:has-text('1 label change')")
+        page.click("#detail button[data-confirm='shape']")  # "this shape is right"
+        page.wait_for_selector("#detail .history:has-text('gallery, kept')")
+        page.wait_for_selector("#notice:has-text('2 label change')")
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(SHOTS / "gallery-edit.png"))
         exported = pd.read_csv(export_labels(db, tmp_path / "labels.csv").path)
@@ -171,7 +173,7 @@ def test_labels_fixed_in_the_gallery_reach_the_grid_the_export_and_the_retrained
         page.click("#retrain")
         page.wait_for_selector("#notice:has-text('retrained on')", timeout=120_000)
         after = page.request.get(url + "/api/health").json()
-        assert before["changes_since_model"] == 2 and after["changes_since_model"] == 0
+        assert before["changes_since_model"] == 3 and after["changes_since_model"] == 0
         assert after["model"] != before["model"]
         refreshed = page.request.post(url + "/api/search", data={"limit": 120}).json()["results"]
         assert [r["colour_confidence"] for r in refreshed] != [r["colour_confidence"] for r in confidences]

@@ -305,7 +305,8 @@ function labelEditor(row) {
     const answer = row.attributes[a.name];
     const fused = answer ? `${shown(answer.fused.label) || "(none)"} ${percent(answer.fused.confidence)}` : "–";
     return el("tr", {}, el("th", { textContent: a.name }), el("td", {}, editors[a.name].node),
-      el("td", { className: "muted", textContent: `model: ${fused}` }));
+      el("td", { className: "muted", textContent: `model: ${fused}` }),
+      el("td", {}, ...(current === undefined ? [] : [confirmButton(row, a.name)])));
   });
   const save = el("button", { type: "button", id: "save-labels", textContent: "save labels" });
   const status = el("span", { className: "muted", id: "save-status" });
@@ -323,6 +324,15 @@ function labelEditor(row) {
     el("div", { className: "review-actions" }, save, addAttributeForm(row), status));
 }
 
+// "This label is right": recorded, so the row leaves the review queue and a later labels CSV leaves it too.
+function confirmButton(row, name) {
+  const button = el("button", { type: "button", className: "secondary small", textContent: "✓",
+    title: "the label is right: keep it" });
+  button.dataset.confirm = name;
+  button.addEventListener("click", () => saveLabels(row.id, {}, false, $("save-status"), [name]));
+  return button;
+}
+
 function addAttributeForm(row) {
   const open = el("button", { type: "button", className: "secondary", textContent: "add attribute" });
   open.addEventListener("click", async () => {
@@ -333,10 +343,10 @@ function addAttributeForm(row) {
   return open;
 }
 
-async function saveLabels(id, labels, addValues, status) {
+async function saveLabels(id, labels, addValues, status, confirm = []) {
   status.textContent = "saving…";
   try {
-    await send(`/api/rows/${id}`, "PATCH", { labels, add_values: addValues, source: "gallery" });
+    await send(`/api/rows/${id}`, "PATCH", { labels, add_values: addValues, confirm, source: "gallery" });
     await catalogueChanged();
     await openDetail(id);
     $("save-status").textContent = "saved";
