@@ -63,7 +63,7 @@ def neighbour_witness(vectors: np.ndarray, labels: dict[str, np.ndarray], schema
     temperature is `tau`, or where None, per attribute the one of TAU_GRID whose out-of-fold votes give the rows'
     labels (`targets`) the highest mean log-probability, as the index tunes its fused vote."""
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    index = VectorIndex(unit, np.arange(len(unit)))
+    index = VectorIndex.of(unit)
     sims, pos = np.zeros((len(unit), k)), np.full((len(unit), k), -1, dtype=np.int64)
     for f in np.unique(fold):
         held = np.flatnonzero(fold == f)
@@ -233,7 +233,7 @@ def find_duplicates(table: LabelTable, vectors: np.ndarray, attributes: list[str
     for i, h in enumerate(hashes):
         join(i, first.setdefault(h, i))
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    sims, pos = VectorIndex(unit, np.arange(len(unit))).search(unit, 6)
+    sims, pos = VectorIndex.of(unit).search(unit, 6)
     for i in range(len(unit)):
         for s, j in zip(sims[i], pos[i], strict=True):
             if j >= 0 and j != i and s >= near:

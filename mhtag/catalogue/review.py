@@ -82,7 +82,7 @@ def _score_all(db: Path, meta: IndexMeta, snap) -> list[_Scored]:
     if lab is None or not both:
         return []
     k = meta.fusion_k
-    sims, pos = lab.vectors.search(lab.vectors.vectors[lab.positions], k + 1, lab.positions)
+    sims, pos = lab.vectors.search(lab.vectors.at(lab.positions), k + 1, lab.positions)
     itself = pos == lab.positions[:, None]
     order = np.argsort(itself, axis=1, kind="stable")[:, :k]  # drop the row itself, keep the nearest k others
     sims, pos = np.take_along_axis(sims, order, 1), np.take_along_axis(pos, order, 1)

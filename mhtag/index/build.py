@@ -35,7 +35,15 @@ from mhtag.index.neighbours import calibrate_fusion
 from mhtag.index.predict import check_compatible
 from mhtag.index.refresh import refresh_predictions
 from mhtag.index.rows import KnownLabels, Plan, Written, label_columns, row_of
-from mhtag.index.store import DEFAULT_DB, add_missing_columns, drop_table, open_table, read_columns, writer_lock
+from mhtag.index.store import (
+    DEFAULT_DB,
+    add_missing_columns,
+    drop_table,
+    open_table,
+    read_columns,
+    sync_vectors,
+    writer_lock,
+)
 from mhtag.inference.encoder import DEFAULT_BACKBONE, Batch, Encoder, load_encoder
 from mhtag.results import Failure, IndexReport
 
@@ -333,6 +341,7 @@ def index_writer(db: Path, enc: Encoder, known: KnownLabels | None, root: Path, 
         table = open_table(db, meta, create=True)
         add_missing_columns(table, meta)
         yield table, meta
+        sync_vectors(db)  # the new version's vectors ready to search before the lock is let go
 
 
 def write_plan(db: Path, table, plan: Plan | None, meta: IndexMeta, enc: Encoder, options: IndexOptions,

@@ -95,7 +95,7 @@ def validation_votes(db: str | Path, k: int) -> dict[str, ValidationVotes]:
     arrow = read_columns(open_table(db), ["rid"] + [a.probs for a in both])
     row_of = {r: i for i, r in enumerate(arrow.column("rid").to_pylist())}
     val_rows = [row_of[r] for r in lab.vectors.rids[val]]
-    sims, pos = lab.vectors.search(lab.vectors.vectors[val], k, rows=train)
+    sims, pos = lab.vectors.search(lab.vectors.at(val), k, rows=train)
     out = {}
     for a in both:
         y, known = _truth(a.classes, lab.labels[a.name][val], a.multi)

@@ -136,7 +136,7 @@ class Predictor:
             [f.name for a in self.attributes for f in a.columns()]
         row = read_columns(open_table(self.db), columns, where=f"rid = {int(rid)}").to_pylist()[0]
         probs = {a.name: np.asarray([row[a.probs]], dtype=np.float32) for a in self.attributes if a.has_head}
-        answer = self.answer(snap.vectors.vectors[pos:pos + 1], probs, [row["path"]], [row["path"]])[0]
+        answer = self.answer(snap.vectors.at([pos]), probs, [row["path"]], [row["path"]])[0]
         labels = {a.name: decode_tags(row[a.label]) if a.multi else row[a.label]
                   for a in self.attributes if a.has_labels and row[a.label]}
         multi = {a.name for a in self.attributes if a.multi}

@@ -280,7 +280,7 @@ def search(db: str | Path = DEFAULT_DB, query: Query | Filters | None = None, en
         pos = snap.position(q.like_id)
         if pos is None:
             raise NotFoundError(f"no row with id {q.like_id} in index {db}")
-        vector = snap.vectors.vectors[pos]
+        vector = snap.vectors.at(pos)[0]
     if vector is not None and q.ranking is Sort.SIMILARITY:
         top, top_scores = _nearest(snap, meta, db, vector, q.offset + q.limit, rows)
     else:

@@ -4,10 +4,9 @@ snapshot of it for searching (rows plus a FAISS index over their vectors), reloa
 from __future__ import annotations
 
 import fcntl
-import glob
 import hashlib
 import os
-import sys
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from mhtag.core.storage import is_remote, join, list_names, location, storage_op
 from mhtag.index.columns import PROBS
 from mhtag.index.meta import IndexMeta, current_meta
 from mhtag.index.vectors import VectorIndex
+from mhtag.index.vectorstore import ENGINE, VectorStore, row_keys
 
 TABLE = "images"
 DEFAULT_DB = Path("indexes/default")
@@ -101,9 +101,12 @@ def add_missing_columns(table, meta: IndexMeta) -> list[str]:
 
 
 def drop_table(db: str | Path) -> None:
+    """The table gone, with the vectors stored for it."""
     conn = connect(db)
     if _has_table(conn):
         conn.drop_table(TABLE)
+    if not is_remote(db):
+        shutil.rmtree(Path(db) / ENGINE, ignore_errors=True)
 
 
 def read_columns(table, columns: list[str], where=None) -> pa.Table:
@@ -113,9 +116,11 @@ def read_columns(table, columns: list[str], where=None) -> pa.Table:
     return q.to_arrow()
 
 
-def vectors_of(arrow: pa.Table, dim: int) -> np.ndarray:
+def vectors_of(arrow: pa.Table, dim: int | None = None) -> np.ndarray:
+    """The `vector` column as a float32 matrix (rows x `dim`, else the column's own size)."""
     col = arrow.column("vector").combine_chunks()
-    return np.ascontiguousarray(col.values.to_numpy(zero_copy_only=False).reshape(-1, dim), dtype=np.float32)
+    flat = col.values.to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat.reshape(len(col), dim or (len(flat) // max(len(col), 1))), dtype=np.float32)
 
 
 @dataclass
@@ -161,43 +166,65 @@ def coded_mask(codes: np.ndarray, vocab: list[str], accept) -> np.ndarray:
     return table[codes]
 
 
-def _search_device() -> str | None:
-    """"cuda" when torch sees a GPU. Without an NVIDIA driver there is none, and torch is not even imported
-    for the question: a search that runs no model need not wait seconds for it to load."""
-    if "torch" not in sys.modules and not Path("/proc/driver/nvidia").exists():
-        return None
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else None
-
-
 @lru_cache(maxsize=2)
 def _snapshot(db: str, key: tuple[int, int], dim: int) -> Snapshot:
     table = open_table(db)
     version = table.version
-    names = [n for n in table.schema.names if not n.startswith(PROBS)]
-    arrow = read_columns(table, names)
-    index = VectorIndex(vectors_of(arrow, dim), arrow.column("rid").to_numpy(), torch_device=_search_device())
-    if index.wants_ivf:
-        _attach_ivf(index, Path(db) if not is_remote(db) else _remote_cache(db), version)
-    rows = arrow.drop_columns(["vector"]).combine_chunks()  # one chunk per column: cheap takes
+    names = [n for n in table.schema.names if n != "vector" and not n.startswith(PROBS)]
+    rows = read_columns(table, names).combine_chunks()  # one chunk per column: cheap takes
+    rids = rows.column("rid").to_numpy()
+    index = vector_store(db).view(version, rids, row_keys(rids, rows.column("id")), LanceVectors(table, rids))
     return Snapshot(version, rows, index)
 
 
-def _attach_ivf(index: VectorIndex, db: Path, version: int) -> None:
-    """The IVF index is derived data, persisted beside the table per version; older ones are removed."""
-    path = db / f"ivf-{version}.faiss"
-    for stale in glob.glob(str(db / "ivf-*.faiss")):
-        if stale != str(path):
-            os.unlink(stale)
-    if path.is_file():
-        index.load_ivf(path)
-    else:
-        index.build_ivf().save_ivf(path)
+def vector_store(db: str | Path) -> VectorStore:
+    """The index's persisted vectors (for a table on object storage: in a local cache folder)."""
+    folder = _remote_cache(str(db)) if is_remote(db) else Path(db)
+    meta = current_meta(db)
+    return VectorStore(folder / ENGINE, meta.dim, meta.space or meta.model_id)
+
+
+def sync_vectors(db: str | Path) -> None:
+    """After a write: the vector store made current for the table's new version (see `index.vectorstore`)."""
+    table = open_table(db)
+    version = table.version
+    keys = read_columns(table, ["rid", "id"])
+    rids = keys.column("rid").to_numpy()
+    vector_store(db).sync(version, row_keys(rids, keys.column("id")), LanceVectors(table, rids))
+
+
+@dataclass
+class LanceVectors:
+    """The table's vectors by row position (scan order), for the vector store."""
+
+    table: object
+    rids: np.ndarray  # the rows' ids in scan order
+    IN_CHUNK = 4096  # ids per `rid IN (...)` read
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        if len(positions) > len(self.rids) // 10:  # a good share of the table: one scan
+            return np.concatenate(list(self.blocks()))[positions]
+        wanted = self.rids[positions]
+        found: dict[int, np.ndarray] = {}
+        for start in range(0, len(wanted), self.IN_CHUNK):
+            chunk = ", ".join(str(int(r)) for r in wanted[start:start + self.IN_CHUNK])
+            got = read_columns(self.table, ["rid", "vector"], where=f"rid IN ({chunk})")
+            found.update(zip(got.column("rid").to_pylist(), vectors_of(got), strict=True))
+        return np.stack([found[int(r)] for r in wanted]) if len(wanted) else np.zeros((0, 0), np.float32)
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Every row's vector in scan order, a batch at a time (checked against the rows' ids)."""
+        seen = 0
+        for batch in self.table.search().select(["rid", "vector"]).limit(None).to_batches():
+            rids = batch.column("rid").to_numpy()
+            if not np.array_equal(rids, self.rids[seen:seen + len(rids)]):
+                raise MhtagError("the table changed while its vectors were read; try again")
+            seen += len(rids)
+            yield vectors_of(pa.Table.from_batches([batch]))
 
 
 def _remote_cache(db: str) -> Path:
-    """A local folder for what is derived from a remote table (its FAISS IVF index)."""
+    """A local folder for what is derived from a remote table (its vector store)."""
     folder = Path.home() / ".cache" / "mhtag" / "remote" / hashlib.sha1(db.encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     return folder

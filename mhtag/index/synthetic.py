@@ -14,7 +14,7 @@ import pyarrow as pa
 from mhtag.data.schema import AttributeKind
 from mhtag.index.columns import StoredAttribute, arrow_schema
 from mhtag.index.meta import IndexMeta, write_meta
-from mhtag.index.store import open_table
+from mhtag.index.store import open_table, sync_vectors
 
 
 def synthetic_vectors(n: int, dim: int, seed: int = 0, centres: int = 2000, spread: float = 0.35,
@@ -51,4 +51,5 @@ def write_synthetic_index(db: str | Path, rows: int, dim: int, attributes: dict[
             cols[a.label] = rng.choice(values, len(ids)).tolist() if random_labels \
                 else [values[i % len(values)] for i in ids]
         table.add(pa.Table.from_pydict(cols, schema=schema))
+    sync_vectors(db)
     return meta

@@ -22,7 +22,7 @@ from mhtag.index.guard import guard_index
 from mhtag.index.labels import CheckedLabels, checked_labels
 from mhtag.index.meta import IndexMeta, require_meta
 from mhtag.index.rows import KnownLabels
-from mhtag.index.store import open_table, read_columns, writer_lock
+from mhtag.index.store import open_table, read_columns, sync_vectors, writer_lock
 from mhtag.inference.encoder import Encoder
 from mhtag.results import Added, Deleted
 
@@ -82,6 +82,7 @@ def delete_row(db: str | Path, rid: int) -> Deleted:
         if not rows:
             raise NotFoundError(f"no row with id {rid} in index {db}")
         table.delete(f"rid = {int(rid)}")
+        sync_vectors(db)
         path = Path(rows[0]["path"])
         if not is_remote(db) and path.parent == absolute(db / UPLOADS):
             path.unlink(missing_ok=True)

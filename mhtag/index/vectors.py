@@ -1,23 +1,25 @@
-"""Vector math through FAISS: exact or IVF inner-product search over any subset of rows; a torch matmul on GPU."""
+"""Vector math: exact or IVF inner-product search over any subset of rows (FAISS and BLAS).
+
+A `VectorIndex` searches *rows* (positions in a table snapshot) whose vectors live in *slots*: a base array
+(float32, or float16 for large tables; in RAM or memory-mapped from the persisted store) with an optional IVF index
+over it, and a float32 tail of slots appended since. A row maps to its slot; slots no row maps to (an image that
+changed or left) are never returned.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from mhtag.core.io import atomic_path
-
-EXACT_MAX_ROWS = 200_000  # tables larger than this also get an IVF index (see benchmarks/search_filtered.py)
+EXACT_MAX_ROWS = 200_000  # tables larger than this get an IVF index (see benchmarks/search_filtered.py)
 EXACT_MAX_MATCHES = 20_000  # with an IVF index, filters passing more rows than this search approximately
-BLAS_MIN_QUERIES = 16  # from this many queries a batch goes through BLAS (see setup_faiss)
-DENSE_MIN_SHARE = 0.25  # fewer queries over more than this share of the rows: a BLAS pass over all rows
+DENSE_MIN_SHARE = 0.25  # a selection over more than this share of a float32 base: one BLAS pass over all of it
+SCORE_BLOCK = 1 << 25  # query x row scores computed at once (128 MB of float32), a bound on memory
+GATHER_BLOCK = 1 << 16  # rows of a float16 base converted at once
 
 
-def _mask_of(positions: np.ndarray, n: int) -> np.ndarray:
-    mask = np.zeros(n, dtype=bool)
-    mask[positions] = True
-    return mask
+BLAS_MIN_QUERIES = 16  # from this many queries a batch goes through BLAS in FAISS (an IVF's coarse quantizer)
 
 
 def setup_faiss(threads: int | None = None) -> None:
@@ -30,144 +32,213 @@ def setup_faiss(threads: int | None = None) -> None:
         faiss.omp_set_num_threads(threads)
 
 
-class VectorIndex:
-    """Inner-product search over (L2-normalised) vectors, restricted to any subset of rows.
+def refine_factor(ivf) -> int:
+    """Candidates per wanted hit that an IVF's coarse scores must yield before the exact re-ranking: its codes
+    approximate (8-bit scalar codes closely, product codes loosely)."""
+    return 20 if "PQ" in type(ivf).__name__ else 4
 
-    Exact (flat) search serves small tables and selective filters; large tables get an IVF index whose
-    probe count grows as the filter narrows, so a filtered query still finds `k` rows when `k` match.
-    With `torch_device` (a GPU), exact search runs as one matmul + top-k there instead.
-    """
 
-    def __init__(self, vectors: np.ndarray, rids: np.ndarray, exact_max_rows: int = EXACT_MAX_ROWS,
-                 exact_max_matches: int = EXACT_MAX_MATCHES, torch_device: str | None = None):
-        import faiss
+@dataclass
+class Slots:
+    """Vectors by slot: `base` (float32 or float16; an array or a memory map) then `tail` (float32), and an
+    optional IVF index over the base slots (ids = slot numbers)."""
 
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.rids = np.asarray(rids, dtype=np.int64)
-        self.dim = vectors.shape[1]
-        self.flat = faiss.IndexFlatIP(self.dim)
-        self.flat.add(vectors)
-        # a view of FAISS's own copy: the vectors are held once, not twice
-        self.vectors = faiss.rev_swig_ptr(self.flat.get_xb(), vectors.size).reshape(vectors.shape)
-        self.ivf = None
-        self.exact_max_rows = exact_max_rows
-        self.exact_max_matches = exact_max_matches
-        self.on_torch = None
-        if torch_device is not None:
-            import torch
-
-            self.on_torch = torch.from_numpy(self.vectors).to(torch_device)
-
-    @property
-    def wants_ivf(self) -> bool:
-        return len(self.vectors) > self.exact_max_rows
-
-    def build_ivf(self, nlist: int | None = None, seed: int = 0) -> VectorIndex:
-        import faiss
-
-        n = len(self.vectors)
-        nlist = nlist or int(4 * np.sqrt(n))
-        quantizer = faiss.IndexFlatIP(self.dim)
-        self.ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        self.ivf.train(self.vectors[rng.choice(n, size=min(n, nlist * 40), replace=False)])
-        self.ivf.add(self.vectors)
-        return self
-
-    def save_ivf(self, path: Path) -> None:
-        import faiss
-
-        with atomic_path(path) as tmp:
-            faiss.write_index(self.ivf, str(tmp))
-
-    def load_ivf(self, path: Path) -> VectorIndex:
-        import faiss
-
-        self.ivf = faiss.read_index(str(path))
-        return self
+    base: np.ndarray
+    tail: np.ndarray
+    ivf: object | None = None
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return len(self.base) + len(self.tail)
+
+    @property
+    def dim(self) -> int:
+        return self.base.shape[1]
+
+    def gather(self, slots: np.ndarray) -> np.ndarray:
+        """float32 vectors of `slots`, in their order."""
+        slots = np.asarray(slots, dtype=np.int64)
+        out = np.empty((len(slots), self.dim), dtype=np.float32)
+        in_base = slots < len(self.base)
+        if in_base.any():
+            out[in_base] = self.base[slots[in_base]]
+        if not in_base.all():
+            out[~in_base] = self.tail[slots[~in_base] - len(self.base)]
+        return out
+
+
+@dataclass
+class VectorIndex:
+    """Inner-product search over (L2-normalised) row vectors, restricted to any subset of rows.
+
+    Exact search serves small tables and selective filters (one BLAS product); a table with an IVF index answers
+    wider filters from it, probing `base_nprobe / selectivity` lists so that sparser filters look further, then
+    re-ranks the candidates on their stored vectors.
+    """
+
+    slots: Slots
+    rids: np.ndarray  # row -> its key
+    slot_of_row: np.ndarray | None = None  # row -> slot (None: row i is slot i)
+    exact_max_matches: int = EXACT_MAX_MATCHES
+    _row_of_slot: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, vectors: np.ndarray, rids: np.ndarray | None = None) -> VectorIndex:
+        """An index of vectors in RAM, row i in slot i."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        rids = np.arange(len(vectors)) if rids is None else rids
+        return cls(Slots(vectors, np.zeros((0, vectors.shape[1]), np.float32)), np.asarray(rids, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rids)
+
+    @property
+    def dim(self) -> int:
+        return self.slots.dim
+
+    @property
+    def row_of_slot(self) -> np.ndarray:
+        """slot -> row (-1: no row)."""
+        if self._row_of_slot is None:
+            if self.slot_of_row is None:
+                self._row_of_slot = np.arange(len(self.slots))
+            else:
+                self._row_of_slot = np.full(len(self.slots), -1, dtype=np.int64)
+                self._row_of_slot[self.slot_of_row] = np.arange(len(self.slot_of_row))
+        return self._row_of_slot
+
+    def _slots_of(self, positions: np.ndarray) -> np.ndarray:
+        return positions if self.slot_of_row is None else self.slot_of_row[positions]
+
+    def at(self, positions) -> np.ndarray:
+        """float32 vectors of the rows at `positions`."""
+        return self.slots.gather(self._slots_of(np.atleast_1d(np.asarray(positions, dtype=np.int64))))
 
     def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None = None,
                base_nprobe: int = 8) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`k` (scores, positions) per query among `rows` (a boolean mask or positions; None = all).
-
-        Exact unless there is an IVF index and more than `exact_max_matches` rows pass the filter; then the
-        IVF probes `base_nprobe / selectivity` lists, so sparser filters look further.
-        """
-        import faiss
-
+        """Top-`k` (scores, positions) per query among `rows` (a boolean mask or positions; None = all rows);
+        -1 pads a position where fewer than `k` rows are searched."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        n = len(self.vectors)
-        mask = positions = None
-        if rows is not None and rows.dtype == bool:
-            mask, positions = rows, np.flatnonzero(rows)
-        elif rows is not None:
-            positions = rows if _strictly_increasing(rows) else np.unique(rows)
-        m = n if positions is None else len(positions)
+        positions = None
+        if rows is not None:
+            positions = np.flatnonzero(rows) if rows.dtype == bool else np.unique(np.asarray(rows, dtype=np.int64))
+            if len(positions) == len(self.rids):
+                positions = None
+        m = len(self.rids) if positions is None else len(positions)
         k_eff = min(k, m)
         if k_eff <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        if m == n:
-            mask = positions = None
-        use_ivf = self.ivf is not None and m > self.exact_max_matches
-        if self.on_torch is not None and not use_ivf:
-            return self._torch_search(q, k_eff, positions)
-        if not use_ivf and len(q) < BLAS_MIN_QUERIES:
-            if m > n * DENSE_MIN_SHARE:
-                return self._dense_search(q, k_eff, mask if mask is not None or positions is None
-                                          else _mask_of(positions, n))
-            return self._subset_search(q, k_eff, positions)
-        if positions is not None and mask is None:
-            mask = _mask_of(positions, n)
-        params = faiss.SearchParametersIVF(nprobe=int(min(self.ivf.nlist, np.ceil(base_nprobe * n / m)))) \
-            if use_ivf else None
-        packed = selector = None
-        if mask is not None:  # both must outlive the search: faiss holds raw pointers
-            packed = np.packbits(mask, bitorder="little")
-            selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(packed))
-            params = params or faiss.SearchParameters()
-            params.sel = selector
-        scores, pos = (self.ivf if use_ivf else self.flat).search(q, k_eff, params=params)
-        del packed, selector
-        return scores, pos
+        everything = positions is None and self.slot_of_row is None
+        slots = None if everything else self._slots_of(np.arange(len(self.rids)) if positions is None else positions)
+        if self.slots.ivf is not None and m > self.exact_max_matches:
+            scores, found = self._approximate(q, k_eff, slots, m, base_nprobe)
+        else:
+            scores, found = self._exact(q, k_eff, slots)
+        return scores, np.where(found >= 0, self.row_of_slot[np.maximum(found, 0)], -1)
 
-    def _dense_search(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k of a few queries over most rows: one BLAS product over every row, on all cores (FAISS
-        scans for a single query on one thread: 2.3x slower over 100k x 1280 here), then a partial sort."""
-        scores = q @ self.vectors.T
-        if mask is not None:
-            scores[:, ~mask] = -np.inf
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        best = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-best, axis=1, kind="stable")
-        return np.take_along_axis(best, order, axis=1), np.take_along_axis(top, order, axis=1)
+    # ------------------------------------------------------------ exact
 
-    def _subset_search(self, q: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over the listed rows only: no pass over the rows the filter dropped."""
+    def _exact(self, q: np.ndarray, k: int, slots: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among `slots` (None: every slot): a BLAS pass over a float32 base when the selection is
+        most of it (no copy), else over the selection's gathered vectors."""
+        base = self.slots.base
+        n_base = len(base)
+        dense = base.dtype == np.float32 and (slots is None or len(slots) > DENSE_MIN_SHARE * n_base)
+        if not dense:
+            chosen = np.arange(len(self.slots)) if slots is None else slots
+            scores, idx = _top_k(q, self.slots.gather(chosen), k)
+            return scores, np.where(idx >= 0, chosen[np.maximum(idx, 0)], -1)
+        mask = None
+        if slots is not None:
+            mask = np.zeros(len(self.slots), dtype=bool)
+            mask[slots] = True
+        scores, found = _top_k(q, base, k, None if mask is None else mask[:n_base])
+        if len(self.slots.tail):
+            tail_mask = None if mask is None else mask[n_base:]
+            t_scores, t_found = _top_k(q, self.slots.tail, k, tail_mask)
+            scores, found = _merge(scores, found, t_scores, np.where(t_found >= 0, t_found + n_base, -1), k)
+        return scores, found
+
+    # ------------------------------------------------------------ approximate
+
+    def _approximate(self, q: np.ndarray, k: int, slots: np.ndarray | None, m: int,
+                     base_nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """The IVF over the base slots (restricted to the selection), re-ranked exactly; the tail exactly."""
         import faiss
 
-        positions = positions.astype(np.int64)
-        scores = np.empty((len(q), k), dtype=np.float32)
-        pos = np.empty((len(q), k), dtype=np.int64)
-        faiss.knn_inner_products_by_idx(faiss.swig_ptr(q), faiss.swig_ptr(self.vectors), faiss.swig_ptr(positions),
-                                        self.dim, len(q), len(self.vectors), len(positions), k,
-                                        faiss.swig_ptr(scores), faiss.swig_ptr(pos), 0)  # 0: one list, all queries
-        return scores, pos
+        ivf = self.slots.ivf
+        n_base = len(self.slots.base)
+        params = faiss.SearchParametersIVF(nprobe=int(min(ivf.nlist, np.ceil(base_nprobe * len(self.rids) / m))))
+        packed = selector = None
+        tail_slots = None
+        if slots is not None:  # both must outlive the search: faiss holds raw pointers
+            mask = np.zeros(n_base, dtype=bool)
+            mask[slots[slots < n_base]] = True
+            packed = np.packbits(mask, bitorder="little")
+            selector = faiss.IDSelectorBitmap(n_base, faiss.swig_ptr(packed))
+            params.sel = selector
+            tail_slots = slots[slots >= n_base]
+        wanted = min(k * refine_factor(ivf), m)
+        _, candidates = ivf.search(q, wanted, params=params)
+        del packed, selector
+        scores, found = self._rerank(q, candidates, k)
+        if len(self.slots.tail):
+            tail_slots = np.arange(n_base, len(self.slots)) if tail_slots is None else tail_slots
+            if len(tail_slots):
+                t_scores, t_idx = _top_k(q, self.slots.gather(tail_slots), k)
+                t_found = np.where(t_idx >= 0, tail_slots[np.maximum(t_idx, 0)], -1)
+                scores, found = _merge(scores, found, t_scores, t_found, k)
+        return scores, found
 
-    def _torch_search(self, q: np.ndarray, k: int, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        import torch
+    def _rerank(self, q: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top-k of each query's candidate slots (-1: none)."""
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        found = np.full((len(q), k), -1, dtype=np.int64)
+        for i, row in enumerate(candidates):
+            row = row[row >= 0]
+            if not len(row):
+                continue
+            exact = self.slots.gather(row) @ q[i]
+            top = np.argsort(-exact, kind="stable")[:k]
+            scores[i, :len(top)], found[i, :len(top)] = exact[top], row[top]
+        return scores, found
 
-        qt = torch.from_numpy(q).to(self.on_torch.device)
-        if positions is None:
-            s, i = (qt @ self.on_torch.T).topk(k, dim=1)
-            return s.cpu().numpy(), i.cpu().numpy()
-        idx = torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(self.on_torch.device)
-        s, i = (qt @ self.on_torch[idx].T).topk(k, dim=1)
-        return s.cpu().numpy(), idx[i].cpu().numpy()
+
+def _top_k(q: np.ndarray, vectors: np.ndarray, k: int, mask: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (scores, indices into `vectors`) per query, optionally among `mask`ed rows; blocks of queries
+    bound the score matrix's memory, and a float16 `vectors` is converted a block of rows at a time."""
+    n = len(vectors)
+    k_eff = min(k, n if mask is None else int(mask.sum()))
+    scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+    idx = np.full((len(q), k), -1, dtype=np.int64)
+    if k_eff <= 0:
+        return scores, idx
+    step = max(1, SCORE_BLOCK // max(n, 1))
+    for start in range(0, len(q), step):
+        block = _scores(q[start:start + step], vectors)
+        if mask is not None:
+            block[:, ~mask] = -np.inf
+        top = np.argpartition(-block, k_eff - 1, axis=1)[:, :k_eff]
+        best = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-best, axis=1, kind="stable")
+        scores[start:start + step, :k_eff] = np.take_along_axis(best, order, axis=1)
+        idx[start:start + step, :k_eff] = np.take_along_axis(top, order, axis=1)
+    return scores, idx
 
 
-def _strictly_increasing(positions: np.ndarray) -> bool:
-    """Already sorted and unique (as `np.flatnonzero` gives them): no need for `np.unique`'s hash pass."""
-    return len(positions) < 2 or bool((positions[1:] > positions[:-1]).all())
+def _scores(q: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    if vectors.dtype == np.float32:
+        return q @ vectors.T
+    out = np.empty((len(q), len(vectors)), dtype=np.float32)
+    for start in range(0, len(vectors), GATHER_BLOCK):
+        out[:, start:start + GATHER_BLOCK] = q @ vectors[start:start + GATHER_BLOCK].astype(np.float32).T
+    return out
+
+
+def _merge(s1: np.ndarray, i1: np.ndarray, s2: np.ndarray, i2: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two top-k lists per query merged into one (missing entries score -inf, index -1)."""
+    scores = np.concatenate([s1, s2], axis=1)
+    idx = np.concatenate([i1, i2], axis=1)
+    scores = np.where(idx >= 0, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(idx, order, axis=1)

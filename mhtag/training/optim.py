@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.optim import param_groups_layer_decay
 
 from mhtag.core.config import TrainConfig
 from mhtag.core.errors import MhtagError
@@ -43,6 +42,8 @@ def _backbone_groups(model: Tagger, cfg: TrainConfig) -> list[dict]:
     body = model.backbone.body
     if not hasattr(body, "group_matcher"):
         raise MhtagError(f"layer_decay needs a timm backbone with layer groups; {model.backbone.name} has none")
+    from timm.optim import param_groups_layer_decay  # here: timm takes seconds to import, and only this needs it
+
     groups = param_groups_layer_decay(body, cfg.weight_decay, layer_decay=cfg.layer_decay)
     return [{"params": g["params"], "lr": lr * g["lr_scale"], "weight_decay": g["weight_decay"]} for g in groups]
 

@@ -206,6 +206,7 @@ def test_the_service_edits_undoes_reviews_and_retrains(catalogue, tmp_path):
     assert client.get("/api/health").json()["changes_since_model"] == 0
 
 
+@pytest.mark.slow
 def test_a_folder_with_nothing_else_says_what_to_do_and_grows_into_a_tagged_catalogue(demo_copy, tmp_path,
                                                                                        monkeypatch, capsys):
     """Index a bare folder (no model, no labels), get told the next steps, import labels, train on the index,

@@ -74,6 +74,7 @@ def test_index_and_predict_through_the_cli(demo_copy, tiny_run, tmp_path):
     assert "00003.png" in text and "colour" in text and "head" in text and "neighbours" in text
 
 
+@pytest.mark.slow
 def test_commands_that_run_no_model_never_load_torch(indexed, demo, tmp_path):
     """Torch takes seconds to import: a search without a query image, an export, the cache report and the data
     check must not wait for it (a query image, training or indexing does)."""

@@ -16,6 +16,7 @@ from mhtag.index.search import search
 from mhtag.index.store import open_table
 from mhtag.index.uploads import add_images, delete_row
 
+pytestmark = pytest.mark.slow  # a local S3 server; the suite below runs the same code on local folders
 BUCKET = "mhtag-test"  # the bucket conftest's s3_options makes
 
 

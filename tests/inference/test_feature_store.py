@@ -89,6 +89,7 @@ for i in range(20):
 """
 
 
+@pytest.mark.slow
 def test_concurrent_writers_lose_no_row(backbone, tmp_path):
     script = CONCURRENT.format(tests=str(TESTS))
     env = {**os.environ, "MHTAG_CACHE": str(cache_dir())}

@@ -102,6 +102,7 @@ def test_gallery_filters_reranks_and_shows_details(server, page, demo):
     assert page.is_checked("input[data-attribute='shape'][data-value='circle']")
 
 
+@pytest.mark.slow
 def test_a_private_gallery_asks_for_the_key_once(indexed, page, tmp_path):
     from mhtag.server.service import Settings
 
@@ -180,6 +181,7 @@ def test_labels_fixed_in_the_gallery_reach_the_grid_the_export_and_the_retrained
         page.wait_for_selector(".card")
 
 
+@pytest.mark.slow
 def test_the_gallery_fits_a_phone(server, page):
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(server + "/")
