@@ -17,9 +17,8 @@ from mhtag.core.storage import location
 from mhtag.index.guard import guard_index
 from mhtag.index.history import LabelHistory
 from mhtag.index.meta import IndexMeta, require_meta
-from mhtag.index.neighbours import labelled_index
+from mhtag.index.neighbours import fuse_rows, labelled_index
 from mhtag.index.store import open_table, read_columns, snapshot
-from mhtag.inference.fusion import NEIGHBOUR_TAU, vote_matrix
 from mhtag.results import ReviewItem, ReviewQueue
 
 SHOWN_NEIGHBOURS = 4
@@ -81,28 +80,21 @@ def _score_all(db: Path, meta: IndexMeta, snap) -> list[_Scored]:
     both = [a for a in meta.attributes if a.has_head and a.has_labels and not a.multi]
     if lab is None or not both:
         return []
-    k = meta.fusion_k
-    sims, pos = lab.vectors.search(lab.vectors.at(lab.positions), k + 1, lab.positions)
-    itself = pos == lab.positions[:, None]
-    order = np.argsort(itself, axis=1, kind="stable")[:, :k]  # drop the row itself, keep the nearest k others
-    sims, pos = np.take_along_axis(sims, order, 1), np.take_along_axis(pos, order, 1)
     probs = read_columns(open_table(db), ["rid", *[a.probs for a in both]])
     row_of = {r: i for i, r in enumerate(probs.column("rid").to_pylist())}
     rows = [row_of[int(r)] for r in lab.vectors.rids[lab.positions]]
+    heads = {a.name: np.asarray(probs.column(a.probs).to_pylist(), dtype=np.float32)[rows] for a in both}
+    fusions = fuse_rows(db, meta, lab.positions, heads, both)
     out = []
     for a in both:
+        f = fusions[a.name]
         index = {c: j for j, c in enumerate(a.classes)}
         given = np.array([index.get(v, -1) for v in lab.labels[a.name][lab.positions]])
-        head = np.asarray(probs.column(a.probs).to_pylist(), dtype=np.float32)[rows]
-        voters = np.where(pos >= 0, lab.labels[a.name][np.maximum(pos, 0)], "")
-        votes = vote_matrix(sims, voters, a.classes, meta.fusion_tau.get(a.name, NEIGHBOUR_TAU))
-        weight = meta.fusion.get(a.name, 0.5)
-        fused = np.where(votes.sum(1, keepdims=True) > 0, weight * head + (1 - weight) * votes, head)
-        suggested = fused.argmax(1)
+        suggested = f.fused.argmax(1)
         doubted = np.flatnonzero((given >= 0) & (suggested != given))
-        nearest = np.where(voters[doubted] != "", pos[doubted], -1)[:, :SHOWN_NEIGHBOURS]
         out.append(_Scored(a.name, list(a.classes), lab.positions[doubted], given[doubted], suggested[doubted],
-                           1 - fused[doubted, given[doubted]], head[doubted], votes[doubted], nearest))
+                           1 - f.fused[doubted, given[doubted]], f.head[doubted], f.votes[doubted],
+                           f.voters[doubted][:, :SHOWN_NEIGHBOURS]))
     return out
 
 

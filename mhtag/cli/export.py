@@ -21,6 +21,10 @@ def export(ctx: typer.Context,
            source: Source = SourceChoice.any, disputed: Disputed = False,
            vectors: Annotated[bool, typer.Option("--vectors", help="add the embeddings (Parquet and JSON Lines "
                                                                    "only)")] = False,
+           fused: Annotated[bool, typer.Option("--fused", help="add each attribute's fused answer and its confidence "
+                                                               "(head + the row's nearest labelled rows, as "
+                                                               "predict gives it: a neighbour search per row)")
+                            ] = False,
            fmt: Annotated[Optional[str], typer.Option("--format", help="csv, parquet or jsonl (default: from FILE's "
                                                                        "suffix)")] = None,
            overwrite: Annotated[bool, typer.Option("--overwrite", help="replace FILE if it exists")] = False,
@@ -42,7 +46,7 @@ def export(ctx: typer.Context,
         raise typer.BadParameter(f"{out} exists; add --overwrite to replace it", param_hint="FILE")
     query = Query(filter_pairs(ctx.args, filter_), source=source.value, min_confidence=min_confidence,
                   disputed=disputed, where=where)
-    report = export_index(out, db or DEFAULT_DB, query, vectors=vectors, fmt=fmt, overwrite=overwrite,
+    report = export_index(out, db or DEFAULT_DB, query, vectors=vectors, fused=fused, fmt=fmt, overwrite=overwrite,
                           progress=not as_json)
     if as_json:
         echo_json(report)

@@ -94,8 +94,10 @@ def index_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, r
     its heads' attributes and every attribute the index holds labels for (their vocabularies grown by `known`)."""
     attrs: dict[str, StoredAttribute] = {}
     if enc.tagger:
+        cuts = enc.tagger.thresholds_
         for a in enc.tagger.schema.attributes:
-            attrs[a.name] = StoredAttribute(a.name, a.kind, list(a.classes), has_head=True)
+            attrs[a.name] = StoredAttribute(a.name, a.kind, list(a.classes), has_head=True,
+                                            thresholds=[float(t) for t in cuts.get(a.name, [])] if a.multi else [])
     previous = {a.name: a for a in old.attributes} if old else {}
     # labels the index holds stay, whatever this run's CSV names; its new columns are added
     label_kinds = {n: a.kind for n, a in previous.items() if a.has_labels} | (known.kinds if known else {})

@@ -27,6 +27,7 @@ class StoredAttribute(AttributeSpec):
     has_head: bool = False
     has_labels: bool = False
     label_values: list[str] = field(default_factory=list)  # known labels seen in the CSV
+    thresholds: list[float] = field(default_factory=list)  # a tag group's head: the cut per tag (tuned on val)
 
     @property
     def column(self) -> str:

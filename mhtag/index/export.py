@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -23,9 +24,10 @@ from mhtag.index import ann
 from mhtag.index.columns import StoredAttribute, text_column
 from mhtag.index.guard import guard_index
 from mhtag.index.meta import IndexMeta, current_meta
+from mhtag.index.neighbours import fuse_rows
 from mhtag.index.query import Filters, Query
 from mhtag.index.search import check_where, count_matches, resolve_filters
-from mhtag.index.store import DEFAULT_DB, open_table
+from mhtag.index.store import DEFAULT_DB, open_table, snapshot
 from mhtag.results import ExportReport
 
 EXPORT_FORMATS = ("csv", "parquet", "jsonl")
@@ -44,12 +46,14 @@ def export_format(out: str | Path, fmt: str | None = None) -> str:
 
 @guard_index
 def export_index(out: str | Path, db: str | Path = DEFAULT_DB, query: Query | Filters | None = None, *,
-                 vectors: bool = False, fmt: str | None = None, overwrite: bool = False, relative_paths: bool = False,
-                 progress: bool = False, **fields: Any) -> ExportReport:
+                 vectors: bool = False, fused: bool = False, fmt: str | None = None, overwrite: bool = False,
+                 relative_paths: bool = False, progress: bool = False, **fields: Any) -> ExportReport:
     """Write the rows of index `db` that `query` selects (its filters, source, confidence floor, disputed rows and
     `where`, as `search` reads them; its ranking and page play no part) to `out`. Tag groups are `|`-joined text
-    in CSV and lists of tags in Parquet and JSON Lines; `vectors` adds the embeddings (not in CSV);
-    `relative_paths` writes `path` as the path under the indexed folder (what the service sends)."""
+    in CSV and lists of tags in Parquet and JSON Lines; `vectors` adds the embeddings (not in CSV); `fused` adds
+    per attribute the fused answer and its confidence (the head mixed with the vote of the row's nearest labelled
+    rows, as `predict` and the gallery give it: a neighbour search per row); `relative_paths` writes `path` as the
+    path under the indexed folder (what the service sends)."""
     q = Query.of(query, **fields)
     out, fmt = Path(out), export_format(out, fmt)
     if vectors and fmt == "csv":
@@ -63,28 +67,30 @@ def export_index(out: str | Path, db: str | Path = DEFAULT_DB, query: Query | Fi
     total = count_matches(db, sql, q.where)
     convert = _converter(meta, as_lists=fmt != "csv", vectors=vectors, ids_as_text=fmt == "jsonl",
                          relative_paths=relative_paths)
+    if fused:
+        convert = _with_fused(convert, db, meta, as_lists=fmt != "csv")
     written, columns = 0, []
     with atomic_path(out) as tmp, _writer(tmp, fmt) as write, progress_bar("exporting", total, progress) as advance:
-        for batch in _batches(db, meta, sql, vectors):
+        for batch in _batches(db, meta, sql, vectors, fused):
             table = convert(batch)
             write(table)
             written, columns = written + table.num_rows, table.column_names
             advance(table.num_rows)
         if not columns:  # no row passed: still a file with the columns (a CSV header)
-            table = convert(open_table(db).schema.empty_table().select(_source_columns(meta, vectors)))
+            table = convert(open_table(db).schema.empty_table().select(_source_columns(meta, vectors, fused)))
             write(table)
             columns = table.column_names
     return ExportReport(path=str(out), format=fmt, rows=written, columns=columns)
 
 
-def _source_columns(meta: IndexMeta, vectors: bool) -> list[str]:
+def _source_columns(meta: IndexMeta, vectors: bool, fused: bool = False) -> list[str]:
     stored = [c for a in meta.attributes for c in ([a.label] if a.has_labels else []) +
-              ([a.pred, a.conf] if a.has_head else [])]
+              ([a.pred, a.conf] if a.has_head else []) + ([a.probs] if fused and a.has_head else [])]
     return ROW_COLUMNS + stored + [text_column(t) for t in meta.text_columns] + (["vector"] if vectors else [])
 
 
-def _batches(db: Path, meta: IndexMeta, sql: str | None, vectors: bool) -> Iterator[pa.RecordBatch]:
-    q = open_table(db).search().select(_source_columns(meta, vectors)).limit(None)
+def _batches(db: Path, meta: IndexMeta, sql: str | None, vectors: bool, fused: bool) -> Iterator[pa.RecordBatch]:
+    q = open_table(db).search().select(_source_columns(meta, vectors, fused)).limit(None)
     yield from (q.where(sql, prefilter=True) if sql else q).to_batches(BATCH_ROWS)
 
 
@@ -124,6 +130,33 @@ def _converter(meta: IndexMeta, as_lists: bool, vectors: bool, ids_as_text: bool
         return pa.table(cols)
 
     return convert
+
+
+def _with_fused(convert: Callable[[pa.RecordBatch | pa.Table], pa.Table], db: Path, meta: IndexMeta,
+                as_lists: bool) -> Callable[[pa.RecordBatch | pa.Table], pa.Table]:
+    """`convert` with `<a>_fused` and `<a>_fused_confidence` added per attribute (see `fuse_rows`)."""
+    snap = snapshot(db)
+    attributes = [a for a in meta.attributes if a.has_head or a.has_labels]
+
+    def fused(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        table = convert(batch)
+        positions = np.array([snap.position(r) for r in batch.column("rid").to_pylist()], dtype=np.int64)
+        heads = {a.name: _matrix(batch.column(a.probs), len(a.classes)) for a in attributes if a.has_head}
+        for name, f in fuse_rows(db, meta, positions, heads, attributes).items():
+            answers, confidence = f.answers()
+            if f.attribute.multi and not as_lists:
+                answers = [TAG_SEP.join(tags) for tags in answers]
+            table = table.append_column(f"{name}_fused", pa.array(answers))
+            table = table.append_column(f"{name}_fused_confidence", pa.array(np.round(confidence, 4)))
+        return table
+
+    return fused
+
+
+def _matrix(column, width: int) -> np.ndarray:
+    values = pa.chunked_array([column]) if isinstance(column, pa.Array) else column
+    flat = values.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(-1, width)
 
 
 @contextmanager

@@ -10,11 +10,12 @@ import numpy as np
 
 from mhtag.core.storage import location
 from mhtag.data.schema import decode_tags
+from mhtag.index.columns import StoredAttribute
 from mhtag.index.guard import guard_index
-from mhtag.index.meta import require_meta, write_meta
+from mhtag.index.meta import IndexMeta, require_meta, write_meta
 from mhtag.index.store import open_table, read_columns, snapshot
 from mhtag.index.vectors import VectorIndex
-from mhtag.inference.fusion import TAU_GRID, tune_fusion, vote_matrix
+from mhtag.inference.fusion import NEIGHBOUR_TAU, TAU_GRID, tune_fusion, vote_matrix
 
 _logger = logging.getLogger(__name__)
 
@@ -61,6 +62,63 @@ def _build_labelled(db: str | Path, snap) -> LabelledIndex | None:
     if len(positions) == 0:
         return None
     return LabelledIndex(snap.vectors, positions, column("path"), labels, column("split"))
+
+
+@dataclass
+class Fusion:
+    """One attribute's answers for some rows: the head's probabilities, the vote of each row's nearest labelled
+    rows (itself excluded), their mix with the index's tuned weight, and the voters (positions, -1: none)."""
+
+    attribute: StoredAttribute
+    head: np.ndarray  # rows x classes (zeros without a head)
+    votes: np.ndarray  # rows x classes
+    fused: np.ndarray
+    voters: np.ndarray  # rows x k
+
+    def answers(self) -> tuple[list[str | list[str]], np.ndarray]:
+        """(answer, confidence) per row: the top class, or a tag group's tags at or over their cuts."""
+        a = self.attribute
+        if not a.multi:
+            top = self.fused.argmax(1)
+            return [a.classes[j] for j in top], self.fused[np.arange(len(top)), top]
+        cuts = np.asarray(a.thresholds or [0.5] * len(a.classes), dtype=np.float32)
+        over = self.fused >= cuts
+        tags = [[a.classes[j] for j in np.flatnonzero(row)] for row in over]
+        confidence = np.where(over.any(1), np.where(over, self.fused, np.inf).min(1), 0.0)
+        return tags, confidence
+
+
+def fuse_rows(db: str | Path, meta: IndexMeta, positions: np.ndarray, heads: dict[str, np.ndarray],
+              attributes: list[StoredAttribute], chunk: int = 4096) -> dict[str, Fusion]:
+    """`Fusion` of `attributes` for the snapshot rows at `positions`, whose head probabilities are `heads`
+    ({attribute: rows x classes}; an attribute without a head answers from its neighbours alone)."""
+    lab = labelled_index(db)
+    k = meta.fusion_k
+    n = len(positions)
+    sims = np.zeros((n, k), np.float32)
+    pos = np.full((n, k), -1, np.int64)
+    if lab is not None:
+        for start in range(0, n, chunk):
+            at = positions[start:start + chunk]
+            s, p = lab.vectors.search(lab.vectors.at(at), k + 1, lab.positions)
+            order = np.argsort(p == at[:, None], axis=1, kind="stable")[:, :k]  # the row itself last, then dropped
+            got = min(k, s.shape[1])
+            sims[start:start + len(at), :got] = np.take_along_axis(s, order, 1)[:, :got]
+            pos[start:start + len(at), :got] = np.take_along_axis(p, order, 1)[:, :got]
+    out = {}
+    for a in attributes:
+        labels = lab.labels.get(a.name) if lab is not None else None
+        voters = np.where(pos >= 0, labels[np.maximum(pos, 0)], "") if labels is not None else \
+            np.full(pos.shape, "", dtype=object)
+        votes = vote_matrix(sims, voters, a.classes, meta.fusion_tau.get(a.name, NEIGHBOUR_TAU), a.multi)
+        head = heads.get(a.name)
+        if head is None:
+            head, fused = np.zeros_like(votes), votes
+        else:
+            weight = meta.fusion.get(a.name, 0.5)
+            fused = np.where(votes.sum(1, keepdims=True) > 0, weight * head + (1 - weight) * votes, head)
+        out[a.name] = Fusion(a, head, votes, fused, np.where(voters != "", pos, -1))
+    return out
 
 
 @dataclass

@@ -144,3 +144,23 @@ def test_free_text_columns_are_kept_shown_in_hits_and_exported(demo_copy, tiny_r
     export_index(tmp_path / "out.csv", db)
     exported = pd.read_csv(tmp_path / "out.csv", keep_default_na=False).set_index("path")
     assert exported.loc[hit.path, "title"] == hit.title
+
+
+def test_the_fused_answer_of_every_row_is_the_one_the_row_detail_gives(indexed, tmp_path):
+    """`--fused`: per attribute the head mixed with the vote of the row's nearest labelled rows (itself excluded),
+    exactly what `predict` and the gallery's detail show for that row."""
+    from mhtag.index.predict import Predictor
+
+    db, _ = indexed
+    report = export_index(tmp_path / "fused.jsonl", db, fused=True)
+    rows = [json.loads(line) for line in (tmp_path / "fused.jsonl").read_text().splitlines()]
+    assert report.rows == len(rows) == 120 and "colour_fused" in report.columns and "marks_fused" in report.columns
+    predictor = Predictor(db)
+    for row in rows[::17]:
+        detail = predictor.row(int(row["id"]))
+        for name in ("colour", "shape", "marks"):
+            label = detail.attributes[name].fused.label
+            assert row[f"{name}_fused"] == (sorted(label) if name == "marks" else label), (name, row["path"])
+            assert row[f"{name}_fused_confidence"] == pytest.approx(detail.attributes[name].fused.confidence, abs=2e-4)
+    csv = pd.read_csv(export_index(tmp_path / "fused.csv", db, fused=True).path, keep_default_na=False)
+    assert set(csv["marks_fused"]) <= {"", "bar", "cross", "dot", "bar|cross", "bar|dot", "cross|dot", "bar|cross|dot"}
