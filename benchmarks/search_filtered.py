@@ -39,6 +39,33 @@ def memory_mb() -> dict[str, float]:
             "peak_rss_mb": round(int(status["VmHWM"].split()[0]) / 1024, 1)}
 
 
+FRESH = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from mhtag.index.search import search
+q = np.load(sys.argv[2])
+hit = search(sys.argv[1], vector=q, limit=10, engine=sys.argv[3])
+first = time.perf_counter() - t0
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+print(json.dumps({"start_to_first_answer_s": round(first, 2), "torch_imported": "torch" in sys.modules,
+                  "rss_mb": round(int(status["VmRSS"].split()[0]) / 1024, 1),
+                  "peak_rss_mb": round(int(status["VmHWM"].split()[0]) / 1024, 1), "returned": len(hit.results)}))
+"""
+
+
+def fresh_process(db: Path, query: np.ndarray, engine: str) -> dict:
+    """A new process's start to its first answer (imports, opening the index, one search), and its memory."""
+    import subprocess
+    import sys
+
+    qfile = db.parent / f"{db.name}-query.npy"
+    np.save(qfile, query)
+    out = subprocess.run([sys.executable, "-c", FRESH, str(db), str(qfile), engine], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -67,11 +94,14 @@ def main() -> None:
         t0 = time.perf_counter()
         ann = build_ann(db, require_meta(db)) if args.engine == "lance" and not args.reuse_ann else None
         index_s = time.perf_counter() - t0
+        fresh = fresh_process(db, queries[0], args.engine)
+        print("fresh process:", fresh, flush=True)
         baseline = memory_mb()  # the benchmark's own arrays (vectors for the exact answers) are in this already
         report = {"engine": args.engine, "rows": args.rows, "dim": args.dim, "limit": args.limit,
                   "queries_per_filter": args.queries, "cpu_threads": os.cpu_count(),
                   "write_seconds": round(write_s, 1), "ann_build_seconds": round(index_s, 1) if ann else None,
-                  "ann": ann.vector_index if ann else ("reused" if args.reuse_ann else None), "filters": {}}
+                  "ann": ann.vector_index if ann else ("reused" if args.reuse_ann else None),
+                  "vector_bytes_mb": round(args.rows * args.dim * 4 / 2**20, 1), "fresh_process": fresh, "filters": {}}
         cases = {"none (100%)": {}} | {f"{k} ({100 / n:g}%)": {k: ["v0"]} for k, n in FILTERS.items()}
         for label, filt in cases.items():
             t0 = time.perf_counter()

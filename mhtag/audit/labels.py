@@ -19,7 +19,7 @@ from mhtag.audit.rules import rule_breaks
 from mhtag.core.errors import MhtagError
 from mhtag.core.io import atomic_write_text
 from mhtag.data.labels import FILE, ROW, SHA1, LabelTable, drop_unreadable, read_csv_frame, read_labels
-from mhtag.data.schema import Attribute, LabelSchema, split_tags
+from mhtag.data.schema import Attribute, LabelSchema, encode_tags, join_tags, split_tags
 from mhtag.index.vectors import VectorIndex
 from mhtag.inference.encoder import DEFAULT_BACKBONE, stored_features
 from mhtag.inference.fusion import TAU_GRID, log_score, vote_matrix
@@ -83,7 +83,7 @@ def neighbour_witness(vectors: np.ndarray, labels: dict[str, np.ndarray], schema
 def _stored_labels(frame, a: Attribute) -> np.ndarray:
     """Labels in the tag-codec form neighbour_shares reads: `|a|b|` for tags, the class otherwise."""
     if a.multi:
-        return np.asarray(["|" + "|".join(split_tags(v)) + "|" if split_tags(v) else "" for v in frame[a.name]],
+        return np.asarray([encode_tags(split_tags(v)) for v in frame[a.name]],
                           dtype=object)
     return np.asarray(["" if not isinstance(v, str) else v.strip() for v in frame[a.name]], dtype=object)
 
@@ -259,7 +259,7 @@ def export_suspects(result: AuditResult, path: str | Path, flagged_only: bool = 
     """A CSV a person can edit: one row per suspect, then one per rule break (`source` says which; a break's
     `score` is the share of rows that follow its rule), `suggested` beside `given`, and an empty `fix` column."""
     def text(v: str | list[str]) -> str:
-        return "|".join(v) if isinstance(v, list) else v
+        return join_tags(v) if isinstance(v, list) else v
 
     rows = [{"path": s.path, "row": s.row, "attribute": s.attribute, "given": text(s.given),
              "suggested": text(s.suggested), "score": s.score, "flagged": s.flagged, "source": "witnesses"}

@@ -18,7 +18,7 @@ from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.core.io import atomic_write_text
 from mhtag.core.storage import location
 from mhtag.data.labels import Skipped, read_csv_frame
-from mhtag.data.schema import decode_tags, is_blank, split_tags
+from mhtag.data.schema import decode_tags, is_blank, join_tags, split_tags
 from mhtag.index.columns import text_column
 from mhtag.index.guard import guard_index
 from mhtag.index.history import SOURCES, Change, LabelHistory
@@ -141,7 +141,7 @@ def export_labels(db: str | Path, out: str | Path) -> ExportReport:
     table = table[known]
     out_frame = pd.DataFrame({"path": table["rel"], "split": table["split"]})
     for a in labelled:
-        out_frame[a.name] = table[a.label].map(lambda v: "|".join(decode_tags(v))) if a.multi else table[a.label]
+        out_frame[a.name] = table[a.label].map(lambda v: join_tags(decode_tags(v))) if a.multi else table[a.label]
     for t in meta.text_columns:
         out_frame[t] = table[text_column(t)]
     atomic_write_text(out, out_frame.sort_values("path").to_csv(index=False))

@@ -18,7 +18,7 @@ from mhtag.core.config import TrainConfig, config_from_dict, saved_config
 from mhtag.core.errors import MhtagError
 from mhtag.core.storage import is_remote, location
 from mhtag.data.labels import FILE, ROW, SHA1, LabelTable
-from mhtag.data.schema import decode_tags
+from mhtag.data.schema import decode_tags, join_tags
 from mhtag.index.build import index_meta
 from mhtag.index.columns import text_column
 from mhtag.index.guard import guard_index
@@ -57,7 +57,7 @@ def catalogue_table(db: str | Path, multilabel: list[str] | tuple = ()) -> Label
     frame = pd.DataFrame({"path": rows["rel"], "split": rows["split"], FILE: rows["path"], ROW: rows["rid"],
                           SHA1: rows["id"]})
     for a in labelled:
-        frame[a.name] = rows[a.label].map(lambda v: "|".join(decode_tags(v))) if a.multi else rows[a.label]
+        frame[a.name] = rows[a.label].map(lambda v: join_tags(decode_tags(v))) if a.multi else rows[a.label]
     for t in meta.text_columns:
         frame[t] = rows[text_column(t)]
     multi = {a.name for a in labelled if a.multi} | set(multilabel)

@@ -42,11 +42,23 @@ def split_tags(v: Any) -> list[str]:
 
 
 def encode_tags(tags: list[str]) -> str:
+    """Tags as a stored cell: `|a|b|` (so that `tag_token` finds exactly one tag), or "" for none."""
     return TAG_SEP + TAG_SEP.join(tags) + TAG_SEP if tags else ""
 
 
 def decode_tags(value: str | None) -> list[str]:
+    """A stored cell's tags: `|a|b|` -> ["a", "b"]."""
     return [t for t in (value or "").split(TAG_SEP) if t]
+
+
+def tag_token(tag: str) -> str:
+    """What a stored cell holding `tag` contains: `|tag|`."""
+    return TAG_SEP + tag + TAG_SEP
+
+
+def join_tags(tags: list[str]) -> str:
+    """Tags as a labels CSV (and every display) writes them: `a|b`."""
+    return TAG_SEP.join(tags)
 
 
 def value_counts(col: pd.Series, kind: AttributeKind) -> dict[str, int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from mhtag.core.io import atomic_path
+from mhtag.data.schema import join_tags
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
@@ -63,7 +64,7 @@ def make_demo_data(out: str | Path, n: int = 1000, px: int = 96, seed: int = 0) 
         rel = f"images/{i:05d}.png"
         draw_sample(**label, marks=marks, rng=rng, px=px).save(out / rel)
         split = "train" if i % 10 < 7 else "val" if i % 10 < 8 else "test"
-        rows.append({"path": rel, **label, "marks": "|".join(marks), "split": split})
+        rows.append({"path": rel, **label, "marks": join_tags(marks), "split": split})
     with atomic_path(out / "labels.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -20,13 +20,13 @@ from mhtag.core.io import atomic_path
 from mhtag.core.progress import progress_bar
 from mhtag.core.storage import location
 from mhtag.data.schema import TAG_SEP
-from mhtag.index import ann
 from mhtag.index.columns import StoredAttribute, text_column
 from mhtag.index.guard import guard_index
 from mhtag.index.meta import IndexMeta, current_meta
 from mhtag.index.neighbours import fuse_rows
 from mhtag.index.query import Filters, Query
-from mhtag.index.search import check_where, count_matches, resolve_filters
+from mhtag.index.search import resolve_filters
+from mhtag.index.sql import all_of, check_where, count_rows, filter_sql
 from mhtag.index.store import DEFAULT_DB, open_table, snapshot
 from mhtag.results import ExportReport
 
@@ -62,9 +62,9 @@ def export_index(out: str | Path, db: str | Path = DEFAULT_DB, query: Query | Fi
         raise MhtagError(f"{out} exists: choose another name, or overwrite it on purpose")
     db = location(db)
     meta = current_meta(db)
-    sql = ann.all_of(ann.filter_sql(meta, resolve_filters(meta, q.filters), q.source, q.min_confidence, q.disputed),
-                     check_where(q.where) if q.where else None)
-    total = count_matches(db, sql, q.where)
+    sql = all_of(filter_sql(meta, resolve_filters(meta, q.filters), q.source, q.min_confidence, q.disputed),
+                 check_where(q.where) if q.where else None)
+    total = count_rows(db, sql, q.where)
     convert = _converter(meta, as_lists=fmt != "csv", vectors=vectors, ids_as_text=fmt == "jsonl",
                          relative_paths=relative_paths)
     if fused:

@@ -12,6 +12,7 @@ from pathlib import Path
 from mhtag.core.errors import ImageError
 from mhtag.core.io import atomic_write_text
 from mhtag.data.images import load_image
+from mhtag.data.schema import join_tags
 from mhtag.results import AuditResult, Suspect
 
 THUMB = 112
@@ -34,7 +35,7 @@ def _thumb(root: Path, rel: str) -> str:
 
 
 def _text(v: str | list[str]) -> str:
-    return html.escape("|".join(v) if isinstance(v, list) else v)
+    return html.escape(join_tags(v) if isinstance(v, list) else v)
 
 
 def _figure(root: Path, rel: str, caption: str) -> str:

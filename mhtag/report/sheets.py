@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 from mhtag.core.errors import ImageError, MhtagError
 from mhtag.core.io import atomic_path
 from mhtag.data.images import load_image
+from mhtag.data.schema import join_tags
 from mhtag.results import SearchHit
 
 SHEET_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
@@ -57,4 +58,4 @@ def contact_sheet(results: list[SearchHit], attributes: list[str], path: Path, t
 
 
 def _fmt(v) -> str:
-    return "|".join(v) if isinstance(v, list) else str(v)
+    return join_tags(v) if isinstance(v, list) else str(v)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Any
 
-from mhtag.data.schema import AttributeKind
+from mhtag.data.schema import AttributeKind, join_tags
 from mhtag.results import PredictResult, SearchResult
 
 SINGLE_COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece", "ece_floor_p95",
@@ -123,7 +123,7 @@ def search_text(result: SearchResult, attributes: list[str]) -> str:
 
 
 def _fmt(v: Any) -> str:
-    return "|".join(v) if isinstance(v, list) else str(v)
+    return join_tags(v) if isinstance(v, list) else str(v)
 
 
 def model_comparison_table(models: dict[str, dict[str, dict[str, Any]]], metric: str = "accuracy") -> str:

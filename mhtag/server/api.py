@@ -20,10 +20,12 @@ from mhtag.catalogue.review import answer, review_queue
 from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.data.images import MAX_PIXELS, decode_image, image_header
 from mhtag.index.export import export_index
+from mhtag.index.filters import Source
 from mhtag.index.history import shown
+from mhtag.index.info import index_attributes, index_health
 from mhtag.index.labels import InvalidLabel
 from mhtag.index.query import Sort
-from mhtag.index.search import Source, index_attributes, index_health, search
+from mhtag.index.search import search
 from mhtag.index.uploads import add_images, delete_row
 from mhtag.results import (
     Added,

@@ -14,9 +14,10 @@ from mhtag.catalogue.retrain import catalogue_table, retrain
 from mhtag.catalogue.review import answer, review_queue
 from mhtag.core.errors import MhtagError
 from mhtag.index.build import IndexOptions, index_images
+from mhtag.index.info import index_health
 from mhtag.index.labels import InvalidLabel
 from mhtag.index.meta import read_meta
-from mhtag.index.search import index_health, search
+from mhtag.index.search import search
 from mhtag.index.store import open_table, read_columns
 from mhtag.server.app import create_app
 from mhtag.server.service import Settings

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from mhtag.index.ann import build_ann, filter_sql
+from mhtag.index.ann import build_ann
 from mhtag.index.meta import require_meta
 from mhtag.index.search import search
+from mhtag.index.sql import filter_sql
 from mhtag.index.synthetic import synthetic_vectors, write_synthetic_index
 
 QUERIES = [
@@ -48,9 +49,9 @@ def test_filter_values_are_quoted_never_pasted(indexed):
 
 
 def test_ivf_pq_search_returns_exactly_limit_rows_down_to_a_tenth_of_a_percent(tmp_path, monkeypatch):
-    from mhtag.index import ann
+    from mhtag.index import lancedb_engine
 
-    monkeypatch.setattr(ann, "EXACT_MAX_MATCHES", 100)  # the 50% filter goes through IVF_PQ, the 0.1% one exact
+    monkeypatch.setattr(lancedb_engine, "EXACT_MAX_MATCHES", 100)  # the 50% filter goes through IVF_PQ, the 0.1% one exact
     rows, dim = 6000, 128
     values = {"half": ["a", "b"], "rare": [f"r{i}" for i in range(1000)]}  # 50% and 0.1% (6 rows) per value
     write_synthetic_index(tmp_path, rows, dim, values)

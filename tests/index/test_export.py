@@ -130,7 +130,7 @@ def test_free_text_columns_are_kept_shown_in_hits_and_exported(demo_copy, tiny_r
     """A product title beside the labels is no head: it is stored per row, named by `index_attributes`, carried by
     every hit and exported."""
     from mhtag.index.build import IndexOptions, index_images
-    from mhtag.index.search import index_attributes
+    from mhtag.index.info import index_attributes
 
     frame = pd.read_csv(demo_copy, keep_default_na=False)
     frame["title"] = [f"Product number {i} in {c}" for i, c in enumerate(frame["colour"])]
