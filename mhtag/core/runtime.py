@@ -5,10 +5,16 @@ from __future__ import annotations
 import atexit
 import os
 import random
+import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+_THREADS: list[int] = []  # the thread count `setup` chose, applied to torch whenever torch is loaded
 
 
 def default_threads() -> int:
@@ -17,16 +23,28 @@ def default_threads() -> int:
     return int(env) if env.isdigit() and int(env) > 0 else max(1, os.cpu_count() or 1)
 
 
-def setup(threads: int | None = None) -> int:
-    """Explicit process setup for CPU work: torch's thread count and flushing denormals, which otherwise
-    slow CPU inference several-fold (measured 4x on a ViT here). Returns the thread count in use."""
+def setup(threads: int | None = None, load_torch: bool = True) -> int:
+    """Explicit process setup for CPU work: the thread count, and for torch flushing denormals, which otherwise
+    slow CPU inference several-fold (measured 4x on a ViT here). `load_torch=False` (a server that may only
+    search): torch is set up when something loads it (`torch_setup`). Returns the thread count in use."""
     n = threads if threads and threads > 0 else default_threads()
-    torch.set_num_threads(n)
-    torch.set_flush_denormal(True)
+    _THREADS[:] = [n]
+    if load_torch or "torch" in sys.modules:
+        torch_setup()
     return n
 
 
+def torch_setup() -> None:
+    """Apply `setup`'s choices to torch (called by `setup`, and by whatever loads a model later)."""
+    import torch
+
+    torch.set_num_threads(_THREADS[0] if _THREADS else default_threads())
+    torch.set_flush_denormal(True)
+
+
 def default_device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -36,6 +54,8 @@ def auto_workers(requested: int | None = None) -> int:
     workers on 2 cores, 0.90 with none)."""
     if requested is not None and requested >= 0:
         return requested
+    import torch
+
     cores = os.cpu_count() or 1
     if torch.cuda.is_available():
         return min(8, cores)
@@ -43,6 +63,8 @@ def auto_workers(requested: int | None = None) -> int:
 
 
 def seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -68,6 +90,7 @@ def init_distributed() -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -91,4 +114,6 @@ def _leave_process_group() -> None:
 
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on GPU; a no-op on CPU, where fp32 is both faster and exact."""
+    import torch
+
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,7 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from mhtag.core.errors import ImageError
-from mhtag.data.images import decode_image, read_image_bytes, upright_size
+from mhtag.data.images import FileFacts, content_hash, decode_image, read_image_bytes, upright_size
 from mhtag.data.transforms import Letterbox
 
 
@@ -76,16 +74,6 @@ class EpochSampler(Sampler):
         return len(self.sampler)
 
 
-@dataclass
-class FileFacts:
-    """What indexing stores about a file, taken from the one read that decoded it."""
-
-    sha1: str
-    size: int
-    width: int  # upright (after EXIF rotation)
-    height: int
-
-
 class SafeImageDataset(ImageDataset):
     """For embedding: item i is (tensor, i, FileFacts) or (None, i, reason) for an unusable file.
 
@@ -96,37 +84,10 @@ class SafeImageDataset(ImageDataset):
             data = read_image_bytes(self.files[i])
             img = decode_image(data, self.files[i], self.draft)
             size = _full_size(data, img, self.draft, self.files[i])
-            facts = FileFacts(hashlib.sha1(data).hexdigest(), len(data), *size)
+            facts = FileFacts(content_hash(data), len(data), *size)
             return self.transform(img), i, facts
         except ImageError as exc:
             return None, i, exc.reason
-
-
-def read_facts(files: list[str], progress: bool = False) -> tuple[dict[int, FileFacts], list[tuple[int, str]]]:
-    """What an index stores of each file, from its bytes and header alone (nothing decoded): {index: FileFacts},
-    and [(index, reason)] for the files that cannot be read."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from mhtag.core.progress import progress_bar
-
-    def facts(path: str) -> FileFacts | str:
-        try:
-            data = read_image_bytes(path)
-            width, height = upright_size(data, path)
-        except ImageError as exc:
-            return exc.reason
-        return FileFacts(hashlib.sha1(data).hexdigest(), len(data), width, height)
-
-    found, failed = {}, []
-    with progress_bar("reading", len(files), progress and len(files) > 1000) as advance, \
-            ThreadPoolExecutor(4) as pool:  # reading and hashing release the GIL
-        for i, fact in enumerate(pool.map(facts, files, chunksize=64)):
-            if isinstance(fact, FileFacts):
-                found[i] = fact
-            else:
-                failed.append((i, fact))
-            advance(1)
-    return found, failed
 
 
 def _full_size(data: bytes, img: Image.Image, draft: tuple[int, int] | None, name: str) -> tuple[int, int]:

@@ -31,6 +31,11 @@ MAX_PIXELS = 64_000_000  # larger images are refused as possible decompression b
 MAX_FILE_BYTES = 256 * 1024 * 1024  # larger files are refused before they are read (a 64 Mpx RGB TIFF is 192 MB)
 
 
+def content_hash(data: bytes) -> str:
+    """An image's identity: the SHA-1 of its bytes, hex (the feature store's, the index's and the server's key)."""
+    return hashlib.sha1(data).hexdigest()
+
+
 def is_image_name(path: str | Path) -> bool:
     name = Path(path).name
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
@@ -160,7 +165,7 @@ def probe_image_file(path: str | Path) -> ImageInfo:
         with Image.open(io.BytesIO(data)) as raw:
             info.mode = raw.mode
         info.width, info.height = img.size
-        info.sha1 = hashlib.sha1(data).hexdigest()
+        info.sha1 = content_hash(data)
     except ImageError as exc:
         info.error = exc.reason
     return info
@@ -308,3 +313,40 @@ def _not_a_file(path: str) -> str:
     if os.path.islink(path) and not os.path.exists(path):
         return "dangling symlink (its target does not exist)"
     return "not a regular file (a device, FIFO or socket)"
+
+
+@dataclass
+class FileFacts:
+    """What indexing stores about a file, taken from the one read that decoded it."""
+
+    sha1: str
+    size: int
+    width: int  # upright (after EXIF rotation)
+    height: int
+
+
+def read_facts(files: list[str], progress: bool = False) -> tuple[dict[int, FileFacts], list[tuple[int, str]]]:
+    """What an index stores of each file, from its bytes and header alone (nothing decoded): {index: FileFacts},
+    and [(index, reason)] for the files that cannot be read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mhtag.core.progress import progress_bar
+
+    def facts(path: str) -> FileFacts | str:
+        try:
+            data = read_image_bytes(path)
+            width, height = upright_size(data, path)
+        except ImageError as exc:
+            return exc.reason
+        return FileFacts(content_hash(data), len(data), width, height)
+
+    found, failed = {}, []
+    with progress_bar("reading", len(files), progress and len(files) > 1000) as advance, \
+            ThreadPoolExecutor(4) as pool:  # reading and hashing release the GIL
+        for i, fact in enumerate(pool.map(facts, files, chunksize=64)):
+            if isinstance(fact, FileFacts):
+                found[i] = fact
+            else:
+                failed.append((i, fact))
+            advance(1)
+    return found, failed

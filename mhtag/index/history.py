@@ -74,7 +74,10 @@ class LabelHistory:
         return [Change(**row) for row in rows]
 
     def of_row(self, rid: int) -> list[Change]:
-        return [c for c in self.all() if c.rid == rid]
+        if self.table is None:
+            return []
+        rows = self.table.search().where(f"rid = {int(rid)}").limit(None).to_arrow().sort_by("id").to_pylist()
+        return [Change(**row) for row in rows]
 
     def after(self, change_id: int) -> list[Change]:
         return [c for c in self.all() if c.id > change_id]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mhtag.core.config import DEFAULT_BACKBONE
 from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.core.storage import location
 from mhtag.data.images import walk_images
@@ -23,9 +25,11 @@ from mhtag.index.history import LabelHistory, shown
 from mhtag.index.meta import IndexMeta, read_meta
 from mhtag.index.neighbours import labelled_index
 from mhtag.index.store import DEFAULT_DB, open_table, read_columns, snapshot
-from mhtag.inference.encoder import DEFAULT_BACKBONE, Encoder, load_encoder
 from mhtag.inference.fusion import NEIGHBOUR_TAU, attribute_answer, head_distribution, neighbour_shares
 from mhtag.results import Failure, ImagePrediction, PredictResult, RowDetail
+
+if TYPE_CHECKING:
+    from mhtag.inference.encoder import Encoder
 
 _logger = logging.getLogger(__name__)
 SHOWN_NEIGHBOURS = 6  # the nearest labelled rows an answer names, for their thumbnails
@@ -63,17 +67,39 @@ class Predictor:
             _logger.warning("k=%d differs from the k=%d the fusion weights were tuned with", k, tuned_k)
         self.k = k if k is not None else tuned_k
         self.min_similarity = min_similarity
+        self.model = model
+        self._encoder = encoder
         m = self.meta
-        self.encoder = encoder or load_encoder(model if model is not None else m.model_path,
-                                               m.backbone if m else DEFAULT_BACKBONE)
+        if m is None or model is not None:
+            self.encoder  # noqa: B018 - loaded now: without an index it defines the attributes, a model is checked
         if m is not None:
-            check_compatible(m, self.encoder, self.db)
             self.attributes = m.attributes
         elif self.encoder.tagger is None:
             raise MhtagError("a bare backbone predicts nothing without an index of labelled images")
         else:
             self.attributes = [StoredAttribute(a.name, a.kind, list(a.classes), has_head=True)
                                for a in self.encoder.tagger.schema.attributes]
+
+    @property
+    def encoder(self) -> Encoder:
+        """The model, loaded on first use: a service that only searches and shows rows never loads it (nor
+        torch)."""
+        if self._encoder is None:
+            from mhtag.inference.encoder import load_encoder  # here: torch loads with the model, not before
+
+            m = self.meta
+            self._encoder = load_encoder(self.model if self.model is not None else m.model_path,
+                                         m.backbone if m else DEFAULT_BACKBONE)
+            if m is not None:
+                check_compatible(m, self._encoder, self.db)
+        return self._encoder
+
+    def _thresholds(self) -> dict[str, list[float]]:
+        """Each tag group head's cuts: kept in the index meta (older indexes: from the model)."""
+        if self.meta is not None and self.model is None and all(a.thresholds for a in self.attributes
+                                                                if a.multi and a.has_head):
+            return {a.name: a.thresholds for a in self.attributes if a.multi and a.has_head}
+        return self.encoder.tagger.thresholds_ if self.encoder.tagger else {}
 
     def predict_files(self, paths: list[str | Path], batch_size: int = 64, progress: bool = False
                       ) -> PredictResult:
@@ -97,7 +123,7 @@ class Predictor:
                own_paths: list[str | None]) -> list[ImagePrediction]:
         """One prediction per row of `feats`; an indexed image (`own_paths`) never votes for itself."""
         lab = labelled_index(self.db) if self.meta is not None else None
-        thresholds = self.encoder.tagger.thresholds_ if self.encoder.tagger else {}
+        thresholds = self._thresholds()
         sims = pos = None
         if lab is not None and len(feats):
             sims, pos = lab.vectors.search(feats, self.k + 1, lab.positions)  # +1: room to drop itself

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mhtag.data.datasets import FileFacts
+from mhtag.data.images import FileFacts
 from mhtag.data.labels import absolute, hash_split
 from mhtag.data.schema import AttributeKind, encode_tags
 from mhtag.index.columns import rid_for, text_column

@@ -3,28 +3,27 @@ same image twice is one file and one row) and rows deleted by id."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from mhtag.core.errors import MhtagError, NotFoundError
 from mhtag.core.io import atomic_write_bytes
-from mhtag.core.runtime import DistInfo
 from mhtag.core.storage import is_remote, location
-from mhtag.data.images import decode_image
+from mhtag.data.images import content_hash, decode_image
 from mhtag.data.labels import absolute
-from mhtag.index.build import IndexOptions, index_writer, make_plan, write_plan
 from mhtag.index.columns import rid_for
 from mhtag.index.guard import guard_index
 from mhtag.index.labels import CheckedLabels, checked_labels
 from mhtag.index.meta import IndexMeta, require_meta
 from mhtag.index.rows import KnownLabels
 from mhtag.index.store import open_table, read_columns, sync_vectors, writer_lock
-from mhtag.inference.encoder import Encoder
 from mhtag.results import Added, Deleted
+
+if TYPE_CHECKING:
+    from mhtag.inference.encoder import Encoder
 
 UPLOADS = "uploads"  # folder inside the index where uploaded images are kept
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
@@ -46,6 +45,9 @@ def add_images(db: str | Path, images: list[bytes], enc: Encoder, labels: list[d
     folder = db / UPLOADS
     names = [_store_upload(folder, data, i) for i, data in enumerate(images)]
     known = _upload_labels(meta, names, checked) if checked else None
+    from mhtag.core.runtime import DistInfo  # here: indexing loads torch, deleting a row does not
+    from mhtag.index.build import IndexOptions, index_writer, make_plan, write_plan
+
     single = DistInfo()  # the service writes in its own process
     with index_writer(db, enc, known, folder, rebuild=False, dist=single) as (table, meta):
         plan = make_plan(table, folder, {n: folder / n for n in names}, meta, known, complete=False)
@@ -60,7 +62,7 @@ def _store_upload(folder: Path, data: bytes, i: int) -> str:
         ext = _EXTENSIONS.get(img.format or "", "")
     if not ext:
         raise MhtagError(f"upload {i + 1}: this image format cannot be stored; send JPEG, PNG or WebP")
-    name = hashlib.sha1(data).hexdigest() + ext
+    name = content_hash(data) + ext
     if not (folder / name).is_file():
         atomic_write_bytes(folder / name, data)
     return name

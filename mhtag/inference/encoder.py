@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mhtag.core.config import DEFAULT_BACKBONE
 from mhtag.core.errors import MhtagError
 from mhtag.core.progress import progress_bar
-from mhtag.core.runtime import auto_workers, autocast, default_device
-from mhtag.data.datasets import FileFacts, SafeImageDataset, collate_safe, read_facts
-from mhtag.data.images import check_image_files
+from mhtag.core.runtime import auto_workers, autocast, default_device, torch_setup
+from mhtag.data.datasets import SafeImageDataset, collate_safe
+from mhtag.data.images import FileFacts, check_image_files, read_facts
 from mhtag.data.transforms import build_transform
 from mhtag.inference.store import FeatureStore, backbone_key
 from mhtag.models.backbones import Backbone, create_backbone
@@ -27,7 +28,6 @@ from mhtag.models.checkpoint import checkpoint_file, load_checkpoint, tagger_fro
 from mhtag.models.tagger import Tagger
 
 _logger = logging.getLogger(__name__)
-DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def loader_kwargs(device: torch.device, workers: int | None) -> dict[str, Any]:
@@ -166,6 +166,7 @@ def _file_digest(path: Path) -> str:
 
 def load_encoder(model: str | Path | None = None, backbone: str = DEFAULT_BACKBONE) -> Encoder:
     """A trained run (folder or checkpoint) or, without one, the pretrained `backbone` alone."""
+    torch_setup()
     if model is None:
         bb = create_backbone(backbone)
         return Encoder(bb.eval(), f"backbone:{bb.name}", None, bb.name, bb.data_config)

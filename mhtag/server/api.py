@@ -153,7 +153,9 @@ async def _read_uploads(svc: Service, files: list[UploadFile]) -> list[Upload]:
 
 def _decoded(svc: Service, uploads: list[Upload]) -> list:
     """Decoded uploads (JPEGs straight at the model's input scale); runs in a worker thread."""
-    h, w = svc.predictor.encoder.data_config["input_size"]
+    predictor = svc.predictor
+    config = predictor.meta.data_config if predictor.meta is not None else predictor.encoder.data_config
+    h, w = config["input_size"][-2:]
     return [decode_image(u.data, u.name, draft_size=(w, h)) for u in uploads]
 
 

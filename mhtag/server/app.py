@@ -122,5 +122,5 @@ def create_app_from_env() -> FastAPI:
     from mhtag.index.vectors import setup_faiss
 
     settings = Settings.from_env()
-    setup_faiss(setup(settings.threads))
+    setup_faiss(setup(settings.threads, load_torch=False))  # a worker that only searches never loads torch
     return create_app(settings)

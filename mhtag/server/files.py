@@ -4,7 +4,6 @@ image or by a link to `/etc/passwd`, is answered 404 and never sent. A client na
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from mhtag.core.errors import ImageError, NotFoundError
-from mhtag.data.images import decode_image, read_image_bytes
+from mhtag.data.images import content_hash, decode_image, read_image_bytes
 from mhtag.index.store import snapshot
 
 THUMB_SIDE = 256
@@ -58,7 +57,7 @@ def _verified(f: StoredFile, real: str) -> bytes:
         data = read_image_bytes(real, max_bytes=max(f.size, 1))
     except ImageError as exc:
         raise FileGone(f"the file of row {f.rid} cannot be served ({exc.reason})") from exc
-    if len(data) != f.size or hashlib.sha1(data).hexdigest() != f.sha1:
+    if len(data) != f.size or content_hash(data) != f.sha1:
         raise FileGone(f"the file of row {f.rid} has changed since it was indexed; run `mhtag index` again")
     return data
 

@@ -121,7 +121,7 @@ class Service:
     def predictor(self) -> Predictor:
         now = self._stamp()
         if now != self._meta_stamp:
-            self._predictor = Predictor(self.db, self.settings.model, encoder=self._predictor.encoder)
+            self._predictor = Predictor(self.db, self.settings.model, encoder=self._predictor._encoder)
             self._meta_stamp = now
         return self._predictor
 

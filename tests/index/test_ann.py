@@ -51,7 +51,7 @@ def test_filter_values_are_quoted_never_pasted(indexed):
 def test_ivf_pq_search_returns_exactly_limit_rows_down_to_a_tenth_of_a_percent(tmp_path, monkeypatch):
     from mhtag.index import lancedb_engine
 
-    monkeypatch.setattr(lancedb_engine, "EXACT_MAX_MATCHES", 100)  # the 50% filter goes through IVF_PQ, the 0.1% one exact
+    monkeypatch.setattr(lancedb_engine, "EXACT_MAX_MATCHES", 100)  # 50% goes through IVF_PQ, 0.1% exact
     rows, dim = 6000, 128
     values = {"half": ["a", "b"], "rare": [f"r{i}" for i in range(1000)]}  # 50% and 0.1% (6 rows) per value
     write_synthetic_index(tmp_path, rows, dim, values)

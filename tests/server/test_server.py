@@ -276,3 +276,37 @@ def test_serve_with_two_workers_answers_like_the_library(indexed):
     finally:
         server.terminate()
         server.wait(20)
+
+
+SEARCH_ONLY = """
+import sys
+from fastapi.testclient import TestClient
+from mhtag.server.app import create_app
+from mhtag.server.service import Settings
+client = TestClient(create_app(Settings(db=sys.argv[1])), base_url="http://localhost")
+hit = client.post("/api/search", json={"filters": {"colour": ["red"]}, "facets": True}).json()["results"][0]
+assert client.get(f"/api/rows/{hit['id']}").status_code == 200
+assert client.post("/api/search", json={"like_id": hit["id"]}).status_code == 200
+assert client.get(f"/api/images/{hit['id']}/thumb").status_code == 200
+assert client.get("/api/health").status_code == 200 and client.get("/api/attributes").status_code == 200
+searched = "torch" in sys.modules
+sys.path.insert(0, sys.argv[3])
+import conftest  # noqa: E402,F401 - the tests' tiny backbone, which the index's model uses
+with open(sys.argv[2], "rb") as fh:
+    assert client.post("/api/predict", files={"image": ("x.png", fh.read(), "image/png")}).status_code == 200
+print(searched, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_a_server_that_only_searches_never_loads_torch(indexed, demo):
+    """Search, facets, similar rows, row details and thumbnails answer without the model; the first prediction
+    loads it."""
+    import subprocess
+    import sys
+
+    image = demo.parent / "images" / "00001.png"
+    out = subprocess.run([sys.executable, "-c", SEARCH_ONLY, str(indexed[0]), str(image), str(TESTS)],
+                         capture_output=True, text=True, cwd=TESTS.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]
