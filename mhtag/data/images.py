@@ -36,6 +36,15 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+def file_hash(path: str | Path) -> str:
+    """`content_hash` of a file's bytes, read a megabyte at a time (a checkpoint, an image being re-checked)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def is_image_name(path: str | Path) -> bool:
     name = Path(path).name
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS

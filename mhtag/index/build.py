@@ -9,7 +9,6 @@ only has those columns updated. A killed run resumes with no duplicate and no lo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from lancedb.expr import col
 from mhtag.core.errors import MhtagError
 from mhtag.core.runtime import DistInfo, init_distributed
 from mhtag.core.storage import location
-from mhtag.data.images import walk_images
+from mhtag.data.images import file_hash, walk_images
 from mhtag.data.labels import absolute, read_csv_frame, read_labels
 from mhtag.data.schema import AttributeKind, check_distinct_columns, encode_tags, is_blank, split_tags
 from mhtag.index.columns import StoredAttribute, rid_for, text_column
@@ -125,14 +124,6 @@ def index_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, r
 # ---------------------------------------------------------------- plan
 
 
-def _sha1_file(path: Path) -> str:
-    h = hashlib.sha1()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def make_plan(table, root: Path, files: dict[str, Path], meta: IndexMeta, known: KnownLabels | None,
               verify: bool = False, complete: bool = True, corrected: dict[int, set[str]] | None = None) -> Plan:
     """Compare `files` (rel path under `root` -> file) with the table's rows from `root` (other folders' rows are
@@ -171,7 +162,7 @@ def _compare(old: dict[str, Any], path: Path, meta: IndexMeta, known: KnownLabel
     if old["size"] != st.st_size:
         return False, None
     touched = old["mtime_ns"] != st.st_mtime_ns
-    if (touched or verify) and _sha1_file(path) != old["id"]:
+    if (touched or verify) and file_hash(path) != old["id"]:
         return False, None
     kept = {k: v for k, v in old.items() if k == "split" or k in _stored_label_columns(meta)}
     now = {"mtime_ns": st.st_mtime_ns, **kept, **(known.given(rel, meta, corrected) if known is not None else {})}

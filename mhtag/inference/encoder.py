@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from mhtag.core.errors import MhtagError
 from mhtag.core.progress import progress_bar
 from mhtag.core.runtime import auto_workers, autocast, default_device, torch_setup
 from mhtag.data.datasets import SafeImageDataset, collate_safe
-from mhtag.data.images import FileFacts, check_image_files, read_facts
+from mhtag.data.images import FileFacts, check_image_files, file_hash, read_facts
 from mhtag.data.transforms import build_transform
 from mhtag.inference.store import FeatureStore, backbone_key
 from mhtag.models.backbones import Backbone, create_backbone
@@ -156,14 +155,6 @@ class Encoder:
         return feats.float().cpu().numpy(), {k: v.float().cpu().numpy() for k, v in probs.items()}
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha1()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def load_encoder(model: str | Path | None = None, backbone: str = DEFAULT_BACKBONE) -> Encoder:
     """A trained run (folder or checkpoint) or, without one, the pretrained `backbone` alone."""
     torch_setup()
@@ -172,7 +163,7 @@ def load_encoder(model: str | Path | None = None, backbone: str = DEFAULT_BACKBO
         return Encoder(bb.eval(), f"backbone:{bb.name}", None, bb.name, bb.data_config)
     path = checkpoint_file(model)
     tagger = tagger_from_checkpoint(load_checkpoint(path))
-    return Encoder(tagger, f"model:{_file_digest(path)}", str(path.resolve()), tagger.backbone.name,
+    return Encoder(tagger, f"model:{file_hash(path)[:16]}", str(path.resolve()), tagger.backbone.name,
                    tagger.backbone.data_config)
 
 
