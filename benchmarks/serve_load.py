@@ -72,6 +72,24 @@ def reference_scan_ms(rows: int = 100_000, dim: int = 1280, share: float = 0.025
     return round(float(np.median(times)) * 1000, 2)
 
 
+def bare_forward_images_per_s(jpeg: bytes, batch: int = 32, seconds: float = 10.0) -> float:
+    """The backbone's own throughput on this image, batched (decoded once), alone on the machine: what the
+    service's predictions are measured against."""
+    from mhtag.core.runtime import setup
+    from mhtag.data.images import decode_image
+    from mhtag.inference.encoder import load_encoder
+
+    setup()
+    enc = load_encoder(None)
+    images = [decode_image(jpeg, "photo.jpg")] * batch
+    enc.encode_images(images)  # warm
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        enc.encode_images(images)
+        done += batch
+    return round(done / (time.perf_counter() - t0), 1)
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and its children (uvicorn's workers)."""
     children = Path(f"/proc/{pid}/task/{pid}/children")
@@ -171,6 +189,12 @@ def main() -> None:
     args = ap.parse_args()
     use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk") is not None)
     reference_scan = reference_scan_ms()
+    from PIL import Image
+
+    photo = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (80, 60, 3), dtype=np.uint8)).save(photo, "JPEG")
+    jpeg = photo.getvalue()
+    bare = bare_forward_images_per_s(jpeg)
     work = Path(tempfile.mkdtemp(prefix="mhtag-load-"))
     db = work / "db"
     t0 = time.monotonic()
@@ -200,12 +224,6 @@ def main() -> None:
                     "like_id": rnd.choice(ids), "limit": 20}
             return http.post("/api/search", json=body)
 
-        from PIL import Image
-
-        photo = io.BytesIO()
-        Image.fromarray(np.random.default_rng(1).integers(0, 255, (80, 60, 3), dtype=np.uint8)).save(photo, "JPEG")
-        jpeg = photo.getvalue()
-
         def predict(http, rnd):
             return http.post("/api/predict", files={"image": ("photo.jpg", jpeg, "image/jpeg")})
 
@@ -230,13 +248,14 @@ def main() -> None:
         out = {"rows": args.rows, "clients": args.clients, "seconds": args.seconds, "cores": os.cpu_count(),
                "workers": args.workers, "load_generator": "wrk" if use_wrk else "python threads (httpx)",
                "index_build_s": round(build_s, 1), "server_rss_mb_before": before,
-               "reference_scan_ms": reference_scan}
+               "reference_scan_ms": reference_scan, "bare_batched_forward_images_per_s": bare}
         run_search(args.clients, 5)  # warm-up: every worker has answered before the clock starts
         out["search_two_filters_like_id"] = run_search(args.clients, args.seconds)
         run_search(1, 2)  # the requests still queued from the 8-client run drain before the clock starts
         out["search_one_client"] = run_search(1, min(10.0, args.seconds))
         run_predict(args.clients, 5)
         out["predict_one_80x60_jpeg"] = run_predict(args.clients, args.seconds)
+        out["predict_ratio_to_bare_forward"] = round(out["predict_one_80x60_jpeg"]["requests_per_s"] / bare, 2)
         run_predict(1, 3)
         out["predict_one_client"] = run_predict(1, min(10.0, args.seconds))
         out["server_rss_mb_after"] = tree_rss_mb(server.pid)

@@ -22,7 +22,7 @@ LAYERS = [
                "raydata", "build", "uploads", "synthetic", "ann", "search", "export", "robustness"]),
     ("audit", ["health", "rules", "labels"]),
     ("catalogue", ["edits", "retrain", "review"]),
-    ("server", ["service", "files", "api", "app"]),
+    ("server", ["batching", "service", "files", "api", "app"]),
     ("cli", ["app", "demo", "inspect", "train", "evaluate", "ensemble", "index", "predict", "search", "export",
              "labels", "audit", "serve", "backbones", "cache"]),
     ("__main__", []),

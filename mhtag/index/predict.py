@@ -114,11 +114,6 @@ class Predictor:
             result.predictions += self.answer(batch.embeddings, batch.probs, [files[i] for i in batch.ok], own)
         return result
 
-    def predict_images(self, images: list, names: list[str]) -> PredictResult:
-        """Decoded images (uploads); none of them is in the index, so every neighbour may vote."""
-        feats, probs = self.encoder.encode_images(images)
-        return PredictResult(predictions=self.answer(feats, probs, names, [None] * len(names)))
-
     def answer(self, feats: np.ndarray, probs: dict[str, np.ndarray], names: list[str],
                own_paths: list[str | None]) -> list[ImagePrediction]:
         """One prediction per row of `feats`; an indexed image (`own_paths`) never votes for itself."""

@@ -235,8 +235,8 @@ async def search_by_image(svc: ServiceDep, image: Annotated[UploadFile, File(des
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
     uploads = await _read_uploads(svc, [image])
-    enc = svc.predictor.encoder
-    vector, _ = await _in_model_thread(svc, lambda: enc.encode_images(_decoded(svc, uploads)))
+    images = await _in_model_thread(svc, _decoded, svc, uploads)
+    vector, _ = await svc.encode(images)
     return await anyio.to_thread.run_sync(lambda: _search(svc, body, vector))
 
 
@@ -245,8 +245,11 @@ async def predict_images(svc: ServiceDep, image: Annotated[list[UploadFile], Fil
                          ) -> PredictResult:
     uploads = await _read_uploads(svc, image)
     predictor = svc.predictor
-    return await _in_model_thread(svc, lambda: predictor.predict_images(_decoded(svc, uploads),
-                                                                        [u.name for u in uploads]))
+    images = await _in_model_thread(svc, _decoded, svc, uploads)
+    feats, probs = await svc.encode(images)  # one forward pass with the images of other requests
+    names = [u.name for u in uploads]
+    return await _in_model_thread(svc, lambda: PredictResult(predictions=predictor.answer(feats, probs, names,
+                                                                                          [None] * len(names))))
 
 
 @router.get("/rows/{rid}", response_model=RowDetail)

@@ -20,6 +20,7 @@ from mhtag.index.predict import Predictor
 from mhtag.index.search import warm
 from mhtag.index.store import DEFAULT_DB
 from mhtag.results import RetrainStatus
+from mhtag.server.batching import MicroBatcher
 
 _logger = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_files: int = 32  # images in one request
     max_request_pixels: int = 64_000_000  # decoded pixels one request may ask for, all its images together
-    model_threads: int = 2  # concurrent model calls (off the event loop)
+    model_threads: int = 2  # concurrent decodes and answers (off the event loop)
+    max_batch: int = 32  # images of concurrent requests that share one forward pass
     threads: int | None = None  # torch/FAISS threads of a worker process (`mhtag --threads`); None: every core
 
     @property
@@ -107,6 +109,7 @@ class Service:
         self.db = location(settings.db)
         self.api_key = check_settings(settings)
         self.model_limiter = None  # an anyio.CapacityLimiter, made on first use inside the event loop
+        self.batcher: MicroBatcher | None = None  # the model's micro-batcher, made on first use (same reason)
         self.retraining = RetrainJob(self.db)
         with index_errors(self.db):
             self._predictor = Predictor(self.db, settings.model)
@@ -119,11 +122,31 @@ class Service:
 
     @property
     def predictor(self) -> Predictor:
+        """The predictor of the index's current meta; its model is kept only while the index still names it (a
+        retraining from the catalogue switches the index to new heads)."""
         now = self._stamp()
         if now != self._meta_stamp:
-            self._predictor = Predictor(self.db, self.settings.model, encoder=self._predictor._encoder)
+            old = self._predictor._encoder
+            meta = require_meta(self.db)
+            same = old is not None and (self.settings.model is not None or old.model_path == meta.model_path)
+            self._predictor = Predictor(self.db, self.settings.model, encoder=old if same else None)
             self._meta_stamp = now
         return self._predictor
+
+    def encode_batch(self, images: list) -> list[tuple]:
+        """(embedding, {head: probabilities}) per decoded image, in one forward pass (the batcher's `run`)."""
+        feats, probs = self.predictor.encoder.encode_images(images)
+        return [(feats[i], {k: v[i] for k, v in probs.items()}) for i in range(len(images))]
+
+    async def encode(self, images: list) -> tuple:
+        """(embeddings, {head: probabilities}) of decoded images, batched with other requests' images."""
+        import numpy as np
+
+        if self.batcher is None:
+            self.batcher = MicroBatcher(self.encode_batch, self.settings.max_batch)
+        rows = await self.batcher(images)
+        feats = np.stack([f for f, _ in rows])
+        return feats, {k: np.stack([p[k] for _, p in rows]) for k in (rows[0][1] if rows else {})}
 
     def key_ok(self, presented: str | None) -> bool:
         return self.api_key is not None and presented is not None and hmac.compare_digest(presented, self.api_key)
