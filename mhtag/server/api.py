@@ -236,7 +236,7 @@ async def search_by_image(svc: ServiceDep, image: Annotated[UploadFile, File(des
         raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]) from None
     uploads = await _read_uploads(svc, [image])
     images = await _in_model_thread(svc, _decoded, svc, uploads)
-    vector, _ = await svc.encode(images)
+    vector = await svc.embed(images)  # one forward pass with the images of other requests
     return await anyio.to_thread.run_sync(lambda: _search(svc, body, vector))
 
 
@@ -244,12 +244,9 @@ async def search_by_image(svc: ServiceDep, image: Annotated[UploadFile, File(des
 async def predict_images(svc: ServiceDep, image: Annotated[list[UploadFile], File(description="one or more images")]
                          ) -> PredictResult:
     uploads = await _read_uploads(svc, image)
-    predictor = svc.predictor
     images = await _in_model_thread(svc, _decoded, svc, uploads)
-    feats, probs = await svc.encode(images)  # one forward pass with the images of other requests
-    names = [u.name for u in uploads]
-    return await _in_model_thread(svc, lambda: PredictResult(predictions=predictor.answer(feats, probs, names,
-                                                                                          [None] * len(names))))
+    # one forward pass and one neighbour search with the images of other requests
+    return PredictResult(predictions=await svc.predict(images, [u.name for u in uploads]))
 
 
 @router.get("/rows/{rid}", response_model=RowDetail)

@@ -109,7 +109,7 @@ class Service:
         self.db = location(settings.db)
         self.api_key = check_settings(settings)
         self.model_limiter = None  # an anyio.CapacityLimiter, made on first use inside the event loop
-        self.batcher: MicroBatcher | None = None  # the model's micro-batcher, made on first use (same reason)
+        self.batchers: dict[str, MicroBatcher] = {}  # the model's micro-batchers (embed, predict)
         self.retraining = RetrainJob(self.db)
         with index_errors(self.db):
             self._predictor = Predictor(self.db, settings.model)
@@ -133,20 +133,32 @@ class Service:
             self._meta_stamp = now
         return self._predictor
 
-    def encode_batch(self, images: list) -> list[tuple]:
-        """(embedding, {head: probabilities}) per decoded image, in one forward pass (the batcher's `run`)."""
-        feats, probs = self.predictor.encoder.encode_images(images)
-        return [(feats[i], {k: v[i] for k, v in probs.items()}) for i in range(len(images))]
+    def _embed_batch(self, images: list) -> list:
+        """One embedding per decoded image, in one forward pass (a batcher's `run`)."""
+        feats, _ = self.predictor.encoder.encode_images(images)
+        return list(feats)
 
-    async def encode(self, images: list) -> tuple:
-        """(embeddings, {head: probabilities}) of decoded images, batched with other requests' images."""
+    def _predict_batch(self, items: list[tuple]) -> list:
+        """One prediction per (decoded image, name): one forward pass and one neighbour search for them all."""
+        predictor = self.predictor
+        images, names = [i for i, _ in items], [n for _, n in items]
+        feats, probs = predictor.encoder.encode_images(images)
+        return predictor.answer(feats, probs, names, [None] * len(items))
+
+    async def embed(self, images: list):
+        """Embeddings of decoded images, batched with other requests' images."""
         import numpy as np
 
-        if self.batcher is None:
-            self.batcher = MicroBatcher(self.encode_batch, self.settings.max_batch)
-        rows = await self.batcher(images)
-        feats = np.stack([f for f, _ in rows])
-        return feats, {k: np.stack([p[k] for _, p in rows]) for k in (rows[0][1] if rows else {})}
+        return np.stack(await self._batcher("embed", self._embed_batch)(images))
+
+    async def predict(self, images: list, names: list[str]) -> list:
+        """Predictions for decoded images, batched with other requests' images."""
+        return await self._batcher("predict", self._predict_batch)(list(zip(images, names, strict=True)))
+
+    def _batcher(self, name: str, run) -> MicroBatcher:
+        if name not in self.batchers:  # made on first use: its queue belongs to the running event loop
+            self.batchers[name] = MicroBatcher(run, self.settings.max_batch)
+        return self.batchers[name]
 
     def key_ok(self, presented: str | None) -> bool:
         return self.api_key is not None and presented is not None and hmac.compare_digest(presented, self.api_key)
