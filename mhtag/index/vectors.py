@@ -145,6 +145,15 @@ class VectorIndex:
         dense = base.dtype == np.float32 and (slots is None or len(slots) > DENSE_MIN_SHARE * n_base)
         if not dense:
             chosen = np.arange(len(self.slots)) if slots is None else slots
+            if base.dtype == np.float32 and len(q) < BLAS_MIN_QUERIES:  # no copy: FAISS reads the rows in place
+                in_base = chosen < n_base
+                scores, found = _by_index(q, base, chosen[in_base], k)
+                if not in_base.all():
+                    tail = chosen[~in_base]
+                    t_scores, t_idx = _top_k(q, self.slots.gather(tail), k)
+                    scores, found = _merge(scores, found, t_scores, np.where(t_idx >= 0, tail[np.maximum(t_idx, 0)],
+                                                                              -1), k)
+                return scores, found
             scores, idx = _top_k(q, self.slots.gather(chosen), k)
             return scores, np.where(idx >= 0, chosen[np.maximum(idx, 0)], -1)
         mask = None
@@ -201,6 +210,24 @@ class VectorIndex:
             top = np.argsort(-exact, kind="stable")[:k]
             scores[i, :len(top)], found[i, :len(top)] = exact[top], row[top]
         return scores, found
+
+
+def _by_index(q: np.ndarray, base: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k among the rows `ids` of a float32 `base`, read in place (FAISS), -1 where fewer."""
+    import faiss
+
+    scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+    found = np.full((len(q), k), -1, dtype=np.int64)
+    k_eff = min(k, len(ids))
+    if k_eff:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vals = np.empty((len(q), k_eff), dtype=np.float32)
+        out = np.empty((len(q), k_eff), dtype=np.int64)
+        faiss.knn_inner_products_by_idx(faiss.swig_ptr(q), faiss.swig_ptr(base), faiss.swig_ptr(ids), base.shape[1],
+                                        len(q), len(base), len(ids), k_eff, faiss.swig_ptr(vals),
+                                        faiss.swig_ptr(out), 0)  # 0: one list of ids for every query
+        scores[:, :k_eff], found[:, :k_eff] = vals, out
+    return scores, found
 
 
 def _top_k(q: np.ndarray, vectors: np.ndarray, k: int, mask: np.ndarray | None = None
