@@ -70,10 +70,12 @@ class Fused(BaseModel):
 
 
 class AttributeAnswer(BaseModel):
-    head: list[tuple[str, float]] = Field(description="the head's top 3: [label, probability]")
+    head: list[tuple[str, float]] = Field(description="the head's top 3: [label, probability] (a zero-shot "
+                                                      "attribute's: the prompts' softmax)")
     neighbours: list[tuple[str, float]] = Field(description="labelled neighbours' top 3: [label, share]")
     fused: Fused
     agree: bool | None = Field(description="head and neighbours name the same top label (null: one is absent)")
+    zero_shot: bool = Field(False, description="answered from prompts through the text tower, not a trained head")
 
 
 class ImagePrediction(BaseModel):
@@ -82,6 +84,8 @@ class ImagePrediction(BaseModel):
     labels: dict[str, str | list[str]] = Field(default_factory=dict,
                                                description="the known labels, where the image is an indexed row")
     neighbour_ids: list[RowId] = Field(default_factory=list, description="the nearest labelled rows, which vote")
+    described: list[tuple[str, float]] = Field(default_factory=list, description="the caption phrases most aligned "
+                                                                                 "with the image: [phrase, score]")
 
 
 class PredictResult(BaseModel):
@@ -126,6 +130,7 @@ class IndexReport(BaseModel):
     has_heads: bool = False
     fusion: dict[str, float] = Field(default_factory=dict)  # attribute -> head weight, tuned on val rows
     fusion_tau: dict[str, float] = Field(default_factory=dict)  # attribute -> neighbour vote temperature, tuned too
+    zero_shot: list[str] = Field(default_factory=list)  # attributes answered from prompts in this run
     ids: list[RowId] = Field(default_factory=list)  # row ids written by this run
 
     @property
@@ -184,6 +189,8 @@ class Health(BaseModel):
     version: int = Field(description="the table version the answers come from")
     label_changes: int = Field(0, description="label changes recorded in the catalogue")
     changes_since_model: int = Field(0, description="label changes made after the model was trained")
+    text_search: bool = Field(False, description="the index's model has a text tower: text queries, zero-shot, "
+                                                 "describe")
 
 
 class ValueCount(BaseModel):
@@ -216,6 +223,8 @@ class RowDetail(BaseModel):
     attributes: dict[str, AttributeAnswer] = Field(description="head, neighbours, fused and agree, per attribute")
     texts: dict[str, str] = Field(default_factory=dict, description="the free-text columns (a product title)")
     neighbour_ids: list[RowId] = Field(default_factory=list, description="the nearest labelled rows, which vote")
+    described: list[tuple[str, float]] = Field(default_factory=list, description="the caption phrases most aligned "
+                                                                                 "with the image: [phrase, score]")
     history: list[LabelChange] = Field(default_factory=list, description="the row's label changes, oldest first")
 
 

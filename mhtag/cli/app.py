@@ -58,6 +58,9 @@ Labels = Annotated[Path, typer.Option("--labels", metavar="CSV",
                                        help="labels CSV: a `path` column plus one column per attribute")]
 Images = Annotated[Optional[Path], typer.Option("--images", metavar="DIR",
                                                 help="image root (default: the CSV's folder)")]
+ZeroShotSpec = Annotated[Optional[list[str]], typer.Option("--zero-shot", metavar="NAME=V1,V2,...",
+                                                           help="an attribute answered from prompts through the "
+                                                                "model's text tower (repeatable)")]
 Multilabel = Annotated[Optional[list[str]], typer.Option("--multilabel", metavar="COLUMN",
                                                          help="a `|`-separated tag column (repeatable)")]
 Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", metavar="COLUMN",

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mhtag.cli.app import AsJson, Db, Model, Multilabel, app, echo_json, example, is_rank0, prepare
+from mhtag.cli.app import AsJson, Db, Model, Multilabel, ZeroShotSpec, app, echo_json, example, is_rank0, prepare
 from mhtag.report.text import shown
 
 
@@ -66,6 +66,7 @@ def index(folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="folder 
           build_ann: Annotated[bool, typer.Option("--build-ann", help="then build LanceDB's vector (IVF_PQ) and "
                                                                       "scalar indexes for `search --engine lance` "
                                                                       "(refresh after bulk appends)")] = False,
+          zero_shot: ZeroShotSpec = None,
           as_json: AsJson = False) -> None:
     """Embed and tag every image under FOLDER into a LanceDB index (incremental, resumable)."""
     prepare()
@@ -73,7 +74,7 @@ def index(folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="folder 
     from mhtag.index.store import DEFAULT_DB
 
     options = IndexOptions(rebuild=rebuild, prune=prune, verify=verify, batch_size=batch_size, workers=workers,
-                           engine=engine.value, progress=True)
+                           engine=engine.value, zero_shot=zero_shot or [], progress=True)
     r = index_images(folder, db or DEFAULT_DB, model, labels, multilabel or [], options)
     if not is_rank0():
         return

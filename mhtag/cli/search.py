@@ -50,6 +50,8 @@ def search(ctx: typer.Context, db: Db = None, filter_: Filter = None, where: Whe
                            ] = None,
            like_id: Annotated[Optional[int], typer.Option(metavar="ROW", help="rank by similarity to this indexed "
                                                                              "row")] = None,
+           text: Annotated[Optional[str], typer.Option(metavar="WORDS", help="rank by similarity to these words "
+                                                                             "(the model's text tower)")] = None,
            limit: Annotated[int, typer.Option(min=1)] = 20,
            offset: Annotated[int, typer.Option(min=0, help="skip this many ranked rows")] = 0,
            sort: Annotated[SortChoice, typer.Option(help="similarity (to --like/--like-id), confidence, path, or "
@@ -68,7 +70,7 @@ def search(ctx: typer.Context, db: Db = None, filter_: Filter = None, where: Whe
            sheet: Annotated[Optional[Path], typer.Option(metavar="IMAGE", help="write a contact sheet (.jpg/.png) of "
                                                                                "the results")] = None) -> None:
     """Find images by any attribute, ranked by similarity to an image or row, else by confidence."""
-    prepare(torch=like is not None)
+    prepare(torch=like is not None or text is not None)
     from mhtag.index.meta import require_meta
     from mhtag.index.query import Query
     from mhtag.index.search import search as run_search
@@ -80,7 +82,7 @@ def search(ctx: typer.Context, db: Db = None, filter_: Filter = None, where: Whe
     if sheet:
         check_sheet_path(sheet)
     query = Query(filter_pairs(ctx.args, filter_), source=source.value, min_confidence=min_confidence,
-                  disputed=disputed, where=where, like=like, like_id=like_id, limit=limit, offset=offset,
+                  disputed=disputed, where=where, like=like, like_id=like_id, text=text, limit=limit, offset=offset,
                   facets=facets, sort=sort.value)
     result = run_search(db, query, engine=engine.value)
     names = [a.name for a in require_meta(db).attributes]

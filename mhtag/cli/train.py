@@ -37,13 +37,19 @@ def train(labels: Annotated[Optional[Path], typer.Option(metavar="CSV", help="la
           resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint; "
                                                                 "its schedule may change")] = False,
           set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE",
-                                                            help="any config key (repeatable)")] = None) -> None:
+                                                            help="any config key (repeatable)")] = None,
+          captions: Annotated[Optional[str], typer.Option(metavar="COLUMN", help="also learn a text tower from "
+                                                                                 "this caption column (text search, "
+                                                                                 "zero-shot, describe)")] = None
+          ) -> None:
     """Train one model with a head per attribute of the labels CSV (or of an index's known labels)."""
     from mhtag.core.config import load_config, parse_overrides, read_preset
     from mhtag.core.errors import MhtagError
 
     if (labels is None) == (db is None):
         raise typer.BadParameter("give the labels to learn: --labels CSV, or --db INDEX", param_hint="--labels / --db")
+    if captions is not None:
+        _check_caption_column(captions, labels, db)
 
     flags = {"mode": mode.value if mode else None, "backbone": backbone, "epochs": epochs,
              "probe_epochs": probe_epochs, "batch_size": batch_size, "lr": lr, "probe_lr": probe_lr, "seed": seed,
@@ -90,7 +96,36 @@ def train(labels: Annotated[Optional[Path], typer.Option(metavar="CSV", help="la
         typer.echo(f"interrupted: kept {kept}; continue with `mhtag train --labels {source} --out {run.dir} "
                    "--resume`", err=True)
         raise typer.Exit(130)
+    if captions is not None:
+        _learn_text_tower(captions, run, source, images, cfg)
     typer.echo(f"run saved in {run.dir}" + (f" (report: {run.report})" if run.report else ""))
+
+
+def _check_caption_column(column: str, labels: Path | None, db: str | None) -> None:
+    """A caption column the labels do not have is refused before anything trains."""
+    if labels is not None:
+        from mhtag.data.labels import read_csv_frame
+
+        have = list(read_csv_frame(labels).columns)
+    else:
+        from mhtag.index.meta import require_meta
+
+        have = require_meta(db).text_columns
+    if column not in have:
+        raise typer.BadParameter(f"no column {column!r} in the labels; free-text columns of an index, or any column "
+                                 f"of a CSV: {', '.join(map(str, have))}", param_hint="--captions")
+
+
+def _learn_text_tower(column: str, run, source, images, cfg) -> None:
+    from mhtag.data.labels import LabelTable, drop_unreadable, read_labels
+    from mhtag.training.captions import CaptionOptions, fit_text_tower
+
+    table = source if isinstance(source, LabelTable) else \
+        drop_unreadable(read_labels(source, images, cfg.multilabel, cfg.ignore))
+    report = fit_text_tower(table, run.model.backbone, run.dir, CaptionOptions(column), progress=True)
+    recall = f"val recall@10 {report.val_recall_at_10:.3f}" if report.val_recall_at_10 is not None else "no val rows"
+    typer.echo(f"text tower from {report.captions} captions ({recall}, epoch {report.kept_epoch} kept), "
+               f"{report.phrases} phrases to describe with")
 
 
 @app.command(epilog=example("mhtag configs", "mhtag train --labels labels.csv --config fashion_probe"))

@@ -9,11 +9,12 @@ only has those columns updated. A killed run resumes with no duplicate and no lo
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,9 @@ def index_meta(enc: Encoder, known: KnownLabels | None, old: IndexMeta | None, r
             attrs[a.name] = StoredAttribute(a.name, a.kind, list(a.classes), has_head=True,
                                             thresholds=[float(t) for t in cuts.get(a.name, [])] if a.multi else [])
     previous = {a.name: a for a in old.attributes} if old else {}
+    for name, a in previous.items():  # zero-shot attributes stay with the index, whatever heads the model has
+        if a.zero_shot and name not in attrs:
+            attrs[name] = copy.copy(a)
     # labels the index holds stay, whatever this run's CSV names; its new columns are added
     label_kinds = {n: a.kind for n, a in previous.items() if a.has_labels} | (known.kinds if known else {})
     for name, kind in label_kinds.items():
@@ -249,6 +253,7 @@ class IndexOptions:
     commit_every: int = 512  # rows per atomic commit: what a killed run can lose and does again
     workers: int | None = None  # decoding processes; None: `runtime.auto_workers`
     engine: str = "local"  # local (this process, or one shard per torchrun process) | ray (`index.raydata`)
+    zero_shot: list[str] = field(default_factory=list)  # attributes answered from prompts: "NAME=VALUE,VALUE,..."
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -265,6 +270,7 @@ def index_images(root: str | Path, db: str | Path = DEFAULT_DB, model: str | Pat
     labels of the CSV `labels` (`multilabel`: its tag columns)."""
     options = options or IndexOptions()
     root, db = Path(root), location(db)
+    _checked_zero_shot(options.zero_shot, db, model)
     if not root.is_dir():
         raise MhtagError(f"{root} is not a folder of images")
     old = read_meta(db)
@@ -309,9 +315,26 @@ def build_index(root: Path, db: Path, enc: Encoder, known: KnownLabels | None,
                          vanished=0 if options.prune else len(plan.vanished))
     if dist.is_main and known is not None and enc.tagger is not None:
         report.fusion, report.fusion_tau = calibrate_fusion(db)
+    if dist.is_main:
+        from mhtag.index.zeroshot import answer_zero_shot
+        from mhtag.inference.words import parse_zero_shot
+
+        report.zero_shot = answer_zero_shot(db, [parse_zero_shot(s) for s in options.zero_shot])
     report.rows = open_table(db).count_rows()
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _checked_zero_shot(specs: list[str], db: Path, model: str | Path | None) -> list:
+    """`--zero-shot` specs parsed and checked (the model must have a text tower) before anything is embedded."""
+    if not specs:
+        return []
+    from mhtag.index.zeroshot import check_zero_shot
+    from mhtag.models.checkpoint import checkpoint_file
+
+    meta = read_meta(db)
+    path = str(checkpoint_file(model)) if model is not None else meta.model_path if meta else None
+    return check_zero_shot(specs, meta, path)
 
 
 @contextmanager

@@ -28,6 +28,9 @@ class StoredAttribute(AttributeSpec):
     has_labels: bool = False
     label_values: list[str] = field(default_factory=list)  # known labels seen in the CSV
     thresholds: list[float] = field(default_factory=list)  # a tag group's head: the cut per tag (tuned on val)
+    zero_shot: bool = False  # answered from prompts through the model's text tower, not by a trained head
+    templates: list[str] = field(default_factory=list)  # a zero-shot attribute's prompts
+    temperature: float | None = None  # ... its softmax temperature, where labelled rows calibrated it
 
     @property
     def column(self) -> str:

@@ -9,6 +9,7 @@ from mhtag.index.guard import guard_index
 from mhtag.index.memory import facet_counts
 from mhtag.index.meta import current_meta
 from mhtag.index.store import DEFAULT_DB, snapshot
+from mhtag.models import TEXT_TOWER
 from mhtag.results import AttributeInfo, Attributes, Health, ValueCount
 
 
@@ -30,6 +31,11 @@ def index_attributes(db: str | Path = DEFAULT_DB) -> Attributes:
     return Attributes(attributes=out, texts=list(meta.text_columns))
 
 
+def has_text_tower(model_path: str | None) -> bool:
+    """Whether the model keeps a text tower beside it (text queries, zero-shot, describe); nothing is loaded."""
+    return model_path is not None and (Path(model_path).parent / TEXT_TOWER).is_file()
+
+
 @guard_index
 def index_health(db: str | Path = DEFAULT_DB) -> Health:
     db = location(db)
@@ -37,4 +43,5 @@ def index_health(db: str | Path = DEFAULT_DB) -> Health:
     snap = snapshot(db)
     return Health(rows=snap.rows.num_rows, model=meta.model_path, backbone=meta.backbone, version=snap.version,
                   label_changes=meta.label_changes,
-                  changes_since_model=max(0, meta.labels_applied - meta.model_labels) if meta.model_path else 0)
+                  changes_since_model=max(0, meta.labels_applied - meta.model_labels) if meta.model_path else 0,
+                  text_search=has_text_tower(meta.model_path))

@@ -39,6 +39,7 @@ class Query:
     like: str | Path | None = None  # rank by similarity to this image file
     like_id: int | None = None  # ... to this indexed row
     vector: np.ndarray | None = None  # ... to this embedding (of the index's model)
+    text: str | None = None  # ... to this sentence (through the text tower kept with the index's model)
     limit: int = 20
     offset: int = 0
     facets: bool = False  # count the matched rows per attribute value
@@ -48,7 +49,7 @@ class Query:
         self.source = Source(self.source)
         self.sort = Sort(self.sort)
         if self.sort is Sort.SIMILARITY and not self.ranks_by_similarity:
-            raise MhtagError("sort by similarity needs something to be similar to: an image, a row or a vector")
+            raise MhtagError("sort by similarity needs something to be similar to: an image, a row, a vector or a text")
         if self.limit < 1:
             raise MhtagError(f"limit must be at least 1, not {self.limit}")
         if self.offset < 0:
@@ -56,8 +57,8 @@ class Query:
         if self.min_confidence is not None and not (math.isfinite(self.min_confidence)
                                                     and 0 <= self.min_confidence <= 1):
             raise MhtagError(f"min_confidence must be between 0 and 1, not {self.min_confidence}")
-        if sum(x is not None for x in (self.like, self.like_id, self.vector)) > 1:
-            raise MhtagError("rank by one thing: an image (like), an indexed row (like_id) or a vector")
+        if sum(x is not None for x in (self.like, self.like_id, self.vector, self.text)) > 1:
+            raise MhtagError("rank by one thing: an image (like), an indexed row (like_id), a vector or a text")
 
     @classmethod
     def of(cls, query: Query | Filters | None = None, **fields: Any) -> Query:
@@ -68,7 +69,7 @@ class Query:
 
     @property
     def ranks_by_similarity(self) -> bool:
-        return self.like is not None or self.like_id is not None or self.vector is not None
+        return any(x is not None for x in (self.like, self.like_id, self.vector, self.text))
 
     def sort_columns(self, confidences: list[str]) -> list[str]:
         """The columns a ranking other than similarity reads (`confidences`: the ranked heads' columns)."""

@@ -83,7 +83,7 @@ def head_columns(meta: IndexMeta, probs: dict[str, np.ndarray], r: int, threshol
     the answer's confidence and the full probabilities."""
     out: dict[str, Any] = {}
     for a in meta.attributes:
-        if a.has_head:
+        if a.has_head and not a.zero_shot:  # zero-shot answers come from the text tower (`index.zeroshot`)
             p = probs[a.name][r]
             if a.multi:
                 over = p >= np.asarray(thresholds[a.name])

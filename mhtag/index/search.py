@@ -107,6 +107,13 @@ def embed_query(meta: IndexMeta, db: Path, image: str | Path) -> np.ndarray:
     return batch.embeddings
 
 
+def text_query(meta: IndexMeta, text: str) -> np.ndarray:
+    """A sentence as a query vector, through the text tower kept with the index's model."""
+    from mhtag.inference.words import require_tower, text_vector  # here: a text query needs torch loaded
+
+    return text_vector(require_tower(meta.model_path, "a text query"), text, meta.dim)
+
+
 def open_engine(r: Resolved, engine: str = "auto", version: tuple[int, int] | None = None) -> Engine:
     """The engine that answers `r`: the user's choice, or `choose_engine`'s."""
     if choose_engine(r.db, r.meta, engine, version) == "lance":
@@ -140,6 +147,8 @@ def search(db: str | Path = DEFAULT_DB, query: Query | Filters | None = None, en
         vector = answers.vector_of(q.like_id)
         if vector is None:
             raise NotFoundError(f"no row with id {q.like_id} in index {db}")
+    elif q.text is not None:
+        vector = text_query(meta, q.text)
     n = q.offset + q.limit
     rows, scores = answers.nearest(vector, n) if vector is not None and q.ranking is Sort.SIMILARITY \
         else answers.rank(n)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-EXACT_MAX_ROWS = 200_000  # tables larger than this get an IVF index (see benchmarks/search_filtered.py)
+EXACT_MAX_ROWS = 200_000  # tables larger than this get an IVF index (see benchmarks/search_engines.py)
 EXACT_MAX_MATCHES = 20_000  # with an IVF index, filters passing more rows than this search approximately
 DENSE_MIN_SHARE = 0.25  # a selection over more than this share of a float32 base: one BLAS pass over all of it
 SCORE_BLOCK = 1 << 25  # query x row scores computed at once (128 MB of float32), a bound on memory
@@ -120,7 +120,7 @@ class VectorIndex:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         positions = None
         if rows is not None:
-            positions = np.flatnonzero(rows) if rows.dtype == bool else np.unique(np.asarray(rows, dtype=np.int64))
+            positions = np.flatnonzero(rows) if rows.dtype == bool else _sorted_unique(np.asarray(rows, np.int64))
             if len(positions) == len(self.rids):
                 positions = None
         m = len(self.rids) if positions is None else len(positions)
@@ -210,6 +210,13 @@ class VectorIndex:
             top = np.argsort(-exact, kind="stable")[:k]
             scores[i, :len(top)], found[i, :len(top)] = exact[top], row[top]
         return scores, found
+
+
+def _sorted_unique(positions: np.ndarray) -> np.ndarray:
+    """`positions` sorted and unique; those from `np.flatnonzero` already are (no pass of `np.unique` over them)."""
+    if len(positions) < 2 or bool((positions[1:] > positions[:-1]).all()):
+        return positions
+    return np.unique(positions)
 
 
 def _by_index(q: np.ndarray, base: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

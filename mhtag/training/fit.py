@@ -296,6 +296,18 @@ def _keep_better(run: Run, probe: Run, cfg: TrainConfig, dist: DistInfo) -> None
         run.model, run.val_metrics = probe.model, probe.val_metrics
 
 
+def _keep_clip_text(model: Tagger, out: Path) -> None:
+    """An open_clip backbone's own text tower (as loaded with its weights), saved beside a probe trained on it: the
+    image tower stays frozen, so the two still align (text search and zero-shot work on its index). A fine-tune
+    changes the image tower, so its run keeps none."""
+    source = getattr(model.backbone, "clip_source", None)
+    if source is not None:
+        from mhtag.models.text import ClipTextTower, save_text_tower
+
+        out.mkdir(parents=True, exist_ok=True)
+        save_text_tower(ClipTextTower(source[0], model=source[1]), out)
+
+
 def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any] | None, dist: DistInfo,
            device: torch.device, phase: Phase, progress: bool, start: Tagger | None = None) -> Run:
     """One training phase: its epochs, checkpoints, calibration and report. A fresh fine-tune starts from the heads
@@ -305,6 +317,8 @@ def _train(cfg: TrainConfig, labels, data: Data, out: Path, state: dict[str, Any
     model, dropped = (tagger_from_checkpoint(state).train(), state.get("dropped", {})) if state is not None \
         else _new_model(cfg, labels, data)
     data_config, schema = model.backbone.data_config, model.schema
+    if phase is PROBE and state is None and dist.is_main:
+        _keep_clip_text(model, out)
     if start is not None:
         _copy_heads(start, model)
     (y_train, _), (y_val, _) = schema.encode(train_df), schema.encode(val_df)

@@ -30,7 +30,7 @@ def test_predict_json_schema_and_head_probabilities(indexed, demo):
     assert p["path"].endswith("00001.png")
     assert set(p["attributes"]) == {"shape", "colour", "size", "background", "marks"}
     colour = p["attributes"]["colour"]
-    assert set(colour) == {"head", "neighbours", "fused", "agree"}
+    assert set(colour) == {"head", "neighbours", "fused", "agree", "zero_shot"}
     probs = [pr for _, pr in colour["head"]]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-3
     shares = neighbour_shares_of(colour)

@@ -127,7 +127,8 @@ def test_row_detail_and_images(served, demo):
     client, db = served
     rid = client.post("/api/search", json={"limit": 1}).json()["results"][0]["id"]
     row = client.get(f"/api/rows/{rid}").json()
-    assert row["id"] == rid and set(row["attributes"]["colour"]) == {"head", "neighbours", "fused", "agree"}
+    answer = {"head", "neighbours", "fused", "agree", "zero_shot"}
+    assert row["id"] == rid and set(row["attributes"]["colour"]) == answer
     assert row["labels"]["colour"] in {"red", "green", "blue", "yellow"}
     original = client.get(f"/api/images/{rid}")
     assert row["path"] == row["rel"] == "images/" + Path(row["path"]).name  # no server path in an answer

@@ -2,9 +2,9 @@
 "use strict";
 const PAGE = 40;
 const SHOWN_VALUES = 12;  // facet values listed before "show all"
-const RESERVED = new Set(["source", "minconf", "like", "disputed", "sort", "page"]);
+const RESERVED = new Set(["source", "minconf", "like", "disputed", "sort", "page", "text"]);
 const $ = (id) => document.getElementById(id);
-const state = { filters: {}, source: "any", minconf: 0, like: null, disputed: false, sort: "auto", start: 0,
+const state = { filters: {}, source: "any", minconf: 0, like: null, text: null, disputed: false, sort: "auto", start: 0,
   queryImage: null, matched: 0, results: [], attributes: [], texts: [], expanded: new Set(), loading: false,
   reviewSkipped: 0, review: null };
 
@@ -61,6 +61,7 @@ function readURL() {
   state.source = params.get("source") || "any";
   state.minconf = parseFloat(params.get("minconf") || "0") || 0;
   state.like = params.get("like") || null;  // row ids are strings: 64-bit integers do not fit a JS number
+  state.text = params.get("text") || null;
   state.disputed = params.get("disputed") === "1";
   state.sort = params.get("sort") || "auto";
   state.start = Math.max(0, (parseInt(params.get("page") || "1", 10) || 1) - 1) * PAGE;
@@ -72,6 +73,7 @@ function writeURL() {
   if (state.source !== "any") params.set("source", state.source);
   if (state.minconf > 0) params.set("minconf", String(state.minconf));
   if (state.like !== null) params.set("like", String(state.like));
+  if (state.text) params.set("text", state.text);
   if (state.disputed) params.set("disputed", "1");
   if (state.sort !== "auto") params.set("sort", state.sort);
   if (state.start > 0) params.set("page", String(state.start / PAGE + 1));
@@ -93,8 +95,8 @@ function rowFilter() {
 }
 
 function searchBody(offset) {
-  return { ...rowFilter(), like_id: state.queryImage ? null : state.like, limit: PAGE, offset, facets: true,
-    sort: state.sort };
+  return { ...rowFilter(), like_id: state.queryImage ? null : state.like, text: state.queryImage ? null : state.text,
+    limit: PAGE, offset, facets: true, sort: state.sort };
 }
 
 async function exportCSV() {
@@ -169,7 +171,7 @@ function card(row) {
   img.addEventListener("click", () => openDetail(row.id));
   const text = state.texts.map((t) => row[t]).find((t) => t);
   const similar = el("button", { type: "button", className: "secondary", textContent: "find similar" });
-  similar.addEventListener("click", () => { state.queryImage = null; state.like = row.id; changed(); });
+  similar.addEventListener("click", () => { state.queryImage = null; state.text = null; state.like = row.id; changed(); });
   const node = el("div", { className: "card", title: describe(row) }, img,
     el("div", { className: "meta" }, el("div", { className: "score", textContent: row.score.toFixed(3) }),
       ...(text ? [el("div", { className: "text", textContent: text })] : []),
@@ -196,9 +198,16 @@ function renderGrid(rows, reset) {
 
 function renderQuery() {
   const box = $("query");
-  if (!state.queryImage && state.like === null) { box.hidden = true; return; }
+  if (!state.queryImage && state.like === null && !state.text) { box.hidden = true; return; }
   const clear = el("button", { type: "button", className: "secondary", textContent: "clear" });
-  clear.addEventListener("click", () => { state.queryImage = null; state.like = null; changed(); });
+  clear.addEventListener("click", () => {
+    state.queryImage = null; state.like = null; state.text = null; $("text-query").value = ""; changed();
+  });
+  if (state.text && !state.queryImage) {
+    box.replaceChildren(el("span", { textContent: `matching the words “${state.text}”` }), clear);
+    box.hidden = false;
+    return;
+  }
   const src = state.queryImage ? URL.createObjectURL(state.queryImage) : `/api/images/${state.like}/thumb`;
   box.replaceChildren(el("img", { src, alt: "query" }), el("span", { textContent: "similar to this image" }), clear);
   box.hidden = false;
@@ -360,6 +369,13 @@ async function catalogueChanged() {
   await checkHealth();
 }
 
+function describedAs(phrases) {
+  if (!phrases.length) return [];
+  return [el("h3", { textContent: "described as" }),
+    el("p", { className: "described" }, ...phrases.map(([w, s]) => el("span", { textContent: w,
+      title: `alignment ${s.toFixed(2)}` })))];
+}
+
 function neighbours(ids) {
   const box = el("div", { className: "neighbours" });
   for (const id of ids) {
@@ -408,6 +424,7 @@ async function openDetail(id) {
       el("p", { className: disagreements ? "disagree" : "", textContent: disagreements
         ? `⚠ head and neighbours disagree on ${disagreements} attribute(s): worth a human look` : "head and neighbours agree" }),
       answersTable(row.attributes),
+      ...describedAs(row.described || []),
       el("h3", { textContent: "nearest labelled images" }), neighbours(row.neighbour_ids || []),
       el("h3", { textContent: "history" }), historyList(row.history || []));
     $("detail").dataset.id = row.id;
@@ -504,6 +521,7 @@ async function checkHealth() {
     notice.textContent = `${health.changes_since_model} label change(s) since the model was trained: ` +
       "retrain to learn from them.";
     $("retrain").disabled = !health.model;
+    $("text-form").hidden = !health.text_search;
   } catch (error) { showError(error); }
 }
 
@@ -546,6 +564,7 @@ function queryFrom(file) {
   if (!file) return;
   state.queryImage = file;
   state.like = null;
+  state.text = null;
   changed();
 }
 
@@ -563,6 +582,15 @@ function wireSearch() {
   $("minconf-value").textContent = state.minconf;
   slider.addEventListener("input", () => { $("minconf-value").textContent = slider.value; });
   slider.addEventListener("change", () => { state.minconf = parseFloat(slider.value); changed(); });
+  const text = $("text-query");
+  text.value = state.text || "";
+  $("text-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.text = text.value.trim() || null;
+    state.queryImage = null;
+    state.like = null;
+    changed();
+  });
   const sort = $("sort");
   sort.value = state.sort;
   sort.addEventListener("change", () => { state.sort = sort.value; changed(); });

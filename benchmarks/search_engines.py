@@ -2,13 +2,14 @@
 filters matching 50%, 5% and 0.1% of rows, queried through `mhtag.index.search.search` exactly as
 `mhtag search --like` runs.
 
-Reports p50/p99 latency, recall@10 against exact search over the filtered rows, how many of the requested rows
-came back, and the memory the process holds (RSS after the queries, and its peak). The vectors are a mixture of
+Reports a fresh process's start to its first answer (imports, opening the index, one query) and its memory, then
+p50/p99 latency, recall@10 against exact search over the filtered rows, how many of the requested rows came
+back, and the memory the process holds (RSS after the queries, and its peak). The vectors are a mixture of
 2,000 Gaussian clusters, L2-normalised, because image embeddings are clustered (uniform random 512-d vectors have
 no meaningful neighbours). Each engine runs in its own process, so its memory is its own:
 
-    python benchmarks/search_filtered.py --rows 1000000 --db /tmp/search1m --engine memory
-    python benchmarks/search_filtered.py --rows 1000000 --db /tmp/search1m --engine lance   # builds the ANN index
+    python benchmarks/search_engines.py --rows 1000000 --db /tmp/search1m --engine memory
+    python benchmarks/search_engines.py --rows 1000000 --db /tmp/search1m --engine lance   # builds the ANN index
 """
 
 from __future__ import annotations
