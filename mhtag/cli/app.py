@@ -78,6 +78,19 @@ def example(*lines: str) -> str:
     return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+class _StderrNow(logging.StreamHandler):
+    """Log lines go to whatever `sys.stderr` is when written: a caller that runs commands in-process (a test
+    runner, a notebook) swaps it per command, and a handler bound to the first one would write to a closed file."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings only")] = False,
@@ -86,7 +99,8 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="show full traceba
           ] = None) -> None:
     global _debug, _threads
     _debug, _threads = debug, threads
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True,
+                        handlers=[_StderrNow()])
     logging.getLogger("faiss").setLevel(logging.WARNING)  # it logs which SIMD build it loaded
     if not debug:  # the terminal is for progress and results; library warnings are for --debug
         warnings.filterwarnings("ignore")

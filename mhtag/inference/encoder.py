@@ -21,7 +21,7 @@ from mhtag.core.runtime import auto_workers, autocast, default_device, torch_set
 from mhtag.data.datasets import SafeImageDataset, collate_safe
 from mhtag.data.images import FileFacts, check_image_files, file_hash, read_facts
 from mhtag.data.transforms import build_transform
-from mhtag.inference.store import FeatureStore, backbone_key
+from mhtag.inference.store import backbone_key, feature_store
 from mhtag.models.backbones import Backbone, create_backbone
 from mhtag.models.checkpoint import checkpoint_file, load_checkpoint, tagger_from_checkpoint
 from mhtag.models.tagger import Tagger
@@ -122,7 +122,7 @@ class Encoder:
         facts, failed = read_facts(files, progress)
         if failed:
             yield self._batch(None, [], [], failed)
-        store = FeatureStore(self.backbone_module)
+        store = feature_store(self.backbone_module)
         found = store.get([f.sha1 for f in facts.values()])
         hits = [i for i, f in facts.items() if f.sha1 in found]
         for start in range(0, len(hits), batch_size):
@@ -205,7 +205,7 @@ def stored_features(backbone: Backbone, files: list[str], hashes: list[str] | No
         if bad is not None:
             raise MhtagError(f"{files[bad]}: {checks[bad].error}")
         hashes = [c.sha1 for c in checks]
-    store = FeatureStore(backbone)
+    store = feature_store(backbone)
     found = store.get(hashes)
     todo = [i for i, h in enumerate(hashes) if h not in found]
     if todo:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from mhtag.results import CacheReport
 
 if TYPE_CHECKING:  # showing or pruning the store (`mhtag cache`) should not wait for torch to load
     from mhtag.models.backbones import Backbone
+
+_logger = logging.getLogger(__name__)
 
 FEATURES = "features"
 USED = "last_used"  # a file in a table's folder whose modification time is the table's last use
@@ -94,6 +97,26 @@ class FeatureStore:
             (_folder() / f"{self.key}.lance" / USED).touch()
         except OSError:  # a read-only store still answers
             pass
+
+
+class NoStore:
+    """Where LanceDB is not installed (the bare image of a GPU machine): every image is embedded, nothing kept."""
+
+    def get(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        return {}
+
+    def put(self, hashes: list[str], vectors: np.ndarray) -> None:
+        pass
+
+
+def feature_store(backbone: Backbone) -> FeatureStore | NoStore:
+    """The store of `backbone`'s features; a store that keeps nothing where LanceDB cannot be imported."""
+    try:
+        import lancedb  # noqa: F401
+    except ImportError:
+        _logger.info("no feature store: lancedb is not installed, so images are embedded for each command")
+        return NoStore()
+    return FeatureStore(backbone)
 
 
 # ---------------------------------------------------------------- what the store holds, and pruning it

@@ -8,12 +8,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mhtag.core.errors import MhtagError
 from mhtag.models import TEXT_TOWER
-from mhtag.models.text import TextTower, load_text_tower
+
+if TYPE_CHECKING:  # torch loads with a tower, not with this module: a search-only server never needs it
+    from mhtag.models.text import TextTower
 
 # Several prompts per value, averaged, as CLIP's zero-shot evaluations do. "{}" alone suits a tower learned from
 # product titles (its captions are such words); the others suit a CLIP model's web captions.
@@ -30,6 +33,8 @@ def tower_file(model_path: str | Path | None) -> Path | None:
 
 @lru_cache(maxsize=4)
 def _cached(path: str, stamp: int) -> TextTower | None:
+    from mhtag.models.text import load_text_tower
+
     return load_text_tower(Path(path).parent)
 
 
