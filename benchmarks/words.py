@@ -37,14 +37,24 @@ def words(text: str) -> list[str]:
 
 
 def ranks_of(sims: np.ndarray) -> np.ndarray:
-    """Rank (0 = first) of each query's own item (row i's item is column i)."""
+    """Rank (0 = first) of each query's own item (row i's item is column i), ties broken at random in
+    expectation: BM25 over a few attribute words gives many items the same score, and counting only the strictly
+    better ones would rank a tied item first."""
     own = sims[np.arange(len(sims)), np.arange(len(sims))]
-    return (sims > own[:, None]).sum(1)
+    better, tied = (sims > own[:, None]).sum(1), (sims == own[:, None]).sum(1) - 1
+    return better + tied / 2
 
 
 def retrieval(ranks: np.ndarray) -> dict:
     return {"R@1": round(float((ranks < 1).mean()), 4), "R@10": round(float((ranks < 10).mean()), 4),
             "median_rank": float(np.median(ranks) + 1)}
+
+
+def precision(right: np.ndarray, top: np.ndarray, k: int = 20) -> tuple[float, float]:
+    """Precision@k of the rows `top` (best first, at most k), and the same out of the most it could be (a query
+    with 5 relevant items scores 5/5, not 5/20)."""
+    hits = right[top[:k]].sum()
+    return hits / k, hits / min(k, right.sum())
 
 
 def main() -> None:
@@ -54,6 +64,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="a CaptionOptions field, NAME=VALUE")
     ap.add_argument("--val-only", action="store_true", help="choose settings: report val retrieval, no test")
     ap.add_argument("--name", default="words")
+    ap.add_argument("--template", action="append", default=None, help="zero-shot prompt template (repeatable)")
+    ap.add_argument("--reuse-tower", action="store_true", help="keep the text tower already trained in --work")
+    ap.add_argument("--reuse-from", default=None, help="with --reuse-tower: the results file that trained it")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -62,7 +75,7 @@ def main() -> None:
     from mhtag.core.config import load_config
     from mhtag.data.labels import drop_unreadable, read_labels
     from mhtag.inference.encoder import load_encoder
-    from mhtag.inference.words import ZeroShot, describe, text_tower
+    from mhtag.inference.words import TEMPLATES, ZeroShot, describe, text_tower
     from mhtag.models.checkpoint import checkpoint_file
     from mhtag.training.captions import CaptionOptions, fit_text_tower, image_vectors
     from mhtag.training.fit import fit
@@ -74,11 +87,18 @@ def main() -> None:
     enc = load_encoder(run)
     table = drop_unreadable(read_labels(args.data / "labels.csv", args.data, []))
     fields = {k: type(getattr(CaptionOptions, k))(v) for k, v in (s.split("=", 1) for s in args.set)}
-    report = fit_text_tower(table, enc.backbone_module, run, CaptionOptions("productDisplayName", **fields))
+    if args.reuse_tower and text_tower(checkpoint_file(run)) is not None:
+        report = json.loads((ROOT / "benchmarks" / "results" / f"{args.reuse_from}.json").read_text())["tower"] \
+            if args.reuse_from else {"reused": str(run)}
+    else:
+        options = CaptionOptions("productDisplayName", **fields)
+        report = fit_text_tower(table, enc.backbone_module, run, options).__dict__
     tower = text_tower(checkpoint_file(run))
+    templates = tuple(args.template) if args.template else TEMPLATES
     frame = table.frame
     images = image_vectors(table, enc.backbone_module)
-    result = {"benchmark": args.name, "machine": f"{platform.machine()}, 2 cores", "tower": report.__dict__,
+    result = {"benchmark": args.name, "machine": f"{platform.machine()}, 2 cores", "tower": report,
+              "templates": list(templates),
               "caption_options": {**CaptionOptions("productDisplayName", **fields).__dict__}}
     if args.val_only:
         split = "val"
@@ -106,25 +126,35 @@ def main() -> None:
 
     combos = test.groupby(["gender", "baseColour", "articleType"]).size()
     combos = combos[combos >= 3].index.tolist()
-    text_p, filter_p = [], []
+    text_p, filter_p, text_c, filter_c = [], [], [], []
     conf = {h: probs[h].max(1).values.numpy() for h in heads}
     for g, c, a in combos:
         right = ((test["gender"] == g) & (test["baseColour"] == c) & (test["articleType"] == a)).to_numpy()
         q = tower.encode([f"{g} {c} {a}"]).numpy()[0]
         top = np.argsort(-(x @ q), kind="stable")[:20]
-        text_p.append(right[top].mean())
+        at20, of_possible = precision(right, top)
+        text_p.append(at20)
+        text_c.append(of_possible)
         passed = np.flatnonzero((np.array(predicted["gender"]) == g) & (np.array(predicted["baseColour"]) == c)
                                 & (np.array(predicted["articleType"]) == a))
         order = passed[np.argsort(-(conf["gender"] + conf["baseColour"] + conf["articleType"])[passed],
                                   kind="stable")][:20]
-        filter_p.append(right[order].sum() / 20)
-    result["attribute_queries"] = {"queries": len(combos), "text_precision_at_20": round(float(np.mean(text_p)), 4),
-                                   "filter_precision_at_20": round(float(np.mean(filter_p)), 4)}
+        at20, of_possible = precision(right, order)
+        filter_p.append(at20)
+        filter_c.append(of_possible)
+    result["attribute_queries"] = {
+        "queries": len(combos), "relevant_items_median": float(np.median([
+            ((test["gender"] == g) & (test["baseColour"] == c) & (test["articleType"] == a)).sum()
+            for g, c, a in combos])),
+        "text_precision_at_20": round(float(np.mean(text_p)), 4),
+        "filter_precision_at_20": round(float(np.mean(filter_p)), 4),
+        "text_precision_at_20_of_possible": round(float(np.mean(text_c)), 4),
+        "filter_precision_at_20_of_possible": round(float(np.mean(filter_c)), 4)}
 
     result["zero_shot"] = {}
     for h in ZERO_SHOT:
         values = sorted(frame.loc[frame["split"] == "train", h].unique())
-        zs = ZeroShot(h, values)
+        zs = ZeroShot(h, values, templates)
         p = zs.probabilities(tower, x)
         truth = test[h].to_numpy()
         zero = float((np.array(values)[p.argmax(1)] == truth).mean())
