@@ -137,3 +137,39 @@ def run_main(monkeypatch, capsys, *args) -> tuple[int, object]:
 def run_cli(*args) -> subprocess.CompletedProcess:
     """Through the installed entry point, in a subprocess: the real Typer/click path."""
     return subprocess.run([MHTAG, *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+AWKWARD = ["", "x " * 3000, "赤い丸のドレス", "Платье красное", "🙂 red 🙂"]  # captions that must work
+
+
+@pytest.fixture(scope="session")
+def captioned(tmp_path_factory):
+    """The demo data with a product title per image (the attributes in words, and an item number), a `hue` column
+    (the colour again, which no head learns), and a few awkward titles; a probe with a text tower learned from
+    the titles, and an index of it."""
+    import pandas as pd
+
+    from mhtag.core.config import load_config
+    from mhtag.data.labels import drop_unreadable, read_labels
+    from mhtag.data.synthetic import make_demo_data
+    from mhtag.index.build import IndexOptions, index_images
+    from mhtag.training.captions import CaptionOptions, fit_text_tower
+    from mhtag.training.fit import fit
+
+    root = tmp_path_factory.mktemp("captioned")
+    csv = make_demo_data(root, n=160, px=32, seed=3)
+    frame = pd.read_csv(csv, keep_default_na=False)
+    frame["title"] = [f"Item {i} {r.size} {r.colour} {r.shape}" for i, r in enumerate(frame.itertuples())]
+    frame.loc[:len(AWKWARD) - 1, "title"] = AWKWARD
+    frame["hue"] = frame["colour"]
+    frame.to_csv(csv, index=False)
+    cfg = load_config(overrides={"backbone": "tiny_cnn", "multilabel": ["marks"], "ignore": ["hue"],
+                                 "probe_epochs": 5, "mode": "probe", "num_workers": 0, "report": False})
+    run = fit(cfg, csv, out=root / "run")
+    table = drop_unreadable(read_labels(csv, None, ["marks"]))
+    report = fit_text_tower(table, run.model.backbone, run.dir,
+                            CaptionOptions("title", epochs=40, lr=2e-3, width=64, layers=1, heads=2,
+                                           context_length=16, min_count=5))
+    db = root / "db"
+    index_images(root, db, model=run.dir, labels=csv, options=IndexOptions(workers=0))
+    return root, csv, run.dir, db, report

@@ -193,3 +193,31 @@ def test_the_gallery_fits_a_phone(server, page):
     page.click("#filters summary")
     page.check("input[data-attribute='colour'][data-value='red']")
     page.wait_for_function("document.querySelector('#matched').textContent.indexOf('120 matched') < 0")
+
+
+@pytest.mark.slow
+def test_a_sentence_typed_in_the_search_box_ranks_the_grid_and_stays_in_the_url(captioned, page):
+    """The box shows where the index's model has a text tower; the grid is the API's text search, in order, and
+    the query survives a reload (it is in the URL)."""
+    from fastapi.testclient import TestClient
+
+    from mhtag.server.app import create_app
+    from mhtag.server.service import Settings
+
+    db = captioned[3]
+    expected = TestClient(create_app(Settings(db=db)), base_url="http://localhost").post(
+        "/api/search", json={"text": "large red circle", "limit": 5}).json()["results"]
+    with serving(Settings(db=db)) as url:
+        page.goto(url + "/")
+        page.wait_for_selector("#text-query", state="visible")
+        page.fill("#text-query", "large red circle")
+        page.press("#text-query", "Enter")
+        page.wait_for_function("location.search.indexOf('text=') >= 0")
+        page.wait_for_function(f"document.querySelector('.card')?.dataset.id === '{expected[0]['id']}'")
+        shown = page.eval_on_selector_all(".card", "cs => cs.slice(0, 5).map(c => c.dataset.id)")
+        assert shown == [str(r["id"]) for r in expected]
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(SHOTS / "gallery-text.png"))
+        page.reload()
+        page.wait_for_function(f"document.querySelector('.card')?.dataset.id === '{expected[0]['id']}'")
+        assert page.input_value("#text-query") == "large red circle"
