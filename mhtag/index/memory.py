@@ -6,6 +6,7 @@ match."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -110,10 +111,16 @@ class MemoryEngine:
         if q.where:
             passed = np.isin(self.snap.rows.column("rid").to_numpy(), rows_passing(r.db, q.where))
             mask = passed if mask is None else mask & passed
-        self.rows = None if mask is None else np.flatnonzero(mask)  # the matched rows' positions, once
+        self.mask = mask  # None: every row
+
+    @cached_property
+    def rows(self) -> np.ndarray | None:
+        """The matched rows' positions (None: every row), listed once and only where needed: a vector search
+        takes the mask, which at millions of rows is cheaper than the list."""
+        return None if self.mask is None else np.flatnonzero(self.mask)
 
     def count(self) -> int:
-        return self.snap.rows.num_rows if self.rows is None else len(self.rows)
+        return self.snap.rows.num_rows if self.mask is None else int(np.count_nonzero(self.mask))
 
     def facets(self) -> dict[str, dict[str, int]]:
         return facet_counts(self.snap, self.r.meta, self.rows)
@@ -123,7 +130,7 @@ class MemoryEngine:
         return None if pos is None else self.snap.vectors.at(pos)[0]
 
     def nearest(self, vector: np.ndarray, n: int) -> tuple[list[dict[str, Any]], np.ndarray]:
-        scores, pos = self.snap.vectors.search(query_vector(self.r.meta, self.r.db, vector), n, self.rows)
+        scores, pos = self.snap.vectors.search(query_vector(self.r.meta, self.r.db, vector), n, self.mask)
         keep = pos[0] >= 0
         return self._rows(pos[0][keep]), scores[0][keep]
 

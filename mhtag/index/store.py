@@ -158,6 +158,8 @@ def coded_mask(codes: np.ndarray, vocab: list[str], accept) -> np.ndarray:
     """Rows (by `codes` into `vocab`) whose value satisfies `accept(value)`, called once per distinct value."""
     table = np.fromiter((accept(v) for v in vocab), dtype=bool, count=len(vocab))
     accepted = np.flatnonzero(table)
+    if len(accepted) == 1:
+        return codes == accepted[0]
     if len(accepted) <= 4:  # a few comparisons of integer codes beat a gather through the table
         mask = np.zeros(len(codes), dtype=bool)
         for code in accepted:

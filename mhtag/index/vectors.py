@@ -35,7 +35,7 @@ def setup_faiss(threads: int | None = None) -> None:
 def refine_factor(ivf) -> int:
     """Candidates per wanted hit that an IVF's coarse scores must yield before the exact re-ranking: its codes
     approximate (8-bit scalar codes closely, product codes loosely)."""
-    return 20 if "PQ" in type(ivf).__name__ else 4
+    return 100 if "PQ" in type(ivf).__name__ else 4  # PQ: at 10M rows 20 gave recall@10 .81, 50 .95, 100 1.0
 
 
 @dataclass
@@ -118,22 +118,42 @@ class VectorIndex:
         """Top-`k` (scores, positions) per query among `rows` (a boolean mask or positions; None = all rows);
         -1 pads a position where fewer than `k` rows are searched."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        positions = None
-        if rows is not None:
-            positions = np.flatnonzero(rows) if rows.dtype == bool else _sorted_unique(np.asarray(rows, np.int64))
-            if len(positions) == len(self.rids):
-                positions = None
-        m = len(self.rids) if positions is None else len(positions)
+        mask = positions = None
+        if rows is not None and rows.dtype == bool:
+            mask, m = rows, int(np.count_nonzero(rows))  # a wide filter stays a mask: no list of millions of rows
+        elif rows is not None:
+            positions = _sorted_unique(np.asarray(rows, np.int64))
+            m = len(positions)
+        else:
+            m = len(self.rids)
+        if m == len(self.rids):
+            mask = positions = None
         k_eff = min(k, m)
         if k_eff <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        everything = positions is None and self.slot_of_row is None
-        slots = None if everything else self._slots_of(np.arange(len(self.rids)) if positions is None else positions)
         if self.slots.ivf is not None and m > self.exact_max_matches:
-            scores, found = self._approximate(q, k_eff, slots, m, base_nprobe)
+            scores, found = self._approximate(q, k_eff, self._slot_mask(mask, positions), m, base_nprobe)
         else:
+            if mask is not None:
+                positions = np.flatnonzero(mask)
+            everything = positions is None and len(self.rids) == len(self.slots)  # every slot holds a row
+            slots = None if everything else self._slots_of(np.arange(len(self.rids)) if positions is None
+                                                           else positions)
             scores, found = self._exact(q, k_eff, slots)
         return scores, np.where(found >= 0, self.row_of_slot[np.maximum(found, 0)], -1)
+
+    def _slot_mask(self, mask: np.ndarray | None, positions: np.ndarray | None) -> np.ndarray | None:
+        """The selected rows as a mask over the slots (None: every slot)."""
+        if mask is None and positions is None:
+            if len(self.rids) == len(self.slots):
+                return None
+            positions = np.arange(len(self.rids))
+        if self.slot_of_row is None and mask is not None:
+            return np.concatenate([mask, np.zeros(len(self.slots) - len(mask), bool)]) \
+                if len(mask) < len(self.slots) else mask
+        chosen = np.zeros(len(self.slots), dtype=bool)
+        chosen[self._slots_of(np.flatnonzero(mask) if positions is None else positions)] = True
+        return chosen
 
     # ------------------------------------------------------------ exact
 
@@ -169,29 +189,26 @@ class VectorIndex:
 
     # ------------------------------------------------------------ approximate
 
-    def _approximate(self, q: np.ndarray, k: int, slots: np.ndarray | None, m: int,
+    def _approximate(self, q: np.ndarray, k: int, chosen: np.ndarray | None, m: int,
                      base_nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-        """The IVF over the base slots (restricted to the selection), re-ranked exactly; the tail exactly."""
+        """The IVF over the base slots (restricted to the `chosen` slots), re-ranked exactly; the tail exactly."""
         import faiss
 
         ivf = self.slots.ivf
         n_base = len(self.slots.base)
         params = faiss.SearchParametersIVF(nprobe=int(min(ivf.nlist, np.ceil(base_nprobe * len(self.rids) / m))))
         packed = selector = None
-        tail_slots = None
-        if slots is not None:  # both must outlive the search: faiss holds raw pointers
-            mask = np.zeros(n_base, dtype=bool)
-            mask[slots[slots < n_base]] = True
-            packed = np.packbits(mask, bitorder="little")
+        if chosen is not None:  # both must outlive the search: faiss holds raw pointers
+            packed = np.packbits(chosen[:n_base], bitorder="little")
             selector = faiss.IDSelectorBitmap(n_base, faiss.swig_ptr(packed))
             params.sel = selector
-            tail_slots = slots[slots >= n_base]
         wanted = min(k * refine_factor(ivf), m)
         _, candidates = ivf.search(q, wanted, params=params)
         del packed, selector
         scores, found = self._rerank(q, candidates, k)
         if len(self.slots.tail):
-            tail_slots = np.arange(n_base, len(self.slots)) if tail_slots is None else tail_slots
+            tail_slots = n_base + (np.arange(len(self.slots.tail)) if chosen is None
+                                   else np.flatnonzero(chosen[n_base:]))
             if len(tail_slots):
                 t_scores, t_idx = _top_k(q, self.slots.gather(tail_slots), k)
                 t_found = np.where(t_idx >= 0, tail_slots[np.maximum(t_idx, 0)], -1)

@@ -164,6 +164,8 @@ class VectorStore:
                 if layout is None:
                     with self._locked():
                         state, layout = self._layout_of(self.state(), version, keys, table)
+                if len(layout) == state.total and np.array_equal(layout, np.arange(len(layout))):
+                    layout = None  # row i in slot i: a filter's row mask is its slot mask
                 return VectorIndex(self._slots(state), np.asarray(rids, dtype=np.int64), layout)
             except FileNotFoundError:
                 continue

@@ -239,3 +239,21 @@ def _tiny(create):
     def create_tiny(name, *args, **kwargs):
         return create("tiny_cnn" if name == "efficientnet_lite0" else name, *args, **kwargs)
     return create_tiny
+
+
+def test_retraining_a_large_catalogue_keeps_to_a_step_budget():
+    """A probe converges in optimizer steps: a small catalogue keeps its epochs, a large one trains fewer."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from mhtag.catalogue.retrain import RETRAIN_MAX_STEPS, epochs_within_budget
+    from mhtag.training.batches import PROBE_BATCH
+
+    def table(train_rows: int):  # the one thing the budget reads of a LabelTable
+        return SimpleNamespace(frame=pd.DataFrame({"split": ["train"] * train_rows + ["val"] * 100}))
+
+    assert epochs_within_budget(40, table(10_221)) == 40
+    large = epochs_within_budget(40, table(80_000))
+    assert large * -(-80_000 // PROBE_BATCH) <= RETRAIN_MAX_STEPS < (large + 1) * -(-80_000 // PROBE_BATCH)
+    assert epochs_within_budget(40, table(10_000_000)) == 1
