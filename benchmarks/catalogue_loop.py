@@ -253,15 +253,18 @@ def wrong_labels(db: Path, truth: pd.DataFrame) -> int:
     return int(sum((rows[label[h]] != t[h]).sum() for h in FLIPPED))
 
 
-def simulated_review(db: Path, truth: pd.DataFrame, reviews: int) -> dict:
+def simulated_review(db: Path, truth: pd.DataFrame, reviews: int, attributes: tuple = (None,)) -> dict:
+    """`attributes`: the queues worked in turn (None: the whole queue; names: each attribute's own queue, as the
+    gallery's attribute filter shows it)."""
     from mhtag.catalogue.review import answer, review_queue
 
     original = truth.set_index("path")
     counts = Counter()
-    skipped = 0
+    skipped = Counter()
     t0 = time.monotonic()
-    for _ in range(reviews):
-        queue = review_queue(db, limit=1, offset=skipped)
+    for n in range(reviews):
+        attribute = attributes[n % len(attributes)]
+        queue = review_queue(db, limit=1, offset=skipped[attribute], attribute=attribute)
         if not queue.items:
             break
         item = queue.items[0]
@@ -273,7 +276,7 @@ def simulated_review(db: Path, truth: pd.DataFrame, reviews: int) -> dict:
             answer(db, item.id, item.attribute, accept=False)
             counts["kept"] += 1
         else:
-            skipped += 1
+            skipped[attribute] += 1
             counts["skipped"] += 1
     return {"reviews": sum(counts.values()), "accepted": counts["accepted_True"] + counts["accepted_False"],
             "accepted_on_flipped_attributes": counts["accepted_True"], "kept": counts["kept"],
@@ -299,7 +302,9 @@ def review_worth(args) -> dict:
     retrain(db)
     result["flipped"] = {"labels_flipped": n, "wrong_labels": wrong_labels(db, truth), **test_accuracy(db, truth)}
     say("flipped", result["flipped"])
-    result["review"] = simulated_review(db, truth, args.reviews)
+    attributes = FLIPPED if args.by_attribute else (None,)
+    result["queue"] = "the flipped attributes' own queues, in turn" if args.by_attribute else "the whole queue"
+    result["review"] = simulated_review(db, truth, args.reviews, attributes)
     say("review", result["review"])
     retrain(db)
     result["reviewed"] = test_accuracy(db, truth)
@@ -317,13 +322,15 @@ def main() -> None:
     ap.add_argument("--reviews", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--subset", type=int, default=None, help="a smoke test: this many rows, every split")
+    ap.add_argument("--by-attribute", action="store_true", help="review: work the flipped attributes' queues")
+    ap.add_argument("--name", default=None, help="results file suffix (default: the part)")
     args = ap.parse_args()
     if args.subset:
         args.data = subset_folder(args.data, args.work / "subset", args.subset)
     run = {"embed": embed_once, "refresh": corrections_then_refresh, "review": review_worth}[args.part]
     result = {"benchmark": f"catalogue_loop_{args.part}", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               **run(args)}
-    out = ROOT / "benchmarks" / "results" / f"catalogue_loop_{args.part}.json"
+    out = ROOT / "benchmarks" / "results" / f"catalogue_loop_{args.name or args.part}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

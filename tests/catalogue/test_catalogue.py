@@ -257,3 +257,26 @@ def test_retraining_a_large_catalogue_keeps_to_a_step_budget():
     large = epochs_within_budget(40, table(80_000))
     assert large * -(-80_000 // PROBE_BATCH) <= RETRAIN_MAX_STEPS < (large + 1) * -(-80_000 // PROBE_BATCH)
     assert epochs_within_budget(40, table(10_000_000)) == 1
+
+
+def test_the_review_queue_is_scored_once_between_answers_and_sees_labels_an_index_run_changed(catalogue,
+                                                                                              monkeypatch):
+    import pandas as pd
+
+    from mhtag.catalogue import review
+
+    db, csv = catalogue
+    scorings = []
+    real = review._score_all
+    monkeypatch.setattr(review, "_score_all", lambda *a: scorings.append(1) or real(*a))
+    first = review_queue(db, limit=5).items
+    answer(db, first[0].id, first[0].attribute, accept=False)
+    after = review_queue(db, limit=5).items
+    assert len(scorings) == 1 and first[0].id not in {i.id for i in after if i.attribute == first[0].attribute}
+    top = after[0]  # a labels CSV run now gives it the suggested value: it must leave the queue
+    frame = pd.read_csv(csv, keep_default_na=False)
+    frame.loc[frame["path"] == top.rel, top.attribute] = top.suggested
+    frame.to_csv(csv, index=False)
+    index_images(csv.parent, db, labels=csv, options=IndexOptions(workers=0))
+    assert (top.id, top.attribute) not in {(i.id, i.attribute) for i in review_queue(db, limit=500).items}
+    assert len(scorings) == 2
